@@ -1,0 +1,282 @@
+"""The seed's log-mel front end: a batch function and an incremental extractor.
+
+Every number here is the seed notebook's (see SEED.md); the rest of the package
+derives from these constants and never repeats them.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+WINDOW_MS = 25.0
+HOP_MS = 10.0
+N_MELS = 48
+F_MIN = 50.0
+F_MAX = 7800.0
+LOG_EPS = 1e-12
+NORM_EPS = 1e-5
+SEGMENT_SECONDS = 2.5
+POOL_BINS = 50
+N_CHANNELS = 3  # mel, delta, delta-delta
+
+FRAME_LENGTH = int(SAMPLE_RATE * WINDOW_MS / 1000)  # 400 samples
+HOP_LENGTH = int(SAMPLE_RATE * HOP_MS / 1000)  # 160 samples
+N_FFT = 2 ** (int(math.floor(math.log2(FRAME_LENGTH))) + 1)  # 512
+N_BINS = N_FFT // 2 + 1  # 257
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
+WINDOW_FRAMES = int(round(SEGMENT_SECONDS * FRAMES_PER_SECOND))  # 250
+FEATURE_SHAPE = (N_CHANNELS, N_MELS, POOL_BINS)
+FEATURE_SIZE = N_CHANNELS * N_MELS * POOL_BINS  # 7200
+
+
+def hz_to_mel(f):
+    return 1127.0 * np.log(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(m):
+    return 700.0 * (np.exp(np.asarray(m, dtype=np.float64) / 1127.0) - 1.0)
+
+
+@lru_cache(maxsize=None)
+def hann_window(length: int = FRAME_LENGTH) -> np.ndarray:
+    """Symmetric Hann window, w[m] = (1 - cos(2 pi m / (L - 1))) / 2."""
+    m = np.arange(length, dtype=np.float64)
+    w = (1.0 - np.cos(2.0 * np.pi * m / (length - 1))) / 2.0
+    w.flags.writeable = False
+    return w
+
+
+@lru_cache(maxsize=None)
+def mel_filterbank(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE,
+                   f_min: float = F_MIN, f_max: float = F_MAX) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) HTK-scale triangles with the seed's area normalisation."""
+    freqs = np.arange(n_fft // 2 + 1, dtype=np.float64) * sample_rate / n_fft
+    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    bank = np.zeros((n_mels, freqs.size), dtype=np.float64)
+    for i in range(n_mels):
+        f_l, f_c, f_r = edges[i], edges[i + 1], edges[i + 2]
+        left = (freqs >= f_l) & (freqs <= f_c)
+        right = (freqs >= f_c) & (freqs <= f_r)
+        bank[i, left] = (freqs[left] - f_l) / (f_c - f_l)
+        bank[i, right] = (f_r - freqs[right]) / (f_r - f_c)
+    df = sample_rate / n_fft
+    area = bank.sum(axis=1) * df / 2.0
+    bank *= (2.0 / np.maximum(area, 1e-12))[:, None]
+    bank.flags.writeable = False
+    return bank
+
+
+def n_frames_for(n_samples: int) -> int:
+    """ceil((N - 400) / 160) + 1 frames; a signal shorter than one frame still gives one."""
+    return max(1, -(-(n_samples - FRAME_LENGTH) // HOP_LENGTH) + 1)
+
+
+def frames_to_mel(frames: np.ndarray, out: np.ndarray, spectrum: np.ndarray | None = None,
+                  power: np.ndarray | None = None) -> np.ndarray:
+    """Log-mel of (k, FRAME_LENGTH) frames, written into out[:, :k] of shape (N_MELS, >= k).
+
+    The scratch arrays let the streaming extractor run without allocating.
+    """
+    k = frames.shape[0]
+    if spectrum is None:
+        spectrum = np.empty((k, N_BINS), dtype=np.complex128)
+        power = np.empty((k, N_BINS), dtype=np.float64)
+    spectrum, power = spectrum[:k], power[:k]
+    np.fft.rfft(frames * hann_window(), n=N_FFT, axis=-1, out=spectrum)
+    np.abs(spectrum, out=power)
+    np.square(power, out=power)
+    power /= N_FFT
+    dst = out[:, :k]
+    np.matmul(mel_filterbank(), power.T, out=dst)
+    dst += LOG_EPS
+    np.log(dst, out=dst)
+    return dst
+
+
+def log_mel(signal: np.ndarray) -> np.ndarray:
+    """The seed's log-mel of a whole 16 kHz mono signal: (N_MELS, n_frames) float64."""
+    signal = np.asarray(signal, dtype=np.float64)
+    if signal.ndim != 1:
+        raise ValueError(f"log_mel expects mono audio of shape (n,), got {signal.shape}")
+    n_frames = n_frames_for(signal.size)
+    padded = np.zeros((n_frames - 1) * HOP_LENGTH + FRAME_LENGTH, dtype=np.float64)
+    padded[:signal.size] = signal
+    frames = np.lib.stride_tricks.sliding_window_view(padded, FRAME_LENGTH)[::HOP_LENGTH]
+    out = np.empty((N_MELS, n_frames), dtype=np.float64)
+    return frames_to_mel(frames, out)
+
+
+class WindowFeatures:
+    """Model input from a (N_MELS, WINDOW_FRAMES) log-mel window, with reused buffers.
+
+    Deltas inside the window, average pooling into POOL_BINS bins, per-row
+    normalisation, flattened to FEATURE_SIZE float32 values (SEED.md).
+    """
+
+    def __init__(self, window_frames: int = WINDOW_FRAMES, pool_bins: int = POOL_BINS):
+        self.window_frames = window_frames
+        edges = np.linspace(0, window_frames, pool_bins + 1).astype(int)
+        self._starts = edges[:-1]
+        self._counts = np.diff(edges).astype(np.float64)
+        self._stack = np.zeros((N_CHANNELS, N_MELS, window_frames), dtype=np.float64)
+        self._pooled = np.empty((N_CHANNELS, N_MELS, pool_bins), dtype=np.float64)
+        self._mu = np.empty((N_CHANNELS, N_MELS, 1), dtype=np.float64)
+        self._sigma = np.empty((N_CHANNELS, N_MELS, 1), dtype=np.float64)
+
+    def __call__(self, mel_window: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Write the flattened features of mel_window into out (FEATURE_SIZE,) float32."""
+        x, pooled = self._stack, self._pooled
+        np.copyto(x[0], mel_window)
+        np.subtract(x[0, :, 1:], x[0, :, :-1], out=x[1, :, 1:])
+        np.subtract(x[1, :, 1:], x[1, :, :-1], out=x[2, :, 1:])
+        np.add.reduceat(x, self._starts, axis=-1, out=pooled)
+        pooled /= self._counts
+        np.mean(pooled, axis=-1, keepdims=True, out=self._mu)
+        np.std(pooled, axis=-1, keepdims=True, out=self._sigma)
+        self._sigma += NORM_EPS
+        pooled -= self._mu
+        pooled /= self._sigma
+        np.copyto(out.reshape(pooled.shape), pooled, casting="same_kind")
+        return out
+
+
+def window_features(mel_window: np.ndarray) -> np.ndarray:
+    """Convenience form of WindowFeatures for one window: (FEATURE_SIZE,) float32."""
+    out = np.empty(FEATURE_SIZE, dtype=np.float32)
+    return WindowFeatures(mel_window.shape[1])(mel_window, out)
+
+
+class SeedFrontEnd:
+    """Incremental log-mel extractor and window builder for the seed's features.
+
+    Audio arrives in chunks of any size. Mel frames are computed once, in batches, and
+    a window is computed the moment its last sample arrives; the last WINDOW_FRAMES
+    frames live in a preallocated ring. A window is due every `hop_frames` frames.
+    `finish()` ends the stream the way the seed's batch procedure ends a file: the
+    last frames are zero-padded and the windows running past the end are padded with
+    the stream's minimum mel value.
+
+    Use: `n = accept(audio)` consumes up to the next due window; while `ready()`,
+    `take(out)` writes one window's features; feed `audio[n:]` next.
+    """
+
+    name = "seed-logmel-v1"
+    feature_size = FEATURE_SIZE
+    sample_rate = SAMPLE_RATE
+    hop_length = HOP_LENGTH
+    window_frames = WINDOW_FRAMES
+
+    def __init__(self, hop_frames: int = FRAMES_PER_SECOND, batch_frames: int = FRAMES_PER_SECOND):
+        if not 1 <= hop_frames <= WINDOW_FRAMES:
+            raise ValueError(f"hop_frames must be in 1..{WINDOW_FRAMES}, got {hop_frames}")
+        self.hop_frames = hop_frames
+        batch = max(1, batch_frames)
+        # PCM not yet turned into frames: the overlap of the next frame plus one batch.
+        self._pcm = np.zeros(FRAME_LENGTH + (batch - 1) * HOP_LENGTH, dtype=np.float64)
+        self._spectrum = np.empty((batch, N_BINS), dtype=np.complex128)
+        self._power = np.empty((batch, N_BINS), dtype=np.float64)
+        self._fresh = np.empty((N_MELS, batch), dtype=np.float64)
+        # Mirrored ring: frame f sits at columns f % W and f % W + W, so a window is a view.
+        self._ring = np.empty((N_MELS, 2 * WINDOW_FRAMES), dtype=np.float64)
+        self._padded = np.empty((N_MELS, WINDOW_FRAMES), dtype=np.float64)
+        self._features = WindowFeatures()
+        self.reset()
+
+    def reset(self) -> None:
+        self._n_pcm = 0  # valid samples at the start of self._pcm
+        self.samples_in = 0  # samples accepted since reset
+        self.frames = 0  # mel frames computed since reset
+        self.next_window = 0  # start frame of the next window
+        self.mel_min = math.inf
+        self.total_frames = None  # known once the stream is finished
+
+    # -- audio in ---------------------------------------------------------------
+
+    def accept(self, audio: np.ndarray) -> int:
+        """Take samples until the next window is complete; return how many were taken."""
+        if self.total_frames is not None:
+            raise RuntimeError("accept() after finish(); call reset() first")
+        taken = 0
+        while taken < audio.size and not self._complete():
+            # Absolute sample index at which the pending window's last frame is in.
+            need = (self.next_window + WINDOW_FRAMES - 1) * HOP_LENGTH + FRAME_LENGTH
+            have = self.frames * HOP_LENGTH + self._n_pcm
+            n = min(self._pcm.size - self._n_pcm, audio.size - taken, need - have)
+            self._pcm[self._n_pcm:self._n_pcm + n] = audio[taken:taken + n]
+            self._n_pcm += n
+            taken += n
+            if self._n_pcm == self._pcm.size or have + n == need:
+                self._compute_frames()
+        self.samples_in += taken
+        return taken
+
+    def _complete(self) -> bool:
+        end = self.next_window + WINDOW_FRAMES
+        if self.total_frames is not None:
+            end = min(end, self.total_frames)
+        return self.frames >= end
+
+    def _compute_frames(self) -> None:
+        """Turn the complete frames in the PCM buffer into ring columns, never
+        running past the pending window's last frame (the ring holds one window)."""
+        n = 0 if self._n_pcm < FRAME_LENGTH else (self._n_pcm - FRAME_LENGTH) // HOP_LENGTH + 1
+        n = min(n, self.next_window + WINDOW_FRAMES - self.frames)
+        if n <= 0:
+            return
+        span = (n - 1) * HOP_LENGTH + FRAME_LENGTH
+        frames = np.lib.stride_tricks.sliding_window_view(self._pcm[:span], FRAME_LENGTH)[::HOP_LENGTH]
+        self._store(frames_to_mel(frames, self._fresh, self._spectrum, self._power))
+        consumed = n * HOP_LENGTH
+        left = self._n_pcm - consumed
+        self._pcm[:left] = self._pcm[consumed:self._n_pcm]
+        self._n_pcm = left
+
+    def _store(self, mel: np.ndarray) -> None:
+        k = mel.shape[1]
+        self.mel_min = min(self.mel_min, float(mel.min()))
+        col = self.frames % WINDOW_FRAMES
+        first = min(k, WINDOW_FRAMES - col)
+        for base in (0, WINDOW_FRAMES):
+            self._ring[:, base + col:base + col + first] = mel[:, :first]
+            self._ring[:, base:base + k - first] = mel[:, first:]
+        self.frames += k
+
+    # -- windows out ------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """True when the next window can be taken."""
+        if self.total_frames is not None:
+            if self.next_window >= self.total_frames:
+                return False
+            self._compute_frames()
+        return self._complete()
+
+    def take(self, out: np.ndarray) -> int:
+        """Write the next window's features into out; return the window's start frame."""
+        start = self.next_window
+        col = start % WINDOW_FRAMES
+        window = self._ring[:, col:col + WINDOW_FRAMES]
+        valid = self.frames - start
+        if valid < WINDOW_FRAMES:  # only after finish(): pad like the seed's window_mel
+            self._padded[:, :valid] = window[:, :valid]
+            self._padded[:, valid:] = self.mel_min
+            window = self._padded
+        self._features(window, out)
+        self.next_window += self.hop_frames
+        return start
+
+    def finish(self) -> None:
+        """End of stream: zero-pad the last frame like the seed and allow padded windows."""
+        if self.total_frames is not None:
+            return
+        self.total_frames = n_frames_for(self.samples_in) if self.samples_in else 0
+        end = (self.total_frames - 1) * HOP_LENGTH + FRAME_LENGTH if self.samples_in else 0
+        pad = end - (self.frames * HOP_LENGTH + self._n_pcm)
+        if pad > 0:
+            if self._n_pcm + pad > self._pcm.size:
+                raise RuntimeError("finish() before the due windows were taken")
+            self._pcm[self._n_pcm:self._n_pcm + pad] = 0.0
+            self._n_pcm += pad
