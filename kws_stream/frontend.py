@@ -109,6 +109,16 @@ def log_mel(signal: np.ndarray) -> np.ndarray:
     return frames_to_mel(frames, out)
 
 
+def window_at(mel: np.ndarray, start: int, frames: int = WINDOW_FRAMES, pad_value: float | None = None) -> np.ndarray:
+    """The seed's window_mel: `frames` columns from `start`, padded with mel.min() past the end."""
+    window = mel[:, start:start + frames]
+    if window.shape[1] == frames:
+        return window
+    out = np.full((mel.shape[0], frames), mel.min() if pad_value is None else pad_value, dtype=mel.dtype)
+    out[:, :window.shape[1]] = window
+    return out
+
+
 class WindowFeatures:
     """Model input from a (N_MELS, WINDOW_FRAMES) log-mel window, with reused buffers.
 

@@ -1,0 +1,133 @@
+"""ONNX keyword models and the contract their metadata must meet.
+
+A model file describes itself: which front end makes its input, the threshold it was
+tuned for, its name and version. The daemon reads that and needs no matching flags.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from . import frontend
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "1"
+INPUT_NAME = "features"  # float32 [batch, feature_size]
+OUTPUT_NAME = "prob"  # float32 [batch], the keyword probability in [0, 1]
+DEFAULT_MODEL = "kws-default.onnx"
+
+# Front ends a model may name in its metadata; a second one registers itself here.
+FRONT_ENDS: dict[str, type] = {frontend.SeedFrontEnd.name: frontend.SeedFrontEnd}
+
+
+class ModelError(Exception):
+    """A model file that is missing, unreadable or breaks the contract."""
+
+
+def metadata_for(*, name: str, version: str, threshold: float, label: str = "не слышу|не слышно",
+                 front_end: str = frontend.SeedFrontEnd.name, training: dict | None = None) -> dict[str, str]:
+    """The metadata_props an exported model must carry (strings, as ONNX stores them)."""
+    fe = FRONT_ENDS[front_end]
+    meta = {
+        "kws.schema": SCHEMA,
+        "kws.name": name,
+        "kws.version": version,
+        "kws.label": label,
+        "kws.threshold": repr(float(threshold)),
+        "kws.front_end": front_end,
+        "kws.sample_rate": str(fe.sample_rate),
+        "kws.feature_size": str(fe.feature_size),
+        "kws.window_frames": str(fe.window_frames),
+    }
+    if training is not None:
+        meta["kws.training"] = json.dumps(training, ensure_ascii=False, sort_keys=True)
+    return meta
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    label: str
+    threshold: float
+    front_end: str
+    path: str
+
+
+def default_model_path() -> Path:
+    return Path(str(resources.files("kws_stream.models").joinpath(DEFAULT_MODEL)))
+
+
+class KwsModel:
+    """An onnxruntime session over a checked model; `score(batch)` gives probabilities."""
+
+    def __init__(self, path: str | Path | None = None, threads: int = 1):
+        path = Path(path) if path is not None else default_model_path()
+        self.path = path
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - a broken install
+            raise ModelError(f"onnxruntime is not importable: {e}") from e
+        if not path.is_file():
+            raise ModelError(f"{path}: no such model file")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own untyped errors for bad files
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"{path}: not a loadable ONNX model ({reason})") from e
+        self.info = self._check(self._session, path)
+        self.front_end_class = FRONT_ENDS[self.info.front_end]
+        self.feature_size = self.front_end_class.feature_size
+
+    @staticmethod
+    def _check(session, path: Path) -> ModelInfo:
+        meta = session.get_modelmeta().custom_metadata_map
+
+        def need(key: str) -> str:
+            if key not in meta:
+                raise ModelError(f"{path}: metadata has no {key!r}; export the model with kws-train export")
+            return meta[key]
+
+        if need("kws.schema") != SCHEMA:
+            raise ModelError(f"{path}: metadata schema {meta['kws.schema']!r}, expected {SCHEMA!r}")
+        fe_name = need("kws.front_end")
+        if fe_name not in FRONT_ENDS:
+            raise ModelError(f"{path}: unknown front end {fe_name!r}; known: {', '.join(FRONT_ENDS)}")
+        fe = FRONT_ENDS[fe_name]
+        for key, expected in (("kws.sample_rate", fe.sample_rate), ("kws.feature_size", fe.feature_size),
+                              ("kws.window_frames", fe.window_frames)):
+            if need(key) != str(expected):
+                raise ModelError(f"{path}: {key} is {meta[key]}, front end {fe_name} needs {expected}")
+        try:
+            threshold = float(need("kws.threshold"))
+        except ValueError:
+            raise ModelError(f"{path}: kws.threshold {meta['kws.threshold']!r} is not a number") from None
+        if not 0.0 <= threshold <= 1.0:
+            raise ModelError(f"{path}: kws.threshold {threshold} is outside [0, 1]")
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or inputs[0].name != INPUT_NAME or inputs[0].type != "tensor(float)":
+            raise ModelError(f"{path}: expected one float input {INPUT_NAME!r}")
+        if len(inputs[0].shape) != 2 or inputs[0].shape[1] != fe.feature_size:
+            raise ModelError(f"{path}: input shape {inputs[0].shape}, expected [batch, {fe.feature_size}]")
+        if len(outputs) != 1 or outputs[0].name != OUTPUT_NAME:
+            raise ModelError(f"{path}: expected one output {OUTPUT_NAME!r}")
+        return ModelInfo(name=need("kws.name"), version=need("kws.version"), label=need("kws.label"),
+                         threshold=threshold, front_end=fe_name, path=str(path))
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Probabilities for a (batch, feature_size) float32 array."""
+        (prob,) = self._session.run(None, {INPUT_NAME: features})
+        return prob.reshape(-1)
+
+    def front_end(self, hop_frames: int):
+        return self.front_end_class(hop_frames=hop_frames)
