@@ -178,6 +178,7 @@ class SeedFrontEnd:
     sample_rate = SAMPLE_RATE
     hop_length = HOP_LENGTH
     window_frames = WINDOW_FRAMES
+    window_samples = (WINDOW_FRAMES - 1) * HOP_LENGTH + FRAME_LENGTH
 
     def __init__(self, hop_frames: int = FRAMES_PER_SECOND, batch_frames: int = FRAMES_PER_SECOND):
         if not 1 <= hop_frames <= WINDOW_FRAMES:

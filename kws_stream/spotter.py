@@ -1,0 +1,159 @@
+"""One audio stream in, detections out: front end, model and detector together.
+
+Audio time is a sample counter: window times, hops and the refractory period all
+come from it, so a replayed file and a live microphone behave the same.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+
+from .model import KwsModel
+
+EVENT_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class SpotterConfig:
+    hop_seconds: float = 1.0  # scoring hop; one frame hop (0.01 s) at the finest
+    threshold: float | None = None  # None: the model's own threshold
+    refractory_seconds: float = 2.5  # no new detection for windows ending this soon after one
+    max_batch: int = 64  # windows scored in one model call when audio arrives in big chunks
+
+
+@dataclass(frozen=True)
+class Detection:
+    stream: str
+    label: str
+    score: float
+    threshold: float
+    start: float  # seconds of audio time from the start of the stream
+    end: float
+    seq: int  # 1, 2, ... per stream
+    model: str
+    model_version: str
+
+    def event(self) -> dict:
+        return {
+            "schema": EVENT_SCHEMA,
+            "type": "detection",
+            "stream": self.stream,
+            "label": self.label,
+            "score": round(self.score, 6),
+            "threshold": self.threshold,
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "time": utc_now(),
+            "seq": self.seq,
+            "model": {"name": self.model, "version": self.model_version},
+        }
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Detector:
+    """Threshold plus a refractory period in samples: one phrase, one event."""
+
+    def __init__(self, threshold: float, refractory_samples: int):
+        self.threshold = threshold
+        self.refractory_samples = refractory_samples
+        self.reset()
+
+    def reset(self) -> None:
+        self._last_end = None
+
+    def __call__(self, score: float, end_sample: int) -> bool:
+        if score < self.threshold:
+            return False
+        if self._last_end is not None and end_sample - self._last_end < self.refractory_samples:
+            return False
+        self._last_end = end_sample
+        return True
+
+
+class Spotter:
+    """Feed 16 kHz mono audio in chunks of any size; get Detections back.
+
+    `on_window(start_s, end_s, prob)` is called for every scored window, in order.
+    """
+
+    def __init__(self, model: KwsModel, stream: str = "stream", config: SpotterConfig = SpotterConfig(),
+                 on_window: Callable[[float, float, float], None] | None = None):
+        self.model, self.stream, self.config, self.on_window = model, stream, config, on_window
+        fe_cls = model.front_end_class
+        self.sample_rate = fe_cls.sample_rate
+        hop_frames = max(1, round(config.hop_seconds * self.sample_rate / fe_cls.hop_length))
+        self.front_end = model.front_end(hop_frames)
+        threshold = model.info.threshold if config.threshold is None else config.threshold
+        self.detector = Detector(threshold, round(config.refractory_seconds * self.sample_rate))
+        self._batch = np.empty((config.max_batch, model.feature_size), dtype=np.float32)
+        self._starts = np.empty(config.max_batch, dtype=np.int64)
+        self.reset()
+
+    def reset(self) -> None:
+        self.front_end.reset()
+        self.detector.reset()
+        self.windows = 0
+        self.detections = 0
+        self.max_score = -math.inf
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.front_end.samples_in / self.sample_rate
+
+    def feed(self, audio: np.ndarray) -> list[Detection]:
+        """Take the next samples (float, mono, 16 kHz) and return the detections they complete."""
+        audio = np.asarray(audio)
+        if audio.ndim != 1:
+            raise ValueError(f"Spotter.feed expects mono audio of shape (n,), got {audio.shape}")
+        found: list[Detection] = []
+        pos = n = 0
+        while pos < audio.size:
+            pos += self.front_end.accept(audio[pos:])
+            n = self._take_ready(n, found)
+        if n:
+            self._score(n, found)
+        return found
+
+    def finish(self) -> list[Detection]:
+        """End of stream: score the windows that run past its end, padded as the seed does."""
+        found: list[Detection] = []
+        self.front_end.finish()
+        n = self._take_ready(0, found)
+        if n:
+            self._score(n, found)
+        return found
+
+    def _take_ready(self, n: int, found: list[Detection]) -> int:
+        """Move every ready window into the batch, scoring whenever it fills up."""
+        fe = self.front_end
+        while fe.ready():
+            self._starts[n] = fe.take(self._batch[n])
+            n += 1
+            if n == self.config.max_batch:
+                self._score(n, found)
+                n = 0
+        return n
+
+    def _score(self, n: int, found: list[Detection]) -> None:
+        probs = self.model.score(self._batch[:n])
+        fe = self.front_end
+        for start_frame, prob in zip(self._starts[:n].tolist(), probs.tolist()):
+            start = start_frame * fe.hop_length
+            end = start + fe.window_samples
+            self.windows += 1
+            self.max_score = max(self.max_score, prob)
+            if self.on_window is not None:
+                self.on_window(start / self.sample_rate, end / self.sample_rate, prob)
+            if self.detector(prob, end):
+                self.detections += 1
+                info = self.model.info
+                found.append(Detection(self.stream, info.label, prob, self.detector.threshold,
+                                       start / self.sample_rate, end / self.sample_rate,
+                                       self.detections, info.name, info.version))
