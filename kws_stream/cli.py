@@ -1,0 +1,184 @@
+"""`kws-stream`: the command line. argparse lives here and nowhere else."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from . import __version__
+from .events import DEFAULT_ENDPOINT, NullPublisher, Publisher, PublishError, error_event, status_event
+from .model import KwsModel, ModelError
+from .replay import replay
+from .spotter import SpotterConfig
+
+log = logging.getLogger("kws_stream")
+
+EXIT_OK, EXIT_FAILED_INPUT, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kws-stream",
+        description="Detect «не слышу» / «не слышно» in audio and publish events over ZeroMQ.")
+    p.add_argument("--version", action="version", version=f"kws-stream {__version__}")
+    src = p.add_argument_group("source")
+    src.add_argument("--file", nargs="+", metavar="PATH", help="replay audio files through the streaming path")
+    src.add_argument("--realtime", action="store_true", help="pace file replay at real time")
+    src.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                     help="score files in N processes (same results as 1)")
+    det = p.add_argument_group("detection")
+    det.add_argument("--model", metavar="PATH", help="ONNX model (default: the packaged model)")
+    det.add_argument("--threshold", type=_probability, metavar="X", help="detection threshold (default: the model's)")
+    det.add_argument("--hop-seconds", type=float, default=SpotterConfig.hop_seconds, metavar="S",
+                     help="score a window every S seconds of audio (0.01..2.5, default 1.0)")
+    det.add_argument("--refractory", type=float, default=SpotterConfig.refractory_seconds, metavar="S",
+                     help="seconds of audio after a detection in which no new one fires (default 2.5)")
+    out = p.add_argument_group("output")
+    out.add_argument("--pub", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
+                     help=f"ZeroMQ PUB endpoint, tcp:// or ipc://, or 'none' (default {DEFAULT_ENDPOINT})")
+    out.add_argument("--csv", metavar="OUT", help="write id,label,score per file (file replay)")
+    out.add_argument("--quiet", action="store_true", help="do not print detections on stdout")
+    out.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {value}")
+    return value
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"kws-stream: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class Stop:
+    """Set by SIGTERM/SIGINT; the work loops check it between blocks."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+
+def open_publisher(endpoint: str):
+    return NullPublisher() if endpoint == "none" else Publisher(endpoint)
+
+
+def write_csv_atomically(path: str, rows: list[tuple[str, int, float]]) -> None:
+    """Write id,label,score rows to a temporary file beside `path`, then rename it."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent if str(target.parent) else ".")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "label", "score"])
+            w.writerows((stem, label, f"{score:.6f}") for stem, label, score in rows)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_files(args, model: KwsModel, publisher, stop: Stop) -> int:
+    config = SpotterConfig(hop_seconds=args.hop_seconds, threshold=args.threshold, refractory_seconds=args.refractory)
+    threshold = model.info.threshold if args.threshold is None else args.threshold
+
+    def on_detection(event: dict) -> None:
+        if not args.quiet:
+            print(json.dumps(event, ensure_ascii=False), flush=True)
+        publisher.publish(event)
+
+    failed, rows = 0, []
+    totals = {"files": 0, "audio_seconds": 0.0, "detections": 0}
+    for result in replay(args.file, model, config, jobs=args.jobs, realtime=args.realtime,
+                         on_detection=on_detection, should_stop=stop):
+        totals["files"] += 1
+        totals["audio_seconds"] += result.audio_seconds
+        totals["detections"] += len(result.detections)
+        if result.error is not None:
+            if result.error == "interrupted":
+                break
+            failed += 1
+            log.error("%s: %s", result.path, result.error)
+            publisher.publish(error_event(result.path, result.error))
+            continue
+        rows.append((result.stem, int(result.max_score >= threshold), result.max_score))
+        publisher.publish(status_event("stream-end", stream=result.path, audio_seconds=round(result.audio_seconds, 3),
+                                       windows=result.windows, detections=len(result.detections),
+                                       max_score=round(result.max_score, 6)))
+    if args.csv:
+        try:
+            write_csv_atomically(args.csv, rows)
+        except OSError as e:
+            log.error("%s: cannot write CSV (%s)", args.csv, e.strerror or e)
+            failed += 1
+    totals["audio_seconds"] = round(totals["audio_seconds"], 3)
+    publisher.publish(status_event("finished", failed=failed, dropped=publisher.dropped,
+                                   interrupted=stop.requested, **totals))
+    return EXIT_FAILED_INPUT if failed else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    if not args.file:
+        parser.error("nothing to do: give --file PATH ...")
+    if not 0.01 <= args.hop_seconds <= 2.5:
+        parser.error(f"--hop-seconds must be within 0.01..2.5, got {args.hop_seconds}")
+    if args.refractory < 0:
+        parser.error(f"--refractory must be >= 0, got {args.refractory}")
+    stop = Stop()
+    stop.install()
+    try:
+        model = KwsModel(args.model)
+    except ModelError as e:
+        log.error("model %s", e)
+        return EXIT_USAGE
+    try:
+        publisher = open_publisher(args.pub)
+    except PublishError as e:
+        log.error("%s", e)
+        return EXIT_USAGE
+    try:
+        publisher.publish(status_event("started", model=model.info.name, model_version=model.info.version,
+                                       endpoint=publisher.endpoint))
+        return run_files(args, model, publisher, stop)
+    finally:
+        publisher.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Small ONNX models built in the tests with onnx.helper, under the runtime's contract."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from kws_stream import frontend
+from kws_stream.model import INPUT_NAME, OUTPUT_NAME, metadata_for
+
+TONE_HZ = 1000.0
+
+
+def burst_weights() -> tuple[np.ndarray, float]:
+    """A linear model that fires on a mid-band tone burst centred in the window.
+
+    Features are normalised per (channel, mel) row over time, so the model looks at
+    the time profile of the mel band holding TONE_HZ: high in the middle bins,
+    low at the edges.
+    """
+    w = np.zeros(frontend.FEATURE_SHAPE, dtype=np.float32)
+    centres = frontend.mel_to_hz(np.linspace(frontend.hz_to_mel(frontend.F_MIN), frontend.hz_to_mel(frontend.F_MAX),
+                                             frontend.N_MELS + 2))[1:-1]
+    band = int(np.argmin(np.abs(centres - TONE_HZ)))
+    mid = frontend.POOL_BINS // 2
+    w[0, band, :] = -0.2
+    w[0, band, mid - 8:mid + 8] = 0.6
+    return w.reshape(-1), -8.0
+
+
+def save_model(path, weights: np.ndarray | None = None, bias: float = 0.0, threshold: float = 0.5,
+               meta: dict | None = None, name: str = "test-burst", version: str = "0.0.1") -> str:
+    """Write sigmoid(x @ w + b) as an ONNX model with the kws metadata."""
+    if weights is None:
+        weights, bias = burst_weights()
+    n = frontend.FEATURE_SIZE
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", [INPUT_NAME, "w"], ["z"]),
+         helper.make_node("Add", ["z", "b"], ["logit"]),
+         helper.make_node("Sigmoid", ["logit"], ["p"]),
+         helper.make_node("Reshape", ["p", "shape"], [OUTPUT_NAME])],
+        "kws_test",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", n])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch"])],
+        initializer=[numpy_helper.from_array(weights.reshape(n, 1).astype(np.float32), "w"),
+                     numpy_helper.from_array(np.array([bias], dtype=np.float32), "b"),
+                     numpy_helper.from_array(np.array([-1], dtype=np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    props = metadata_for(name=name, version=version, threshold=threshold)
+    props.update(meta or {})
+    helper.set_model_props(model, {k: v for k, v in props.items() if v is not None})
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def burst_signal(seconds: float, bursts: list[float], rate: int = frontend.SAMPLE_RATE, seed: int = 0) -> np.ndarray:
+    """Quiet noise with 0.4 s tone bursts starting at the given times."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 0.003, int(seconds * rate))
+    t = np.arange(int(0.4 * rate)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * TONE_HZ * t) * np.hanning(t.size)
+    for b in bursts:
+        i = int(b * rate)
+        x[i:i + tone.size] += tone[:max(0, min(tone.size, x.size - i))]
+    return x
