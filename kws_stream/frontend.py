@@ -74,20 +74,27 @@ def n_frames_for(n_samples: int) -> int:
     return max(1, -(-(n_samples - FRAME_LENGTH) // HOP_LENGTH) + 1)
 
 
-def frames_to_mel(frames: np.ndarray, out: np.ndarray, spectrum: np.ndarray | None = None,
-                  power: np.ndarray | None = None) -> np.ndarray:
-    """Log-mel of (k, FRAME_LENGTH) frames, written into out[:, :k] of shape (N_MELS, >= k).
+class MelScratch:
+    """Preallocated work arrays for turning up to `capacity` frames into log-mel."""
 
-    The scratch arrays let the streaming extractor run without allocating.
-    """
+    def __init__(self, capacity: int):
+        self.padded = np.zeros((capacity, N_FFT), dtype=np.float64)  # windowed frame + zero tail
+        self.spectrum = np.empty((capacity, N_BINS), dtype=np.complex128)
+        self.power = np.empty((capacity, N_BINS), dtype=np.float64)
+        self.imag = np.empty((capacity, N_BINS), dtype=np.float64)
+
+
+def frames_to_mel(frames: np.ndarray, out: np.ndarray, scratch: MelScratch | None = None) -> np.ndarray:
+    """Log-mel of (k, FRAME_LENGTH) frames, written into out[:, :k] of shape (N_MELS, >= k)."""
     k = frames.shape[0]
-    if spectrum is None:
-        spectrum = np.empty((k, N_BINS), dtype=np.complex128)
-        power = np.empty((k, N_BINS), dtype=np.float64)
-    spectrum, power = spectrum[:k], power[:k]
-    np.fft.rfft(frames * hann_window(), n=N_FFT, axis=-1, out=spectrum)
-    np.abs(spectrum, out=power)
-    np.square(power, out=power)
+    scratch = scratch or MelScratch(k)
+    padded, spectrum = scratch.padded[:k], scratch.spectrum[:k]
+    power, imag = scratch.power[:k], scratch.imag[:k]
+    np.multiply(frames, hann_window(), out=padded[:, :FRAME_LENGTH])
+    np.fft.rfft(padded, axis=-1, out=spectrum)
+    np.square(spectrum.real, out=power)  # |X|^2 = re^2 + im^2
+    np.square(spectrum.imag, out=imag)
+    power += imag
     power /= N_FFT
     dst = out[:, :k]
     np.matmul(mel_filterbank(), power.T, out=dst)
@@ -123,31 +130,46 @@ class WindowFeatures:
     """Model input from a (N_MELS, WINDOW_FRAMES) log-mel window, with reused buffers.
 
     Deltas inside the window, average pooling into POOL_BINS bins, per-row
-    normalisation, flattened to FEATURE_SIZE float32 values (SEED.md).
+    normalisation, flattened to FEATURE_SIZE float32 values (SEED.md). The pooled
+    deltas are computed without materialising them: a bin [a, b) of d1 sums to
+    m[b-1] - m[a-1] (to m[b-1] - m[0] for a = 0, as d1[0] = 0), and of d2 to
+    d1[b-1] - d1[a-1], so only the mel columns around the bin edges are needed.
     """
 
     def __init__(self, window_frames: int = WINDOW_FRAMES, pool_bins: int = POOL_BINS):
         self.window_frames = window_frames
         edges = np.linspace(0, window_frames, pool_bins + 1).astype(int)
+        if np.any(np.diff(edges) < 1):
+            raise ValueError(f"{pool_bins} bins do not fit {window_frames} frames")
         self._starts = edges[:-1]
         self._counts = np.diff(edges).astype(np.float64)
-        self._stack = np.zeros((N_CHANNELS, N_MELS, window_frames), dtype=np.float64)
+        last, before = edges[1:] - 1, np.maximum(edges[:-1] - 1, 0)
+        # Columns m[b-1], m[a-1], m[b-2], m[a-2], clipped at 0 so that d1[0] comes out as 0.
+        self._cols = np.concatenate([last, before, np.maximum(last - 1, 0), np.maximum(before - 1, 0)])
+        self._edge = np.empty((N_MELS, 4, pool_bins), dtype=np.float64)
         self._pooled = np.empty((N_CHANNELS, N_MELS, pool_bins), dtype=np.float64)
+        self._square = np.empty_like(self._pooled)
         self._mu = np.empty((N_CHANNELS, N_MELS, 1), dtype=np.float64)
         self._sigma = np.empty((N_CHANNELS, N_MELS, 1), dtype=np.float64)
 
     def __call__(self, mel_window: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Write the flattened features of mel_window into out (FEATURE_SIZE,) float32."""
-        x, pooled = self._stack, self._pooled
-        np.copyto(x[0], mel_window)
-        np.subtract(x[0, :, 1:], x[0, :, :-1], out=x[1, :, 1:])
-        np.subtract(x[1, :, 1:], x[1, :, :-1], out=x[2, :, 1:])
-        np.add.reduceat(x, self._starts, axis=-1, out=pooled)
+        pooled, edge = self._pooled, self._edge
+        np.add.reduceat(mel_window, self._starts, axis=-1, out=pooled[0])
+        np.take(mel_window, self._cols, axis=1, out=edge.reshape(N_MELS, -1))
+        last, before, last1, before1 = edge[:, 0], edge[:, 1], edge[:, 2], edge[:, 3]
+        np.subtract(last, before, out=pooled[1])
+        np.subtract(last, last1, out=pooled[2])  # d1[b-1]
+        np.subtract(before, before1, out=last1)  # d1[a-1]
+        pooled[2] -= last1
         pooled /= self._counts
+        # (x - mean) / (std + eps), std as numpy computes it: sqrt(mean((x - mean)^2)).
         np.mean(pooled, axis=-1, keepdims=True, out=self._mu)
-        np.std(pooled, axis=-1, keepdims=True, out=self._sigma)
-        self._sigma += NORM_EPS
         pooled -= self._mu
+        np.square(pooled, out=self._square)
+        np.mean(self._square, axis=-1, keepdims=True, out=self._sigma)
+        np.sqrt(self._sigma, out=self._sigma)
+        self._sigma += NORM_EPS
         pooled /= self._sigma
         np.copyto(out.reshape(pooled.shape), pooled, casting="same_kind")
         return out
@@ -187,8 +209,7 @@ class SeedFrontEnd:
         batch = max(1, batch_frames)
         # PCM not yet turned into frames: the overlap of the next frame plus one batch.
         self._pcm = np.zeros(FRAME_LENGTH + (batch - 1) * HOP_LENGTH, dtype=np.float64)
-        self._spectrum = np.empty((batch, N_BINS), dtype=np.complex128)
-        self._power = np.empty((batch, N_BINS), dtype=np.float64)
+        self._scratch = MelScratch(batch)
         self._fresh = np.empty((N_MELS, batch), dtype=np.float64)
         # Mirrored ring: frame f sits at columns f % W and f % W + W, so a window is a view.
         self._ring = np.empty((N_MELS, 2 * WINDOW_FRAMES), dtype=np.float64)
@@ -210,6 +231,13 @@ class SeedFrontEnd:
         """Take samples until the next window is complete; return how many were taken."""
         if self.total_frames is not None:
             raise RuntimeError("accept() after finish(); call reset() first")
+        n, held = audio.size, self._n_pcm
+        due = (self.next_window + WINDOW_FRAMES - self.frames - 1) * HOP_LENGTH + FRAME_LENGTH - held
+        if n < due and held + n < self._pcm.size:  # the common 10 ms hop: just store it
+            self._pcm[held:held + n] = audio
+            self._n_pcm = held + n
+            self.samples_in += n
+            return n
         taken = 0
         while taken < audio.size and not self._complete():
             # Absolute sample index at which the pending window's last frame is in.
@@ -239,7 +267,7 @@ class SeedFrontEnd:
             return
         span = (n - 1) * HOP_LENGTH + FRAME_LENGTH
         frames = np.lib.stride_tricks.sliding_window_view(self._pcm[:span], FRAME_LENGTH)[::HOP_LENGTH]
-        self._store(frames_to_mel(frames, self._fresh, self._spectrum, self._power))
+        self._store(frames_to_mel(frames, self._fresh, self._scratch))
         consumed = n * HOP_LENGTH
         left = self._n_pcm - consumed
         self._pcm[:left] = self._pcm[consumed:self._n_pcm]

@@ -108,8 +108,7 @@ class Spotter:
         return self.front_end.samples_in / self.sample_rate
 
     def feed(self, audio: np.ndarray) -> list[Detection]:
-        """Take the next samples (float, mono, 16 kHz) and return the detections they complete."""
-        audio = np.asarray(audio)
+        """Take the next samples (a float numpy array, mono, 16 kHz); return the detections they complete."""
         if audio.ndim != 1:
             raise ValueError(f"Spotter.feed expects mono audio of shape (n,), got {audio.shape}")
         found: list[Detection] = []

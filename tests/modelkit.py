@@ -64,3 +64,38 @@ def burst_signal(seconds: float, bursts: list[float], rate: int = frontend.SAMPL
         i = int(b * rate)
         x[i:i + tone.size] += tone[:max(0, min(tone.size, x.size - i))]
     return x
+
+
+def save_seed_dnn(path, seed: int = 0, threshold: float = 0.5) -> str:
+    """The seed's DNN shape (LayerNorm 7200 -> 512 -> 256 -> 1) with random weights:
+    what the seed's procedure ran per window, for speed comparisons."""
+    rng = np.random.default_rng(seed)
+    n = frontend.FEATURE_SIZE
+
+    def dense(name, a, b):
+        return [numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), name + "_w"),
+                numpy_helper.from_array(np.zeros(b, dtype=np.float32), name + "_b")]
+
+    init = dense("l1", n, 512) + dense("l2", 512, 256) + dense("l3", 256, 1) + [
+        numpy_helper.from_array(np.ones(n, dtype=np.float32), "ln_g"),
+        numpy_helper.from_array(np.zeros(n, dtype=np.float32), "ln_b"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "shape")]
+    nodes = [helper.make_node("LayerNormalization", [INPUT_NAME, "ln_g", "ln_b"], ["h0"], axis=-1, epsilon=1e-5)]
+    prev = "h0"
+    for i, name in enumerate(("l1", "l2", "l3")):
+        nodes += [helper.make_node("MatMul", [prev, name + "_w"], [name + "_m"]),
+                  helper.make_node("Add", [name + "_m", name + "_b"], [name + "_a"])]
+        prev = name + "_a"
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [prev], [name + "_r"]))
+            prev = name + "_r"
+    nodes += [helper.make_node("Sigmoid", [prev], ["p"]), helper.make_node("Reshape", ["p", "shape"], [OUTPUT_NAME])]
+    graph = helper.make_graph(nodes, "seed_dnn",
+                              [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", n])],
+                              [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch"])],
+                              initializer=init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, metadata_for(name="seed-dnn-random", version="0", threshold=threshold))
+    onnx.save(model, str(path))
+    return str(path)
