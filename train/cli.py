@@ -13,13 +13,64 @@ import sys
 def _synth_parser(sub) -> None:
     p = sub.add_parser("synth", help="generate a synthetic call corpus in the seed's layout")
     p.set_defaults(module="train.synth")
-    # The corpus issue fills in the options.
+    p.add_argument("--out", required=True, metavar="DIR", help="corpus directory (audio/, word_bounds.json, manifest.jsonl)")
+    p.add_argument("--n", type=int, required=True, help="number of calls")
+    p.add_argument("--seed", type=int, default=0, help="the same arguments and seed give the same bytes")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes")
+    p.add_argument("--pos-fraction", type=float, default=0.45, help="share of calls with the target phrase")
+    p.add_argument("--split", choices=["train", "val"], default="train",
+                   help="val uses RHVoice voices that train never has")
+    p.add_argument("--holdout-engine", choices=["rhvoice", "espeak", "festival"],
+                   help="train: leave this engine out; val: use only this engine")
+    p.add_argument("--min-seconds", type=float, default=3.0, help="shortest call")
+    p.add_argument("--max-seconds", type=float, default=20.0, help="longest call (speech may run slightly over)")
+
+
+def _fit_parser(sub) -> None:
+    p = sub.add_parser("fit", help="train a model on a corpus in the seed's layout")
+    p.set_defaults(module="train.fit")
+    p.add_argument("--data", required=True, metavar="DIR", help="training corpus")
+    p.add_argument("--val", metavar="DIR", help="validation corpus, scored every epoch")
+    p.add_argument("--arch", choices=["dnn", "cnn"], default="cnn", help="dnn: the seed's model; cnn: a small CNN")
+    p.add_argument("--recipe", choices=["seed", "improved"], default="improved",
+                   help="seed: the notebook's windows and MIL; improved: phrase at random offsets, SpecAugment")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory (ckpt.pt, metrics.json)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=2, help="torch threads and feature workers")
+    p.add_argument("--cache", metavar="DIR", help="log-mel cache (default RUN/cache)")
+
+
+def _eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="measure a model through the daemon's streaming code")
+    p.set_defaults(module="train.evaluate")
+    p.add_argument("--model", required=True, metavar="M.onnx")
+    p.add_argument("--data", required=True, metavar="DIR", help="labelled corpus in the seed's layout")
+    p.add_argument("--negatives", metavar="DIR", help="long target-free audio for false accepts per hour")
+    p.add_argument("--out", metavar="DIR", help="write eval.json, det.png and scores.png here")
+    p.add_argument("--jobs", type=int, default=2)
+
+
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a checkpoint as the ONNX model the daemon loads")
+    p.set_defaults(module="train.export")
+    p.add_argument("--ckpt", required=True, metavar="RUN/ckpt.pt")
+    p.add_argument("--out", required=True, metavar="M.onnx")
+    p.add_argument("--name", default="kws-ne-slyshu")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--threshold", type=float, help="fixed threshold instead of one chosen on --negatives")
+    p.add_argument("--negatives", metavar="DIR", help="target-free corpus for choosing the threshold")
+    p.add_argument("--target-fa-per-hour", type=float, default=0.5)
+    p.add_argument("--jobs", type=int, default=2)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kws-train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _synth_parser(sub)
+    for add in (_synth_parser, _fit_parser, _eval_parser, _export_parser):
+        add(sub)
     return parser
 
 

@@ -1,0 +1,170 @@
+"""Corpora in the seed's layout, their log-mels, and training windows.
+
+Features come from kws_stream's own front end (log_mel, window_at, WindowFeatures), so
+a model sees in training exactly what the daemon computes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kws_stream.audio import AudioError, read_file
+from kws_stream.frontend import FEATURE_SIZE, FRAMES_PER_SECOND, WINDOW_FRAMES, WindowFeatures, log_mel, window_at
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Corpus:
+    files: list[Path]
+    bounds: dict[str, tuple[float, float]]  # uid -> target span in seconds, positives only
+    mels: list[np.ndarray]  # (N_MELS, n_frames) float32 per file
+
+    def label(self, i: int) -> int:
+        return int(self.files[i].stem in self.bounds)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([self.label(i) for i in range(len(self.files))], dtype=np.int64)
+
+
+def corpus_files(root: str | Path) -> tuple[list[Path], dict[str, tuple[float, float]]]:
+    root = Path(root)
+    files = sorted((root / "audio").glob("*.opus"))
+    if not files:
+        raise FileNotFoundError(f"{root}/audio holds no .opus files")
+    raw = json.loads((root / "word_bounds.json").read_text()) if (root / "word_bounds.json").exists() else {}
+    return files, {k: (float(v[0]), float(v[1])) for k, v in raw.items()}
+
+
+def load_corpus(root: str | Path, cache_dir: str | Path | None = None, jobs: int = 1) -> Corpus:
+    """Read every file's log-mel, from one cache file per corpus when it is current."""
+    files, bounds = corpus_files(root)
+    cache = None
+    if cache_dir is not None:
+        stamp = hashlib.sha1("".join(f"{f}:{f.stat().st_mtime_ns}" for f in files).encode()).hexdigest()[:16]
+        cache = Path(cache_dir) / f"mels-{stamp}.npz"
+        if cache.exists():
+            with np.load(cache) as z:
+                flat, offsets = z["mels"], z["offsets"]
+            return Corpus(files, bounds, [flat[:, a:b] for a, b in zip(offsets[:-1], offsets[1:])])
+    if jobs > 1:
+        import multiprocessing
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            mels = pool.map(file_mel, files, chunksize=16)
+    else:
+        mels = [file_mel(f) for f in files]
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        offsets = np.cumsum([0] + [m.shape[1] for m in mels])
+        np.savez(cache, mels=np.concatenate(mels, axis=1), offsets=offsets)
+    return Corpus(files, bounds, mels)
+
+
+def file_mel(path: Path) -> np.ndarray:
+    try:
+        return log_mel(read_file(path)).astype(np.float32)
+    except AudioError as e:
+        raise RuntimeError(f"{path}: {e}") from e
+
+
+# -- windows ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "improved"  # "seed": the notebook's 4 windows per file; "improved": see windows()
+    windows_per_file: int = 4
+    spec_augment: bool = True
+    min_cover: float = 0.9  # a window is positive when it holds this share of the phrase
+
+
+def phrase_frames(corpus: Corpus, i: int) -> tuple[int, int] | None:
+    b = corpus.bounds.get(corpus.files[i].stem)
+    if b is None:
+        return None
+    return int(b[0] * FRAMES_PER_SECOND), int(np.ceil(b[1] * FRAMES_PER_SECOND))
+
+
+def seed_starts(rng: np.random.Generator, n_frames: int, phrase: tuple[int, int] | None, k: int) -> list[int]:
+    """The notebook's choice: a positive's window centred on its phrase plus random ones."""
+    last = max(n_frames - WINDOW_FRAMES, 0)
+    starts = [int(rng.integers(0, last + 1)) for _ in range(k)]
+    if phrase is not None:
+        centre = (phrase[0] + phrase[1]) // 2
+        starts[0] = min(max(0, centre - WINDOW_FRAMES // 2), last)
+    return starts
+
+
+def improved_windows(rng: np.random.Generator, n_frames: int, phrase: tuple[int, int] | None, k: int,
+                     min_cover: float) -> list[tuple[int, int]]:
+    """(start, label) pairs: for a positive, one window with the whole phrase at a random
+    offset and windows clear of it (label 0); for a negative, random windows including
+    ones running past the end, as the daemon's last windows do."""
+    out = []
+    hi = max(n_frames - WINDOW_FRAMES // 2, 1)
+    if phrase is not None:
+        a, b = phrase
+        lo_s, hi_s = max(0, b - WINDOW_FRAMES), a
+        out.append((int(rng.integers(lo_s, max(lo_s, hi_s) + 1)), 1))
+    while len(out) < k:
+        s = int(rng.integers(0, hi))
+        if phrase is None:
+            out.append((s, 0))
+            continue
+        a, b = phrase
+        cover = max(0, min(b, s + WINDOW_FRAMES) - max(a, s)) / max(b - a, 1)
+        if cover == 0:
+            out.append((s, 0))
+        elif cover >= min_cover:
+            out.append((s, 1))
+        # partly covered phrases are ambiguous: not used
+        if len(out) < k and rng.random() < 0.05:
+            break
+    return out
+
+
+def spec_augment(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
+    w = w.copy()
+    fill = float(w.mean())
+    for _ in range(2):
+        t = int(rng.integers(0, 16))
+        t0 = int(rng.integers(0, WINDOW_FRAMES - t + 1))
+        w[:, t0:t0 + t] = fill
+        f = int(rng.integers(0, 6))
+        f0 = int(rng.integers(0, w.shape[0] - f + 1))
+        w[f0:f0 + f, :] = fill
+    return w
+
+
+def epoch_windows(corpus: Corpus, recipe: Recipe, rng: np.random.Generator, indices: np.ndarray | None = None):
+    """Features and labels for one epoch.
+
+    seed recipe: X (n_files, k, FEATURE_SIZE) and file labels (MIL, max over windows).
+    improved: X (n_windows, FEATURE_SIZE) and window labels.
+    """
+    indices = np.arange(len(corpus.files)) if indices is None else indices
+    feats = WindowFeatures()
+    k = recipe.windows_per_file
+    if recipe.name == "seed":
+        x = np.empty((len(indices), k, FEATURE_SIZE), dtype=np.float32)
+        for row, i in enumerate(indices):
+            mel = corpus.mels[i]
+            for j, s in enumerate(seed_starts(rng, mel.shape[1], phrase_frames(corpus, i), k)):
+                feats(window_at(mel, s).astype(np.float64), x[row, j])
+        return x, corpus.labels[indices].astype(np.float32)
+    xs, ys = [], []
+    for i in indices:
+        mel = corpus.mels[i]
+        for s, y in improved_windows(rng, mel.shape[1], phrase_frames(corpus, i), k, recipe.min_cover):
+            w = window_at(mel, s).astype(np.float64)
+            if recipe.spec_augment and rng.random() < 0.5:
+                w = spec_augment(rng, w)
+            out = np.empty(FEATURE_SIZE, dtype=np.float32)
+            xs.append(feats(w, out))
+            ys.append(y)
+    return np.stack(xs), np.array(ys, dtype=np.float32)

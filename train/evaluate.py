@@ -1,0 +1,165 @@
+"""`kws-train eval`: a model measured through the daemon's own streaming code.
+
+Every file goes through kws_stream's Spotter (the path `kws-stream --file` uses), so
+training and serving cannot drift apart. Reports the seed's file-level score, FAR and
+FRR across thresholds, AUC, false accepts per hour of target-free audio (counted as the
+daemon counts detections, refractory included), and FRR at fixed false-accept rates.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kws_stream.audio import iter_file
+from kws_stream.model import KwsModel
+from kws_stream.spotter import Detector, Spotter, SpotterConfig
+
+from .data import corpus_files
+
+THRESHOLDS = np.round(np.linspace(0.0, 1.0, 201), 3)
+
+
+@dataclass
+class Scored:
+    name: str
+    label: int
+    seconds: float
+    ends: np.ndarray  # window end, in samples
+    probs: np.ndarray
+
+    @property
+    def max_score(self) -> float:
+        return float(self.probs.max()) if self.probs.size else 0.0
+
+
+_model: KwsModel | None = None
+
+
+def _load(path: str) -> None:
+    global _model
+    _model = KwsModel(path)
+
+
+def _score(item: tuple[str, int]) -> Scored:
+    path, label = item
+    ends, probs = [], []
+    sp = Spotter(_model, config=SpotterConfig(), on_window=lambda s, e, p: (ends.append(e), probs.append(p)))
+    for chunk in iter_file(path):
+        sp.feed(chunk)
+    sp.finish()
+    rate = sp.sample_rate
+    return Scored(Path(path).stem, label, sp.audio_seconds, (np.array(ends) * rate).round().astype(np.int64),
+                  np.array(probs))
+
+
+def score_files(model: str, items: list[tuple[str, int]], jobs: int = 2) -> list[Scored]:
+    if jobs <= 1:
+        _load(model)
+        return [_score(i) for i in items]
+    with multiprocessing.get_context("spawn").Pool(jobs, initializer=_load, initargs=(model,)) as pool:
+        return pool.map(_score, items, chunksize=8)
+
+
+def false_accepts(scored: list[Scored], threshold: float, refractory_s: float = 2.5, rate: int = 16000) -> int:
+    n = 0
+    for s in scored:
+        det = Detector(threshold, int(refractory_s * rate))
+        n += sum(det(p, e) for p, e in zip(s.probs.tolist(), s.ends.tolist()))
+    return n
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if not pos.size or not neg.size:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(order.size)
+    ranks[order] = np.arange(1, order.size + 1)
+    return float((ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
+
+
+def file_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    pred = scores >= threshold
+    pos, neg = labels == 1, labels == 0
+    frr = float((~pred & pos).sum() / max(pos.sum(), 1))
+    far = float((pred & neg).sum() / max(neg.sum(), 1))
+    score = 2 * (1 - frr) * (1 - far) / max((1 - frr) + (1 - far), 1e-12)
+    return {"threshold": float(threshold), "score": score, "far": far, "frr": frr}
+
+
+def threshold_for_fa_rate(negatives: list[Scored], target_per_hour: float) -> float:
+    """The lowest threshold whose false accepts per hour on `negatives` are <= target."""
+    hours = sum(s.seconds for s in negatives) / 3600
+    for t in THRESHOLDS:
+        if false_accepts(negatives, t) / hours <= target_per_hour:
+            return float(t)
+    return 1.0
+
+
+def report(model: str, data: str, negatives: str | None = None, out: str | None = None, jobs: int = 2) -> dict:
+    files, bounds = corpus_files(data)
+    scored = score_files(model, [(str(f), int(f.stem in bounds)) for f in files], jobs)
+    labels = np.array([s.label for s in scored])
+    scores = np.array([s.max_score for s in scored])
+    own = KwsModel(model).info.threshold
+    curve = [file_metrics(labels, scores, t) for t in THRESHOLDS]
+    grid = [m for m in curve if round(m["threshold"] * 20, 6) % 1 == 0 and 0.05 <= m["threshold"] <= 0.95]
+    result = {"model": model, "data": data, "files": len(files), "positives": int(labels.sum()),
+              "auc": auc(labels, scores), "at_model_threshold": file_metrics(labels, scores, own),
+              "best_on_seed_grid": max(grid, key=lambda m: m["score"])}
+    neg = [s for s in scored if s.label == 0]
+    if negatives:
+        neg_files, neg_bounds = corpus_files(negatives)
+        if neg_bounds:
+            raise ValueError(f"{negatives}: has positives; false accepts need target-free audio")
+        neg = score_files(model, [(str(f), 0) for f in neg_files], jobs)
+    hours = sum(s.seconds for s in neg) / 3600
+    result["negative_hours"] = hours
+    result["fa_per_hour_at_model_threshold"] = false_accepts(neg, own) / hours if hours else None
+    for target in (0.5, 0.1):
+        t = threshold_for_fa_rate(neg, target) if hours else 1.0
+        result[f"at_{target}_fa_per_hour"] = file_metrics(labels, scores, t)
+    if out:
+        _plots(Path(out), labels, scores, curve, neg, hours)
+        Path(out, "eval.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _plots(out: Path, labels, scores, curve, neg, hours) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot([m["far"] * 100 for m in curve], [m["frr"] * 100 for m in curve])
+    ax.set_xscale("symlog")
+    ax.set_yscale("symlog")
+    ax.set_xlabel("false accepts, % of negative files")
+    ax.set_ylabel("false rejects, % of positive files")
+    ax.set_title("DET (file level)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "det.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    bins = np.linspace(0, 1, 41)
+    ax.hist(scores[labels == 1], bins, alpha=0.6, label="positive files")
+    ax.hist(scores[labels == 0], bins, alpha=0.6, label="negative files")
+    ax.set_yscale("log")
+    ax.set_xlabel("file score (max window probability)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "scores.png", dpi=100)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    result = report(args.model, args.data, args.negatives, args.out, args.jobs)
+    json.dump(result, sys.stdout, indent=1)
+    print()
+    return 0

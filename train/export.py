@@ -1,0 +1,124 @@
+"""`kws-train export`: a checkpoint to the ONNX file the daemon loads.
+
+The graph takes features [batch, 7200] and returns probabilities [batch]; its metadata
+carries the front end, the threshold, name, version and a summary of the training data.
+The threshold is chosen for a target false-accept rate on held-out negative audio.
+onnxruntime is checked against torch before the file is kept.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kws_stream.frontend import FEATURE_SIZE
+from kws_stream.model import INPUT_NAME, OUTPUT_NAME, KwsModel, metadata_for
+
+from .models import ModelConfig, build
+
+TOLERANCE = 1e-4
+
+
+class ExportError(Exception):
+    pass
+
+
+class WithSigmoid(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
+
+
+def load_checkpoint(path: str) -> tuple[torch.nn.Module, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    args = dict(ckpt["model_args"])
+    args["hidden"], args["channels"] = tuple(args["hidden"]), tuple(args["channels"])
+    model = build(ModelConfig(**args))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt
+
+
+def write_onnx(model: torch.nn.Module, path: Path, meta: dict[str, str]) -> None:
+    import onnx
+    wrapped = WithSigmoid(model).eval()
+    torch.onnx.export(wrapped, (torch.zeros(2, FEATURE_SIZE),), str(path), input_names=[INPUT_NAME],
+                      output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(proto, str(path))
+
+
+def check_parity(model: torch.nn.Module, path: Path, features: np.ndarray) -> float:
+    with torch.no_grad():
+        want = torch.sigmoid(model(torch.from_numpy(features))).numpy()
+    got = KwsModel(path).score(features)
+    diff = float(np.abs(got - want).max())
+    if diff > TOLERANCE:
+        raise ExportError(f"onnxruntime and torch disagree by {diff:.2e} (limit {TOLERANCE:g})")
+    return diff
+
+
+def probe_features(n: int = 256, seed: int = 0) -> np.ndarray:
+    """Real front-end features of varied synthetic audio, to compare runtimes on."""
+    from kws_stream.frontend import WINDOW_FRAMES, log_mel, window_features
+    rng = np.random.default_rng(seed)
+    t = np.arange(16000 * 30) / 16000
+    x = 0.1 * np.sin(2 * np.pi * (200 + 100 * np.sin(t)) * t) * (1 + np.sin(2 * np.pi * 3 * t)) + \
+        rng.normal(0, 0.02, t.size)
+    mel = log_mel(x)
+    starts = rng.integers(0, mel.shape[1] - WINDOW_FRAMES, n)
+    return np.stack([window_features(mel[:, s:s + WINDOW_FRAMES]) for s in starts])
+
+
+def export(ckpt: str, out: str, name: str, version: str, threshold: float | None = None,
+           negatives: str | None = None, target_fa_per_hour: float = 0.5, jobs: int = 2) -> dict:
+    model, info = load_checkpoint(ckpt)
+    training = {"arch": info["model_args"]["arch"], "data": info["config"]["data"],
+                "files": info.get("train_files"), "positives": info.get("train_positives"),
+                "epochs": info["config"]["epochs"], "recipe": info["config"]["recipe"]}
+    out_path = Path(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        draft = Path(tmp) / "draft.onnx"
+        write_onnx(model, draft, metadata_for(name=name, version=version, threshold=threshold or 0.5,
+                                              training=training))
+        diff = check_parity(model, draft, probe_features())
+        chosen = {"threshold": threshold, "how": "given"}
+        if threshold is None:
+            if not negatives:
+                raise ExportError("give --threshold or --negatives to choose one")
+            from .evaluate import corpus_files, score_files, threshold_for_fa_rate
+            files, positives = corpus_files(negatives)
+            if positives:
+                raise ExportError(f"{negatives}: has positives; the threshold needs target-free audio")
+            neg = score_files(str(draft), [(str(f), 0) for f in files], jobs)
+            t = threshold_for_fa_rate(neg, target_fa_per_hour)
+            hours = sum(s.seconds for s in neg) / 3600
+            chosen = {"threshold": t, "how": f"{target_fa_per_hour} false accepts/h on {hours:.2f} h of {negatives}"}
+        training["threshold"] = chosen
+        write_onnx(model, out_path, metadata_for(name=name, version=version, threshold=chosen["threshold"],
+                                                 training=training))
+    check_parity(model, out_path, probe_features(seed=1))
+    return {"out": str(out_path), "max_abs_diff": diff, **chosen}
+
+
+def run(args) -> int:
+    try:
+        result = export(args.ckpt, args.out, args.name, args.version, args.threshold, args.negatives,
+                        args.target_fa_per_hour, args.jobs)
+    except ExportError as e:
+        print(f"kws-train export: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, ensure_ascii=False))
+    return 0

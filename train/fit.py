@@ -1,0 +1,135 @@
+"""`kws-train fit`: train a keyword model on a corpus in the seed's layout.
+
+One flat loop. The checkpoint stores the model config and the whole run config, so
+`kws-train export` rebuilds the model from the file alone.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .data import Recipe, epoch_windows, load_corpus
+from .models import ModelConfig, build, parameter_count
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    data: str
+    out: str
+    val: str | None = None
+    arch: str = "cnn"
+    recipe: str = "improved"  # seed | improved
+    epochs: int = 15
+    batch: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 42
+    threads: int = 2
+    cache: str | None = None
+
+
+def file_scores(model: nn.Module, corpus, batch: int = 512) -> np.ndarray:
+    """The seed's file probability on windows every second (max over windows), computed
+    in batch from the cached log-mels: quick validation during training."""
+    from kws_stream.frontend import FEATURE_SIZE, FRAMES_PER_SECOND, WindowFeatures, window_at
+    feats = WindowFeatures()
+    rows, owner = [], []
+    for i, mel in enumerate(corpus.mels):
+        for s in range(0, mel.shape[1], FRAMES_PER_SECOND):
+            out = np.empty(FEATURE_SIZE, dtype=np.float32)
+            rows.append(feats(window_at(mel, s).astype(np.float64), out))
+            owner.append(i)
+    x = torch.from_numpy(np.stack(rows))
+    model.eval()
+    with torch.no_grad():
+        p = torch.cat([torch.sigmoid(model(x[i:i + batch])) for i in range(0, len(x), batch)]).numpy()
+    best = np.zeros(len(corpus.mels))
+    np.maximum.at(best, np.array(owner), p)
+    return best
+
+
+def seed_metric(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    pred = scores >= threshold
+    pos, neg = labels == 1, labels == 0
+    frr = float((~pred & pos).sum() / max(pos.sum(), 1))
+    far = float((pred & neg).sum() / max(neg.sum(), 1))
+    score = 2 * (1 - frr) * (1 - far) / max((1 - frr) + (1 - far), 1e-12)
+    return {"score": score, "far": far, "frr": frr, "threshold": threshold}
+
+
+def best_on_grid(labels: np.ndarray, scores: np.ndarray) -> dict:
+    return max((seed_metric(labels, scores, t) for t in np.linspace(0.05, 0.95, 19)), key=lambda m: m["score"])
+
+
+def fit(cfg: FitConfig) -> dict:
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    cache = cfg.cache or str(Path(cfg.out) / "cache")
+    train = load_corpus(cfg.data, cache, jobs=cfg.threads)
+    val = load_corpus(cfg.val, cache, jobs=cfg.threads) if cfg.val else None
+    mcfg = ModelConfig(arch=cfg.arch)
+    model = build(mcfg)
+    recipe = Recipe(name=cfg.recipe)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.recipe != "seed" else None
+    labels = train.labels
+    pos_weight = torch.tensor([(labels == 0).sum() / max((labels == 1).sum(), 1)], dtype=torch.float32)
+    log.info("train: %d files (%d positive); model %s, %d parameters", len(labels), labels.sum(), cfg.arch,
+             parameter_count(model))
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        began = time.time()
+        x, y = epoch_windows(train, recipe, rng)
+        if cfg.recipe != "seed":  # window labels: weight positives to balance windows
+            pos_weight = torch.tensor([(y == 0).sum() / max((y == 1).sum(), 1)], dtype=torch.float32)
+        criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        order = rng.permutation(len(y))
+        model.train()
+        total = 0.0
+        for i in range(0, len(order), cfg.batch):
+            idx = order[i:i + cfg.batch]
+            xb, yb = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
+            logits = model(xb)
+            if cfg.recipe == "seed":  # multiple-instance: a file's logit is its best window's
+                logits = logits.reshape(len(idx), -1).amax(dim=1)
+            loss = criterion(logits, yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        if sched is not None:
+            sched.step()
+        row = {"epoch": epoch, "loss": total / len(y), "seconds": round(time.time() - began, 1)}
+        if val is not None:
+            row["val"] = best_on_grid(val.labels, file_scores(model, val))
+        history.append(row)
+        log.info("epoch %d %s", epoch, json.dumps(row))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"model_args": asdict(mcfg), "config": asdict(cfg), "state_dict": model.state_dict(),
+                "history": history, "train_files": len(labels), "train_positives": int(labels.sum())},
+               out / "ckpt.pt")
+    (out / "metrics.json").write_text(json.dumps(history, indent=1))
+    return {"history": history}
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    cfg = FitConfig(data=args.data, out=args.out, val=args.val, arch=args.arch, recipe=args.recipe,
+                    epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
+                    cache=args.cache)
+    fit(cfg)
+    return 0

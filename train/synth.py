@@ -1,0 +1,334 @@
+"""`kws-train synth`: a synthetic Russian call corpus in the seed's layout.
+
+DIR/audio/<uid>.opus, DIR/word_bounds.json (uid -> [start_s, end_s] of the target words,
+positives only) and DIR/manifest.jsonl (how each call was made). Call i is generated
+from the seed sequence (seed, i) alone, so the corpus is the same for any --jobs.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import multiprocessing
+import re
+import sys
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+from kws_stream.frontend import SAMPLE_RATE
+
+from . import synth_channel as ch
+from .synth_tts import (ENGINES, ESPEAK_VARIANTS, RHVOICE_ALLOWED, RHVOICE_TRAIN, RHVOICE_VAL, MissingTool,
+                        Utterance, check_engines, speech)
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("не слышу", "не слышно")
+CARRIERS = (("", ""), ("алло, я вас", ""), ("я вас", ""), ("алло, алло,", ""), ("вас", ""), ("ничего", ""),
+            ("совсем", ""), ("говорите громче,", ""), ("", "вас"), ("", "ничего"), ("алло,", ""), ("что?", ""),
+            ("я вас совсем", ""), ("", "перезвоните"), ("простите,", ""), ("", "говорите громче"))
+CONFUSABLES = ("слышу", "я вас слышу", "хорошо слышно", "плохо слышно", "я вас слушаю", "не вижу", "не спешу",
+               "не слышал", "не смешно", "не знаю", "не скажу", "не пишу", "не слушай", "слышно хорошо", "не сплю",
+               "не дышу", "вы меня слышите?", "не слышала", "не услышал", "теперь слышно", "всё слышно",
+               "не спеша", "не смешно совсем", "не лишнее", "алло, слушаю вас", "не страшно", "неслышно подошёл")
+SENTENCE_POOL = 700  # filler sentences: bounded so the TTS cache is reused across calls
+FESTIVAL_POOL = 250  # Festival reloads its voice per utterance (1.7 s); a smaller pool keeps it cheap
+
+
+DEFAULT_STYLE = {"rhvoice": (100, 100), "espeak": (160, 50), "festival": (100, 100)}
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    out: str
+    n: int
+    seed: int
+    split: str = "train"  # train | val
+    pos_fraction: float = 0.45
+    holdout_engine: str | None = None  # train: never use it; val: use only it
+    min_seconds: float = 3.0
+    max_seconds: float = 20.0
+    jobs: int = 1
+
+
+# -- choices ---------------------------------------------------------------------
+
+def engines_for(cfg: SynthConfig) -> tuple[str, ...]:
+    if cfg.split == "val":
+        return (cfg.holdout_engine,) if cfg.holdout_engine else ("rhvoice",)
+    return tuple(e for e in ENGINES if e != cfg.holdout_engine)
+
+
+def rhvoice_voices(cfg: SynthConfig) -> tuple[str, ...]:
+    if cfg.split == "val":
+        return RHVOICE_ALLOWED if cfg.holdout_engine == "rhvoice" else RHVOICE_VAL
+    return RHVOICE_TRAIN
+
+
+def pick_voice(rng: np.random.Generator, cfg: SynthConfig, engine: str) -> dict:
+    """A speaker: engine voice plus quantised rate and pitch (quantised so the cache is reused)."""
+    if engine == "rhvoice":
+        voices = rhvoice_voices(cfg)
+        return {"voice": voices[rng.integers(len(voices))], "rate": int(rng.choice([70, 85, 100, 115, 130])),
+                "pitch": int(rng.choice([80, 90, 100, 110, 120]))}
+    if engine == "espeak":
+        return {"voice": ESPEAK_VARIANTS[rng.integers(len(ESPEAK_VARIANTS))],
+                "rate": int(rng.choice([120, 140, 160, 180, 210])), "pitch": int(rng.choice([25, 40, 50, 60, 75]))}
+    return {"voice": "msu_ru_nsh_clunits", "rate": 100, "pitch": 100}
+
+
+@lru_cache(maxsize=1)
+def sentences() -> tuple[str, ...]:
+    """Natural Russian sentences from fortunes-ru, without any form of «слыш»."""
+    found = []
+    for path in sorted(glob.glob("/usr/share/games/fortunes/ru/*.u8")):
+        text = Path(path).read_text(encoding="utf-8", errors="ignore")
+        for block in text.split("\n%\n"):
+            for s in re.split(r"(?<=[.!?])\s+", " ".join(block.split())):
+                if 15 <= len(s) <= 110 and s.count(" ") >= 2 and not re.search(r"\.\S", s) and re.fullmatch(r"[А-Яа-яЁё ,.!?:;—-]+", s) and "слыш" not in s.lower():
+                    found.append(s.strip(" -—"))
+    if not found:
+        raise MissingTool("fortunes-ru: no Russian text found; install it with: apt-get install fortunes-ru")
+    order = np.random.default_rng(0).permutation(len(found))
+    return tuple(found[i] for i in order)
+
+
+def filler(rng: np.random.Generator, engine: str) -> str:
+    pool = sentences()[:FESTIVAL_POOL if engine == "festival" else SENTENCE_POOL]
+    return pool[rng.integers(len(pool))]
+
+
+# -- one call ------------------------------------------------------------------------
+
+def say(engine: str, voice: dict, text: str, styled: bool = True) -> np.ndarray:
+    """Fillers (styled=False) use the engine's default rate and pitch, so they come from
+    the cache; the target, carriers and confusables use the speaker's own settings."""
+    rate, pitch = (voice["rate"], voice["pitch"]) if styled else DEFAULT_STYLE[engine]
+    return speech(Utterance(engine, voice["voice"], rate, pitch, text)).astype(np.float64)
+
+
+def say_filler(rng: np.random.Generator, engine: str, voice: dict, text: str) -> np.ndarray:
+    """A filler sentence; one an engine cannot say is replaced by another."""
+    for _ in range(5):
+        try:
+            return say(engine, voice, text, styled=False)
+        except RuntimeError as e:
+            log.debug("%s", e)
+            text = filler(rng, engine)
+    raise RuntimeError(f"{engine}: five filler sentences failed to synthesise")
+
+
+def gap(rng: np.random.Generator, lo: float = 0.15, hi: float = 0.9) -> np.ndarray:
+    return np.zeros(int(rng.uniform(lo, hi) * SAMPLE_RATE))
+
+
+def speech_track(rng: np.random.Generator, cfg: SynthConfig, kind: str, seconds: float):
+    """Speech of one voice with the target (positives) or a confusable at a random place.
+    Returns the track, the target's sample span or None, the texts, engine and voice."""
+    engines = engines_for(cfg)
+    engine = engines[rng.integers(len(engines))]
+    voice = pick_voice(rng, cfg, engine)
+    special: list[tuple[str, bool]] = []  # (text, is the target)
+    if kind == "positive":
+        prefix, suffix = CARRIERS[rng.integers(len(CARRIERS))]
+        special = [(t, False) for t in [prefix] if t] + [(TARGETS[rng.integers(2)], True)] + [(t, False) for t in [suffix] if t]
+    elif kind == "confusable":
+        special = [(CONFUSABLES[rng.integers(len(CONFUSABLES))], False)]
+    parts, texts, span, total = [gap(rng, 0.1, 1.0)], [], None, 0
+    total = parts[0].size
+    target_budget = int(seconds * SAMPLE_RATE)
+    n_before = rng.integers(0, 3)
+    plan = [filler(rng, engine) for _ in range(n_before)] + [special] + [filler(rng, engine) for _ in range(3)]
+    for item in plan:
+        if isinstance(item, list):
+            for j, (text, is_target) in enumerate(item):
+                x = say(engine, voice, text)
+                if is_target:
+                    span = (total, total + x.size)
+                parts.append(x)
+                texts.append(text)
+                total += x.size
+                if j < len(item) - 1:
+                    g = gap(rng, 0.02, 0.2)
+                    parts.append(g)
+                    total += g.size
+        else:
+            if total > target_budget and (span is not None or kind != "positive"):
+                break
+            x = say_filler(rng, engine, voice, item)
+            parts += [x]
+            texts.append(item)
+            total += x.size
+        g = gap(rng)
+        parts.append(g)
+        total += g.size
+    return np.concatenate(parts), span, texts, engine, voice
+
+
+def make_call(cfg: SynthConfig, index: int) -> tuple[bytes, dict]:
+    rng = np.random.default_rng([cfg.seed, index, 0 if cfg.split == "train" else 1])
+    uid = f"{cfg.split}{cfg.seed}-{index:06d}"
+    seconds = rng.uniform(cfg.min_seconds, cfg.max_seconds)
+    kind = "positive" if rng.random() < cfg.pos_fraction else \
+        str(rng.choice(["speech", "confusable", "russian", "foreign", "other"], p=[0.45, 0.25, 0.1, 0.1, 0.1]))
+    meta: dict = {"uid": uid, "kind": kind, "label": int(kind == "positive")}
+    span = None
+    if kind in ("positive", "speech", "confusable"):
+        x, span, texts, engine, voice = speech_track(rng, cfg, kind, seconds)
+        factor = float(rng.uniform(0.88, 1.12))  # speed perturbation: tempo and vocal tract together
+        x = soxr.resample(x, SAMPLE_RATE, int(SAMPLE_RATE * factor))
+        if span is not None:
+            span = (int(span[0] / factor), int(span[1] / factor))
+        meta.update(engine=engine, voice=voice, texts=texts, speed=round(factor, 4))
+    else:
+        x, source = background_only(rng, kind, int(seconds * SAMPLE_RATE))
+        meta.update(engine=None, source=source)
+    x, channel = apply_channel(rng, x)
+    meta.update(channel)
+    if span is not None:
+        meta["phrase"] = meta["texts"][[i for i, t in enumerate(meta["texts"]) if t in TARGETS][0]]
+        meta["bounds"] = [round(span[0] / SAMPLE_RATE, 3), round(span[1] / SAMPLE_RATE, 3)]
+    meta["seconds"] = round(x.size / SAMPLE_RATE, 3)
+    return encode_opus(x), meta
+
+
+def background_only(rng: np.random.Generator, kind: str, n: int) -> tuple[np.ndarray, str]:
+    """A call without Russian synthetic speech: real Russian or foreign recordings, music,
+    tones, noise or silence."""
+    if kind in ("russian", "foreign"):
+        got = ch.excerpt(rng, kind, n)
+        if got is not None:
+            return got[0], f"{kind}:{got[1]}"
+    choice = rng.integers(4)
+    if choice == 0 and (got := ch.excerpt(rng, "music", n)) is not None:
+        return got[0], f"music:{got[1]}"
+    if choice == 1:
+        x, name = ch.tones(rng, n)
+        return x, f"tones:{name}"
+    if choice == 2:
+        return 1e-4 * rng.standard_normal(n), "silence"
+    exponent = float(rng.uniform(0, 2))
+    return 0.05 * ch.coloured_noise(rng, n, exponent), f"noise:{exponent:.2f}"
+
+
+def apply_channel(rng: np.random.Generator, x: np.ndarray) -> tuple[np.ndarray, dict]:
+    info: dict = {}
+    irs = ch.room_irs()
+    if irs and rng.random() < 0.3:
+        k = int(rng.integers(len(irs)))
+        x = ch.reverberate(x, irs[k])
+        info["room"] = k
+    snr = None
+    if rng.random() < 0.85:
+        snr = float(rng.uniform(0, 30))
+        source = str(rng.choice(["ambient", "coloured", "babble", "music"], p=[0.4, 0.25, 0.2, 0.15]))
+        noise = None
+        if source in ("ambient", "music"):
+            got = ch.excerpt(rng, source, x.size)
+            noise = got[0] if got else None
+        if source == "babble":
+            got = ch.excerpt(rng, "foreign", x.size)
+            noise = got[0] if got else None
+        if noise is None:
+            source, noise = "coloured", ch.coloured_noise(rng, x.size, float(rng.uniform(0, 2)))
+        x = x + ch.scale_to_snr(x, noise, snr)
+        info["noise"] = source
+    info["snr_db"] = None if snr is None else round(snr, 2)
+    narrow = rng.random() < 0.55
+    codec = str(rng.choice(ch.CODECS[1:])) if narrow else str(rng.choice(["pcm", "opus-lowrate"], p=[0.7, 0.3]))
+    peak = np.abs(x).max() + 1e-12
+    x = x / peak * 0.5
+    x = ch.telephone(x, codec, rng) if narrow else ch.encode(x, codec, SAMPLE_RATE, rng)
+    info.update(band="narrow" if narrow else "wide", codec=codec)
+    if rng.random() < 0.2:
+        loss = float(rng.uniform(0.01, 0.06))
+        x = ch.packet_loss(x, rng, loss)
+        info["packet_loss"] = round(loss, 3)
+    gain_db = float(rng.uniform(-30, 0))
+    x = x * 10 ** (gain_db / 20) / (np.abs(x).max() + 1e-12)
+    if rng.random() < 0.08:
+        x = np.clip(x * rng.uniform(2, 6), -1, 1)
+        info["clipped"] = True
+    info["gain_db"] = round(gain_db, 2)
+    return x, info
+
+
+# -- files -------------------------------------------------------------------------
+
+def encode_opus(x: np.ndarray) -> bytes:
+    return ch.opus_bytes(x, SAMPLE_RATE)
+
+
+_cfg: SynthConfig | None = None
+
+
+def _init(cfg: SynthConfig) -> None:
+    global _cfg
+    _cfg = cfg
+
+
+def _one(index: int) -> dict:
+    data, meta = make_call(_cfg, index)
+    (Path(_cfg.out) / "audio" / f"{meta['uid']}.opus").write_bytes(data)
+    return meta
+
+
+def generate(cfg: SynthConfig, progress: bool = True) -> list[dict]:
+    if cfg.holdout_engine is not None and cfg.holdout_engine not in ENGINES:
+        raise ValueError(f"--holdout-engine must be one of {', '.join(ENGINES)}")
+    check_engines(engines_for(cfg))
+    sentences()
+    (Path(cfg.out) / "audio").mkdir(parents=True, exist_ok=True)
+    ch.room_irs()  # build once before forking workers
+    indices = range(cfg.n)
+    if cfg.jobs > 1:
+        with multiprocessing.get_context("fork").Pool(cfg.jobs, initializer=_init, initargs=(cfg,)) as pool:
+            metas = list(_progress(pool.imap(_one, indices, chunksize=4), cfg.n, progress))
+    else:
+        _init(cfg)
+        metas = list(_progress(map(_one, indices), cfg.n, progress))
+    out = Path(cfg.out)
+    bounds = {m["uid"]: m["bounds"] for m in metas if "bounds" in m}
+    (out / "word_bounds.json").write_text(json.dumps(bounds, ensure_ascii=False, indent=1, sort_keys=True))
+    with open(out / "manifest.jsonl", "w", encoding="utf-8") as f:
+        for m in metas:
+            f.write(json.dumps(m, ensure_ascii=False, sort_keys=True) + "\n")
+    return metas
+
+
+def _progress(it, total: int, show: bool):
+    if not show:
+        return it
+    from tqdm import tqdm
+    return tqdm(it, total=total, unit="call", file=sys.stderr)
+
+
+def run(args) -> int:
+    cfg = SynthConfig(out=args.out, n=args.n, seed=args.seed, split=args.split, pos_fraction=args.pos_fraction,
+                      holdout_engine=args.holdout_engine, min_seconds=args.min_seconds,
+                      max_seconds=args.max_seconds, jobs=args.jobs)
+    try:
+        metas = generate(cfg)
+    except MissingTool as e:
+        print(f"kws-train synth: {e}", file=sys.stderr)
+        return 2
+    n_pos = sum(m["label"] for m in metas)
+    print(f"kws-train synth: {len(metas)} calls ({n_pos} positive) in {cfg.out}", file=sys.stderr)
+    return 0
+
+
+def used_voices(manifest: Path) -> set[tuple[str, str]]:
+    """(engine, voice) pairs of a corpus, for split checks."""
+    pairs = set()
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        m = json.loads(line)
+        if m.get("engine"):
+            pairs.add((m["engine"], m["voice"]["voice"]))
+    return pairs
+
+
+__all__ = ["SynthConfig", "generate", "run", "used_voices", "asdict"]

@@ -1,0 +1,214 @@
+"""Telephone channels and acoustic scenes for synthetic calls.
+
+Everything here works on float64 mono 16 kHz arrays and keeps time alignment, so the
+word bounds of a call stay exact through every effect.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import os
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from kws_stream.frontend import SAMPLE_RATE
+
+from .synth_tts import CACHE
+
+SHARED_NOISE = Path(os.environ.get("KWS_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "noise"
+PKGS = CACHE / "pkgs"  # Debian packages unpacked by `apt-get download` + `dpkg-deb -x`
+NARROW_RATE = 8000
+CODECS = ("pcm", "ulaw", "alaw", "gsm", "opus-lowrate")
+
+
+def load_16k(path: str | Path, max_seconds: float = 120.0) -> np.ndarray:
+    with sf.SoundFile(str(path)) as f:
+        x = f.read(int(max_seconds * f.samplerate), dtype="float64", always_2d=True).mean(axis=1)
+        rate = f.samplerate
+    return soxr.resample(x, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else x
+
+
+@lru_cache(maxsize=None)
+def sound_files(kind: str) -> tuple[str, ...]:
+    """Third-party recordings by kind; an empty tuple when a source is not fetched."""
+    patterns = {
+        "ambient": [str(SHARED_NOISE / "ambient" / "*.ogg"), str(SHARED_NOISE / "background" / "*.flac")],
+        "music": [str(PKGS / "usr/share/asterisk/moh/*.wav"), str(PKGS / "usr/share/games/hedgewars/Data/Music/*.ogg")],
+        "foreign": [str(PKGS / f"usr/share/asterisk/sounds/{lang}/*.wav") for lang in ("en", "es", "fr", "it")],
+        "russian": [str(PKGS / "usr/share/tuxpaint/stamps/**/*_desc_ru.ogg"),
+                    str(PKGS / "usr/share/ktuberling/sounds/ru/*.ogg"),
+                    str(PKGS / "usr/share/klettres/ru/**/*.ogg"),
+                    str(PKGS / "usr/share/games/hedgewars/Data/Sounds/voices/Default_ru/*.ogg")],
+        "ir": [str(SHARED_NOISE / "ir" / "*.wav")],
+    }[kind]
+    return tuple(sorted(f for p in patterns for f in glob.glob(p, recursive=True)))
+
+
+@lru_cache(maxsize=64)
+def _clip(path: str) -> np.ndarray:
+    return load_16k(path)
+
+
+def excerpt(rng: np.random.Generator, kind: str, n: int) -> tuple[np.ndarray, str] | None:
+    """n samples of a random recording of `kind`, looped if it is short."""
+    files = sound_files(kind)
+    if not files:
+        return None
+    path = files[rng.integers(len(files))]
+    x = _clip(path)
+    if x.size == 0:
+        return None
+    if x.size < n:
+        x = np.tile(x, n // x.size + 1)
+    start = rng.integers(x.size - n + 1)
+    return x[start:start + n].copy(), Path(path).name
+
+
+def coloured_noise(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
+    """Noise with a 1/f**exponent power spectrum (0 white, 1 pink, 2 brown)."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.maximum(np.fft.rfftfreq(n), 1.0 / n)
+    x = np.fft.irfft(spec / f ** (exponent / 2), n)
+    return x / (np.std(x) + 1e-12)
+
+
+def tones(rng: np.random.Generator, n: int) -> tuple[np.ndarray, str]:
+    """Russian ringback (425 Hz, 0.8 s on 3.2 s off), busy (425 Hz, 0.4/0.4) or DTMF digits."""
+    t = np.arange(n) / SAMPLE_RATE
+    kind = ("ringback", "busy", "dtmf")[rng.integers(3)]
+    if kind == "dtmf":
+        lows, highs = (697, 770, 852, 941), (1209, 1336, 1477)
+        x = np.zeros(n)
+        pos = int(rng.uniform(0.2, 1.0) * SAMPLE_RATE)
+        while pos < n:
+            length = int(rng.uniform(0.07, 0.2) * SAMPLE_RATE)
+            seg = t[:min(length, n - pos)]
+            x[pos:pos + seg.size] = np.sin(2 * np.pi * rng.choice(lows) * seg) + np.sin(2 * np.pi * rng.choice(highs) * seg)
+            pos += length + int(rng.uniform(0.05, 0.6) * SAMPLE_RATE)
+        return 0.3 * x, kind
+    on, off = (0.8, 3.2) if kind == "ringback" else (0.4, 0.4)
+    gate = (t % (on + off)) < on
+    return 0.3 * np.sin(2 * np.pi * 425 * t) * gate, kind
+
+
+def scale_to_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    active = speech[np.abs(speech) > 0.01 * (np.abs(speech).max() + 1e-12)]
+    p_s = np.mean(active ** 2) if active.size else 1e-6
+    p_n = np.mean(noise ** 2) + 1e-12
+    return noise * np.sqrt(p_s / (p_n * 10 ** (snr_db / 10)))
+
+
+@lru_cache(maxsize=1)
+def room_irs() -> tuple[np.ndarray, ...]:
+    """The measured impulse responses plus a fixed set simulated with pyroomacoustics,
+    each aligned so that its direct path is at sample 0 (word bounds do not move)."""
+    irs = [load_16k(p, 2.0) for p in sound_files("ir")]
+    try:
+        import pyroomacoustics as pra
+    except ImportError:
+        pra = None
+    if pra is not None:
+        rng = np.random.default_rng(1234)
+        for _ in range(12):
+            dims = rng.uniform([3, 3, 2.4], [8, 7, 3.5])
+            absorption = rng.uniform(0.1, 0.6)
+            room = pra.ShoeBox(dims, fs=SAMPLE_RATE, materials=pra.Material(absorption), max_order=12)
+            room.add_source(rng.uniform([0.5, 0.5, 1.0], dims - 0.5))
+            room.add_microphone(rng.uniform([0.5, 0.5, 1.0], dims - 0.5))
+            room.compute_rir()
+            irs.append(np.asarray(room.rir[0][0], dtype=np.float64))
+    out = []
+    for ir in irs:
+        ir = ir[int(np.argmax(np.abs(ir))):][:SAMPLE_RATE]
+        out.append(ir / (np.abs(ir).max() + 1e-12))
+    return tuple(out)
+
+
+def reverberate(x: np.ndarray, ir: np.ndarray) -> np.ndarray:
+    n = x.size + ir.size - 1
+    size = 1 << (n - 1).bit_length()
+    y = np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(ir, size), size)[:x.size]
+    return y * (np.abs(x).max() / (np.abs(y).max() + 1e-12))
+
+
+def mu_law(x: np.ndarray, mu: float = 255.0) -> np.ndarray:
+    y = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
+    y = np.round(np.clip(y, -1, 1) * 127) / 127
+    return np.sign(y) * ((1 + mu) ** np.abs(y) - 1) / mu
+
+
+def a_law(x: np.ndarray, a: float = 87.6) -> np.ndarray:
+    ax = np.abs(np.clip(x, -1, 1))
+    y = np.where(ax < 1 / a, a * ax / (1 + np.log(a)), (1 + np.log(np.maximum(a * ax, 1e-12))) / (1 + np.log(a)))
+    y = np.round(y * 127) / 127
+    inv = np.where(y < 1 / (1 + np.log(a)), y * (1 + np.log(a)) / a, np.exp(y * (1 + np.log(a)) - 1) / a)
+    return np.sign(x) * inv
+
+
+def _through_sox(x: np.ndarray, rate: int, fmt: list[str]) -> np.ndarray:
+    """Encode and decode with sox (GSM); returns x unchanged length."""
+    raw = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+    common = ["-t", "raw", "-r", str(rate), "-e", "signed", "-b", "16", "-c", "1"]
+    enc = subprocess.run(["sox", *common, "-", *fmt, "-"], input=raw, capture_output=True, check=True).stdout
+    dec = subprocess.run(["sox", *fmt, "-", *common, "-"], input=enc, capture_output=True, check=True).stdout
+    y = np.frombuffer(dec, dtype="<i2").astype(np.float64) / 32767
+    return np.pad(y, (0, max(0, x.size - y.size)))[:x.size]
+
+
+OPUS_SERIAL = 0x6B7773  # a fixed Ogg serial number: the same call gives the same bytes
+
+
+def opus_bytes(x: np.ndarray, rate: int, bitrate_kbps: float | None = None, complexity: int = 5) -> bytes:
+    """Ogg/Opus of x with opusenc (libsndfile's encoder is ten times slower here)."""
+    raw = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+    cmd = ["opusenc", "--quiet", "--raw", "--raw-rate", str(rate), "--raw-chan", "1", "--raw-bits", "16",
+           "--serial", str(OPUS_SERIAL), "--comp", str(complexity)]
+    if bitrate_kbps is not None:
+        cmd += ["--bitrate", f"{bitrate_kbps:.1f}"]
+    return subprocess.run(cmd + ["-", "-"], input=raw, capture_output=True, check=True).stdout
+
+
+def _through_opus(x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
+    data = opus_bytes(x, rate, bitrate_kbps=float(rng.uniform(6, 12)))
+    y, got_rate = sf.read(io.BytesIO(data), dtype="float64")
+    if got_rate != rate:
+        y = soxr.resample(y, got_rate, rate)
+    return np.pad(y, (0, max(0, x.size - y.size)))[:x.size]
+
+
+def telephone(x: np.ndarray, codec: str, rng: np.random.Generator) -> np.ndarray:
+    """Down to 8 kHz with a 300-3400 Hz band, through a codec, and back up to 16 kHz."""
+    y = soxr.resample(x, SAMPLE_RATE, NARROW_RATE)
+    spec = np.fft.rfft(y)
+    f = np.fft.rfftfreq(y.size, 1 / NARROW_RATE)
+    low = rng.uniform(200, 400)
+    spec *= 1 / (1 + (low / np.maximum(f, 1)) ** 4)  # gentle high-pass
+    y = np.fft.irfft(spec, y.size)
+    y = encode(y, codec, NARROW_RATE, rng)
+    return soxr.resample(y, NARROW_RATE, SAMPLE_RATE)[:x.size]
+
+
+def encode(y: np.ndarray, codec: str, rate: int, rng: np.random.Generator) -> np.ndarray:
+    if codec == "ulaw":
+        return mu_law(y)
+    if codec == "alaw":
+        return a_law(y)
+    if codec == "gsm":
+        return _through_sox(y, NARROW_RATE, ["-t", "gsm", "-r", str(NARROW_RATE), "-c", "1"]) if rate == NARROW_RATE else y
+    if codec == "opus-lowrate":
+        return _through_opus(y, rate, rng)
+    return y
+
+
+def packet_loss(x: np.ndarray, rng: np.random.Generator, rate: float) -> np.ndarray:
+    """Zero random 20 ms packets."""
+    packet = SAMPLE_RATE // 50
+    lost = np.flatnonzero(rng.random(x.size // packet) < rate)
+    for i in lost:
+        x[i * packet:(i + 1) * packet] = 0.0
+    return x
