@@ -24,12 +24,16 @@ def _synth_parser(sub) -> None:
                    help="train: leave this engine out; val: use only this engine")
     p.add_argument("--min-seconds", type=float, default=3.0, help="shortest call")
     p.add_argument("--max-seconds", type=float, default=20.0, help="longest call (speech may run slightly over)")
+    p.add_argument("--no-fetch", action="store_true",
+                   help="do not apt-get download the packages of real recordings and music")
 
 
 def _fit_parser(sub) -> None:
     p = sub.add_parser("fit", help="train a model on a corpus in the seed's layout")
     p.set_defaults(module="train.fit")
-    p.add_argument("--data", required=True, metavar="DIR", help="training corpus")
+    p.add_argument("--data", required=True, nargs="+", metavar="DIR", help="training corpora")
+    p.add_argument("--exclude-engine", choices=["rhvoice", "espeak", "festival"],
+                   help="leave this engine's calls out (to validate on it alone)")
     p.add_argument("--val", metavar="DIR", help="validation corpus, scored every epoch")
     p.add_argument("--arch", choices=["dnn", "cnn"], default="cnn", help="dnn: the seed's model; cnn: a small CNN")
     p.add_argument("--recipe", choices=["seed", "improved"], default="improved",

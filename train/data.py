@@ -66,6 +66,29 @@ def load_corpus(root: str | Path, cache_dir: str | Path | None = None, jobs: int
     return Corpus(files, bounds, mels)
 
 
+def load_corpora(roots: list[str], cache_dir: str | Path | None = None, jobs: int = 1,
+                 exclude_engine: str | None = None) -> Corpus:
+    """Several corpora as one; calls made by `exclude_engine` (per manifest.jsonl) left out."""
+    files, bounds, mels = [], {}, []
+    for root in roots:
+        c = load_corpus(root, cache_dir, jobs)
+        skip = engine_calls(root, exclude_engine) if exclude_engine else set()
+        for f, m in zip(c.files, c.mels):
+            if f.stem not in skip:
+                files.append(f)
+                mels.append(m)
+        bounds.update({k: v for k, v in c.bounds.items() if k not in skip})
+    return Corpus(files, bounds, mels)
+
+
+def engine_calls(root: str | Path, engine: str) -> set[str]:
+    manifest = Path(root) / "manifest.jsonl"
+    if not manifest.exists():
+        raise FileNotFoundError(f"{manifest}: needed to leave out engine {engine!r}")
+    return {m["uid"] for m in map(json.loads, manifest.read_text(encoding="utf-8").splitlines())
+            if m.get("engine") == engine}
+
+
 def file_mel(path: Path) -> np.ndarray:
     try:
         return log_mel(read_file(path)).astype(np.float32)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import Recipe, epoch_windows, load_corpus
+from .data import Recipe, epoch_windows, load_corpora, load_corpus
 from .models import ModelConfig, build, parameter_count
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FitConfig:
-    data: str
+    data: tuple[str, ...]
     out: str
     val: str | None = None
     arch: str = "cnn"
@@ -37,6 +37,7 @@ class FitConfig:
     seed: int = 42
     threads: int = 2
     cache: str | None = None
+    exclude_engine: str | None = None  # leave this engine's calls out of training
 
 
 def file_scores(model: nn.Module, corpus, batch: int = 512) -> np.ndarray:
@@ -78,7 +79,7 @@ def fit(cfg: FitConfig) -> dict:
     rng = np.random.default_rng(cfg.seed)
     torch.set_num_threads(cfg.threads)
     cache = cfg.cache or str(Path(cfg.out) / "cache")
-    train = load_corpus(cfg.data, cache, jobs=cfg.threads)
+    train = load_corpora(list(cfg.data), cache, jobs=cfg.threads, exclude_engine=cfg.exclude_engine)
     val = load_corpus(cfg.val, cache, jobs=cfg.threads) if cfg.val else None
     mcfg = ModelConfig(arch=cfg.arch)
     model = build(mcfg)
@@ -128,7 +129,7 @@ def fit(cfg: FitConfig) -> dict:
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    cfg = FitConfig(data=args.data, out=args.out, val=args.val, arch=args.arch, recipe=args.recipe,
+    cfg = FitConfig(data=tuple(args.data), exclude_engine=args.exclude_engine, out=args.out, val=args.val, arch=args.arch, recipe=args.recipe,
                     epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                     cache=args.cache)
     fit(cfg)

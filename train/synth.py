@@ -53,6 +53,7 @@ class SynthConfig:
     min_seconds: float = 3.0
     max_seconds: float = 20.0
     jobs: int = 1
+    fetch: bool = True  # fetch the Debian packages of real recordings and music first
 
 
 # -- choices ---------------------------------------------------------------------
@@ -142,7 +143,8 @@ def speech_track(rng: np.random.Generator, cfg: SynthConfig, kind: str, seconds:
     total = parts[0].size
     target_budget = int(seconds * SAMPLE_RATE)
     n_before = rng.integers(0, 3)
-    plan = [filler(rng, engine) for _ in range(n_before)] + [special] + [filler(rng, engine) for _ in range(3)]
+    n_after = 3 + int(seconds // 4)  # enough to fill the call; the loop stops at the budget
+    plan = [filler(rng, engine) for _ in range(n_before)] + [special] + [filler(rng, engine) for _ in range(n_after)]
     for item in plan:
         if isinstance(item, list):
             for j, (text, is_target) in enumerate(item):
@@ -179,10 +181,13 @@ def make_call(cfg: SynthConfig, index: int) -> tuple[bytes, dict]:
     span = None
     if kind in ("positive", "speech", "confusable"):
         x, span, texts, engine, voice = speech_track(rng, cfg, kind, seconds)
-        factor = float(rng.uniform(0.88, 1.12))  # speed perturbation: tempo and vocal tract together
-        x = soxr.resample(x, SAMPLE_RATE, int(SAMPLE_RATE * factor))
+        # Speed perturbation, tempo and vocal tract together: resampled to SAMPLE_RATE * factor
+        # and played at SAMPLE_RATE, the track becomes `factor` times longer.
+        factor = float(rng.uniform(0.88, 1.12))
+        rate = int(SAMPLE_RATE * factor)
+        x = soxr.resample(x, SAMPLE_RATE, rate)
         if span is not None:
-            span = (int(span[0] / factor), int(span[1] / factor))
+            span = (span[0] * rate // SAMPLE_RATE, span[1] * rate // SAMPLE_RATE)
         meta.update(engine=engine, voice=voice, texts=texts, speed=round(factor, 4))
     else:
         x, source = background_only(rng, kind, int(seconds * SAMPLE_RATE))
@@ -282,6 +287,9 @@ def generate(cfg: SynthConfig, progress: bool = True) -> list[dict]:
         raise ValueError(f"--holdout-engine must be one of {', '.join(ENGINES)}")
     check_engines(engines_for(cfg))
     sentences()
+    if cfg.fetch:
+        for pkg in ch.fetch_sources():
+            log.warning("%s: could not be fetched with apt-get download; calls are made without it", pkg)
     (Path(cfg.out) / "audio").mkdir(parents=True, exist_ok=True)
     ch.room_irs()  # build once before forking workers
     indices = range(cfg.n)
@@ -310,7 +318,7 @@ def _progress(it, total: int, show: bool):
 def run(args) -> int:
     cfg = SynthConfig(out=args.out, n=args.n, seed=args.seed, split=args.split, pos_fraction=args.pos_fraction,
                       holdout_engine=args.holdout_engine, min_seconds=args.min_seconds,
-                      max_seconds=args.max_seconds, jobs=args.jobs)
+                      max_seconds=args.max_seconds, jobs=args.jobs, fetch=not args.no_fetch)
     try:
         metas = generate(cfg)
     except MissingTool as e:

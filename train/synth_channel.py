@@ -26,6 +26,36 @@ NARROW_RATE = 8000
 CODECS = ("pcm", "ulaw", "alaw", "gsm", "opus-lowrate")
 
 
+# Debian packages with real recordings and music (DATA.md), fetched into the cache on first use.
+SOURCE_PACKAGES = ("ktuberling-data", "klettres-data", "tuxpaint-stamps-default", "hedgewars-data",
+                   "asterisk-core-sounds-en-wav", "asterisk-core-sounds-es-wav", "asterisk-core-sounds-fr-wav",
+                   "asterisk-core-sounds-it-wav", "asterisk-moh-opsound-wav")
+
+
+def fetch_sources(packages=SOURCE_PACKAGES) -> list[str]:
+    """`apt-get download` and unpack the packages not in the cache yet; return the ones
+    that could not be fetched (the corpus is then made without them)."""
+    missing = []
+    debs = CACHE / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    for pkg in packages:
+        stamp = PKGS / ".fetched" / pkg
+        if stamp.exists():
+            continue
+        try:
+            subprocess.run(["apt-get", "download", pkg], cwd=debs, check=True, capture_output=True, timeout=900)
+            for deb in sorted(debs.glob(f"{pkg}_*.deb")):
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(PKGS)], check=True, capture_output=True)
+                deb.unlink()
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError):
+            missing.append(pkg)
+            continue
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.touch()
+    sound_files.cache_clear()
+    return missing
+
+
 def load_16k(path: str | Path, max_seconds: float = 120.0) -> np.ndarray:
     with sf.SoundFile(str(path)) as f:
         x = f.read(int(max_seconds * f.samplerate), dtype="float64", always_2d=True).mean(axis=1)
@@ -39,7 +69,7 @@ def sound_files(kind: str) -> tuple[str, ...]:
     patterns = {
         "ambient": [str(SHARED_NOISE / "ambient" / "*.ogg"), str(SHARED_NOISE / "background" / "*.flac")],
         "music": [str(PKGS / "usr/share/asterisk/moh/*.wav"), str(PKGS / "usr/share/games/hedgewars/Data/Music/*.ogg")],
-        "foreign": [str(PKGS / f"usr/share/asterisk/sounds/{lang}/*.wav") for lang in ("en", "es", "fr", "it")],
+        "foreign": [str(PKGS / f"usr/share/asterisk/sounds/{lang}_*/**/*.wav") for lang in ("en", "es", "fr", "it")],
         "russian": [str(PKGS / "usr/share/tuxpaint/stamps/**/*_desc_ru.ogg"),
                     str(PKGS / "usr/share/ktuberling/sounds/ru/*.ogg"),
                     str(PKGS / "usr/share/klettres/ru/**/*.ogg"),

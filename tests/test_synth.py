@@ -1,0 +1,127 @@
+"""`kws-train synth`: layout, exact bounds, decodable opus, determinism, voice and engine splits.
+
+These tests synthesise with every engine (RHVoice, espeak-ng, Festival); CI installs
+them with .ci/install-synth-deps.sh, and a missing engine fails the tests.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from train import synth
+from train.synth_tts import RHVOICE_ALLOWED, RHVOICE_RESERVED, RHVOICE_VAL, Utterance, speech
+
+RATE = 16000
+
+
+def make(out, n, seed, jobs=1, **kw):
+    cfg = synth.SynthConfig(out=str(out), n=n, seed=seed, jobs=jobs, fetch=False, **kw)
+    synth.generate(cfg, progress=False)
+    return Path(out)
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpora")
+    out = {"train": make(root / "train", 12, 3, jobs=2, pos_fraction=0.6)}
+    for engine in ("rhvoice", "espeak", "festival"):
+        out[engine] = make(root / f"val_{engine}", 3, 4, split="val", holdout_engine=engine, pos_fraction=1.0,
+                           max_seconds=6.0)
+    out["val"] = make(root / "val", 4, 5, split="val", pos_fraction=0.5)
+    out["no_festival"] = make(root / "no_festival", 8, 6, holdout_engine="festival", pos_fraction=0.5)
+    return out
+
+
+def manifest(root):
+    return [json.loads(line) for line in (root / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_layout_matches_the_seed(corpora):
+    for root in corpora.values():
+        metas = manifest(root)
+        audio = sorted(p.stem for p in (root / "audio").glob("*.opus"))
+        assert audio == sorted(m["uid"] for m in metas)
+        bounds = json.loads((root / "word_bounds.json").read_text())
+        assert set(bounds) == {m["uid"] for m in metas if m["label"] == 1}
+        for m in metas:
+            assert {"engine", "kind", "codec", "band", "gain_db", "snr_db", "seconds"} <= set(m)
+
+
+def test_every_engine_is_used(corpora):
+    for engine in ("rhvoice", "espeak", "festival"):
+        assert {m["engine"] for m in manifest(corpora[engine]) if m["engine"]} == {engine}
+
+
+def test_every_file_decodes_and_bounds_sit_on_speech(corpora):
+    for root in corpora.values():
+        bounds = json.loads((root / "word_bounds.json").read_text())
+        for m in manifest(root):
+            x, rate = sf.read(root / "audio" / f"{m['uid']}.opus")
+            assert rate == RATE and x.ndim == 1 and np.isfinite(x).all()
+            assert abs(x.size / RATE - m["seconds"]) < 0.05
+            if m["uid"] in bounds:
+                start, end = bounds[m["uid"]]
+                assert 0 <= start < end <= x.size / RATE
+                assert 0.2 < end - start < 2.0
+                hop = RATE // 50
+                frames = x[:x.size // hop * hop].reshape(-1, hop)
+                level = 10 * np.log10((frames ** 2).mean(axis=1) + 1e-12)
+                inside = level[int(start * 50):int(end * 50)]
+                assert np.median(inside) > np.percentile(level, 10) + 3, m["uid"]
+
+
+def test_target_span_is_tight_to_20_ms(corpora):
+    """Before the channel: the span starts and ends on the target's own speech."""
+    cfg = synth.SynthConfig(out="unused", n=1, seed=9, fetch=False)
+    for i in range(6):
+        rng = np.random.default_rng([9, i])
+        x, span, texts, engine, voice = synth.speech_track(rng, cfg, "positive", 8.0)
+        a, b = span
+        word = x[a:b]
+        hop = RATE // 50
+        level = 10 * np.log10((word[:word.size // hop * hop].reshape(-1, hop) ** 2).mean(axis=1) + 1e-12)
+        assert level[0] > level.max() - 45 and level[-1] > level.max() - 45, (engine, texts)
+        target = speech(Utterance(engine, voice["voice"], voice["rate"], voice["pitch"],
+                                  [t for t in texts if t in synth.TARGETS][0]))
+        np.testing.assert_allclose(word, target.astype(np.float64))
+
+
+def test_same_seed_same_bytes(tmp_path):
+    a = make(tmp_path / "a", 5, 11, jobs=1)
+    b = make(tmp_path / "b", 5, 11, jobs=2)
+    for name in ("word_bounds.json", "manifest.jsonl"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    for f in sorted((a / "audio").iterdir()):
+        assert f.read_bytes() == (b / "audio" / f.name).read_bytes(), f.name
+
+
+def test_splits_hold_out_voices_and_engines(corpora):
+    train_voices = synth.used_voices(corpora["train"] / "manifest.jsonl") | \
+        synth.used_voices(corpora["no_festival"] / "manifest.jsonl")
+    val_voices = synth.used_voices(corpora["val"] / "manifest.jsonl")
+    assert val_voices and {v for e, v in val_voices} <= set(RHVOICE_VAL)
+    assert not {v for e, v in train_voices if e == "rhvoice"} & set(RHVOICE_VAL)
+    assert "festival" not in {m["engine"] for m in manifest(corpora["no_festival"])}
+
+
+def test_reserved_voices_are_never_used(corpora, tmp_path):
+    for root in corpora.values():
+        for m in manifest(root):
+            if m["engine"] == "rhvoice":
+                assert m["voice"]["voice"] in RHVOICE_ALLOWED
+                assert m["voice"]["voice"] not in RHVOICE_RESERVED
+    with pytest.raises(ValueError, match="not allowed"):
+        speech(Utterance("rhvoice", "elena", 100, 100, "проверка"))
+
+
+def test_missing_engine_is_one_clear_line(tmp_path):
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent))
+    r = subprocess.run([sys.executable, "-m", "train.cli", "synth", "--out", str(tmp_path / "c"), "--n", "1",
+                        "--no-fetch"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "apt-get install" in r.stderr, r.stderr
