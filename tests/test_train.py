@@ -1,0 +1,109 @@
+"""kws-train fit / export / eval on a tiny generated corpus, and the shared front end."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kws_stream import KwsModel
+from kws_stream import frontend
+from kws_stream.audio import read_file
+from train import data, export, synth
+
+TRAIN_DIR = Path(__file__).resolve().parent.parent / "train"
+
+
+def kws_train(*args, timeout=600):
+    r = subprocess.run([sys.executable, "-m", "train.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny") / "c"
+    synth.generate(synth.SynthConfig(out=str(root), n=10, seed=21, split="val", holdout_engine="espeak",
+                                     pos_fraction=0.5, max_seconds=8.0, fetch=False), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    kws_train("fit", "--data", corpus, "--val", corpus, "--arch", "cnn", "--out", out, "--epochs", "2",
+              "--threads", "1")
+    return out
+
+
+def test_fit_writes_a_self_describing_checkpoint(run):
+    import torch
+    ckpt = torch.load(run / "ckpt.pt", weights_only=False)
+    assert ckpt["model_args"]["arch"] == "cnn" and ckpt["config"]["epochs"] == 2
+    history = json.loads((run / "metrics.json").read_text())
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+    assert 0.0 <= history[-1]["val"]["score"] <= 1.0
+
+
+def test_seed_dnn_trains_with_the_seed_recipe(corpus, tmp_path):
+    kws_train("fit", "--data", corpus, "--arch", "dnn", "--recipe", "seed", "--out", tmp_path, "--epochs", "1",
+              "--threads", "1")
+    model, _ = export.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert sum(p.numel() for p in model.parameters()) == 7200 * 2 + 7200 * 512 + 512 + 512 * 256 + 256 + 257
+
+
+def test_export_gives_a_model_the_daemon_loads(run, corpus, tmp_path):
+    onnx_path = tmp_path / "m.onnx"
+    r = kws_train("export", "--ckpt", run / "ckpt.pt", "--out", onnx_path, "--name", "tiny", "--version", "0.1",
+                  "--threshold", "0.7")
+    assert json.loads(r.stdout)["max_abs_diff"] <= 1e-4
+    model = KwsModel(onnx_path)
+    assert (model.info.name, model.info.version, model.info.threshold) == ("tiny", "0.1", 0.7)
+    files = sorted((corpus / "audio").glob("*.opus"))
+    r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--file", *map(str, files), "--model",
+                        str(onnx_path), "--pub", "none", "--csv", str(tmp_path / "out.csv")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert len((tmp_path / "out.csv").read_text().splitlines()) == len(files) + 1
+
+
+def test_export_fails_loudly_when_runtimes_disagree(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)
+    with pytest.raises(export.ExportError, match="disagree"):
+        export.export(str(run / "ckpt.pt"), str(tmp_path / "m.onnx"), "x", "1", threshold=0.5)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_eval_reports_through_the_streaming_path(run, corpus, tmp_path):
+    onnx_path = tmp_path / "m.onnx"
+    kws_train("export", "--ckpt", run / "ckpt.pt", "--out", onnx_path, "--threshold", "0.5")
+    kws_train("eval", "--model", onnx_path, "--data", corpus, "--out", tmp_path / "eval", "--jobs", "1")
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert result["files"] == 10 and 0.0 <= result["auc"] <= 1.0
+    for key in ("at_model_threshold", "best_on_seed_grid", "at_0.5_fa_per_hour", "at_0.1_fa_per_hour"):
+        assert {"score", "far", "frr", "threshold"} <= set(result[key])
+    assert (tmp_path / "eval" / "det.png").stat().st_size > 1000
+    assert (tmp_path / "eval" / "scores.png").stat().st_size > 1000
+
+
+def test_training_features_are_the_runtime_front_end(corpus):
+    assert data.log_mel is frontend.log_mel and data.WindowFeatures is frontend.WindowFeatures
+    for name in ("data", "fit", "models", "export", "evaluate"):
+        source = (TRAIN_DIR / f"{name}.py").read_text()
+        for token in ("np.fft", "hann_window", "hanning", "mel_filterbank", "1127"):
+            assert token not in source, f"{name}.py has front-end code of its own ({token})"
+    c = data.load_corpus(corpus)
+    path, mel = c.files[0], c.mels[0]
+    fe = frontend.SeedFrontEnd()
+    out = np.empty(frontend.FEATURE_SIZE, dtype=np.float32)
+    x = read_file(path)
+    pos, streamed = 0, []
+    while pos < x.size:
+        pos += fe.accept(x[pos:])
+        while fe.ready():
+            streamed.append((fe.take(out), out.copy()))
+    for start, feats in streamed:
+        ours = frontend.window_features(frontend.window_at(mel, start).astype(np.float64))
+        np.testing.assert_allclose(ours, feats, atol=1e-4)
