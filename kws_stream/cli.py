@@ -11,7 +11,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import __version__
+from . import __version__, config
+from .config import DEFAULT_PATH as DEFAULT_CONFIG
+from .listen import listen
+from .mic import DeviceError, list_devices
 from .events import DEFAULT_ENDPOINT, NullPublisher, Publisher, PublishError, error_event, status_event
 from .model import KwsModel, ModelError
 from .replay import replay
@@ -27,8 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kws-stream",
         description="Detect «не слышу» / «не слышно» in audio and publish events over ZeroMQ.")
     p.add_argument("--version", action="version", version=f"kws-stream {__version__}")
-    src = p.add_argument_group("source")
+    p.add_argument("--config", metavar="PATH",
+                   help=f"TOML file of options (default {DEFAULT_CONFIG} when it exists); the command line overrides it")
+    src = p.add_argument_group("source (default: the default input device, as a daemon)")
     src.add_argument("--file", nargs="+", metavar="PATH", help="replay audio files through the streaming path")
+    src.add_argument("--device", metavar="NAME|INDEX", help="capture from this input device (see --list-devices)")
+    src.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
     src.add_argument("--realtime", action="store_true", help="pace file replay at real time")
     src.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                      help="score files in N processes (same results as 1)")
@@ -45,6 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--csv", metavar="OUT", help="write id,label,score per file (file replay)")
     out.add_argument("--quiet", action="store_true", help="do not print detections on stdout")
     out.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    out.add_argument("--status-interval", type=float, default=10.0, metavar="S",
+                     help="seconds between heartbeat status events of the live daemon (default 10)")
+    return p
+
+
+def build_listen_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kws-stream listen", description="Print a kws-stream's events as JSON lines.")
+    p.add_argument("--connect", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
+                   help=f"the daemon's PUB endpoint (default {DEFAULT_ENDPOINT})")
+    p.add_argument("--topic", action="append", default=[], metavar="T",
+                   help="topic prefix to receive, e.g. kws.detection (repeatable; default: everything)")
+    p.add_argument("--count", type=_positive_int, metavar="N", help="exit after N events")
     return p
 
 
@@ -63,7 +82,12 @@ def _probability(text: str) -> float:
 
 
 class _Formatter(logging.Formatter):
+    """One line per record. No timestamp: journald adds its own under systemd, and the
+    CLI's error lines stay short."""
+
     def format(self, record: logging.LogRecord) -> str:
+        if os.environ.get("JOURNAL_STREAM"):
+            return f"{record.levelname.lower()}: {record.getMessage()}"
         return f"kws-stream: {record.levelname.lower()}: {record.getMessage()}"
 
 
@@ -150,16 +174,44 @@ def run_files(args, model: KwsModel, publisher, stop: Stop) -> int:
     return EXIT_FAILED_INPUT if failed else EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command line over config file over defaults."""
     parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    path = known.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    if path is not None:
+        try:
+            parser.set_defaults(**config.load(path))
+        except config.ConfigError as e:
+            parser.exit(EXIT_USAGE, f"kws-stream: error: {e}\n")
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
-    if not args.file:
-        parser.error("nothing to do: give --file PATH ...")
+    if args.file and args.device:
+        parser.error("give --file or --device, not both")
     if not 0.01 <= args.hop_seconds <= 2.5:
         parser.error(f"--hop-seconds must be within 0.01..2.5, got {args.hop_seconds}")
     if args.refractory < 0:
         parser.error(f"--refractory must be >= 0, got {args.refractory}")
+    if args.status_interval <= 0:
+        parser.error(f"--status-interval must be > 0, got {args.status_interval}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["listen"]:
+        largs = build_listen_parser().parse_args(argv[1:])
+        return listen(largs.connect, largs.topic, count=largs.count)
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    if args.list_devices:
+        try:
+            print(list_devices())
+        except DeviceError as e:
+            log.error("%s", e)
+            return EXIT_USAGE
+        return EXIT_OK
     stop = Stop()
     stop.install()
     try:
@@ -175,9 +227,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         publisher.publish(status_event("started", model=model.info.name, model_version=model.info.version,
                                        endpoint=publisher.endpoint))
-        return run_files(args, model, publisher, stop)
+        if args.file:
+            return run_files(args, model, publisher, stop)
+        return run_device(args, model, publisher, stop)
     finally:
         publisher.close()
+
+
+def run_device(args, model: KwsModel, publisher, stop: Stop) -> int:
+    from .service import Daemon
+    config = SpotterConfig(hop_seconds=args.hop_seconds, threshold=args.threshold, refractory_seconds=args.refractory)
+
+    def echo(event: dict) -> None:
+        if not args.quiet:
+            print(json.dumps(event, ensure_ascii=False), flush=True)
+
+    daemon = Daemon(model, config, publisher, args.device, stop, status_interval=args.status_interval,
+                    model_path=args.model, echo=echo)
+    return daemon.run()
 
 
 if __name__ == "__main__":

@@ -103,6 +103,15 @@ class Spotter:
         self.detections = 0
         self.max_score = -math.inf
 
+    def replace_model(self, model: KwsModel) -> None:
+        """Score with another model of the same front end from the next window on,
+        keeping the stream's audio, time and detector state."""
+        if model.front_end_class is not self.model.front_end_class:
+            raise ValueError("replace_model needs a model with the same front end")
+        self.model = model
+        if self.config.threshold is None:
+            self.detector.threshold = model.info.threshold
+
     @property
     def audio_seconds(self) -> float:
         return self.front_end.samples_in / self.sample_rate

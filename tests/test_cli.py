@@ -146,7 +146,7 @@ def test_torch_is_never_imported(tmp_path, burst_model):
 
 
 def test_usage_errors_exit_2(tmp_path, burst_model):
-    assert kws().returncode == 2
+    assert kws("--file", "a.wav", "--device", "pulse").returncode == 2
     r = kws("--file", "x.wav", "--hop-seconds", "0")
     assert r.returncode == 2 and "hop-seconds" in r.stderr
     r = kws("--file", "x.wav", "--model", str(tmp_path / "nope.onnx"))

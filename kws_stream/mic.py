@@ -1,0 +1,109 @@
+"""Live input through PortAudio (sounddevice).
+
+The audio callback only copies the block into a bounded queue and returns; the daemon's
+loop takes blocks from the queue. Input overflows and blocks dropped because the queue
+was full are counted. A device that cannot run at 16 kHz is opened at its own rate, and
+the daemon resamples.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import time
+
+import numpy as np
+
+from .frontend import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+BLOCK_SECONDS = 0.05  # PortAudio block: 50 ms
+QUEUE_BLOCKS = 100  # 5 s of audio may wait for the worker before blocks are dropped
+STALL_SECONDS = 2.0  # no audio for this long means the device has gone
+
+
+class DeviceError(Exception):
+    """The input device cannot be opened, or stopped delivering audio."""
+
+
+def _sounddevice():
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as e:
+        raise DeviceError(f"sounddevice is not usable ({e}); install kws-stream[mic] and libportaudio2") from e
+    return sd
+
+
+def list_devices() -> str:
+    return str(_sounddevice().query_devices())
+
+
+def parse_device(text: str | None):
+    """'3' -> 3 (an index), 'pulse' -> 'pulse' (a name), None -> the default input."""
+    if text is None or text == "default":
+        return None
+    return int(text) if text.isdigit() else text
+
+
+class MicSource:
+    def __init__(self, device: str | None = None):
+        self.device = parse_device(device)
+        self.name = str(device or "default")
+        self.rate = SAMPLE_RATE
+        self.overflows = 0
+        self.queue_drops = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_BLOCKS)
+        self._stream = None
+        self._last_audio = time.monotonic()
+
+    def open(self) -> None:
+        sd = _sounddevice()
+        sd._terminate()  # re-scan devices: one that vanished may be back under a new index
+        sd._initialize()
+        try:
+            try:
+                sd.check_input_settings(self.device, channels=1, samplerate=SAMPLE_RATE, dtype="float32")
+                self.rate = SAMPLE_RATE
+            except (ValueError, sd.PortAudioError):
+                self.rate = int(sd.query_devices(self.device, "input")["default_samplerate"])
+            self._stream = sd.InputStream(device=self.device, channels=1, samplerate=self.rate, dtype="float32",
+                                          blocksize=int(self.rate * BLOCK_SECONDS), callback=self._callback)
+            self._stream.start()
+        except (ValueError, sd.PortAudioError) as e:
+            self.close()
+            raise DeviceError(f"{self.name}: cannot open input ({e})") from e
+        self._last_audio = time.monotonic()
+        log.info("capturing from %s at %d Hz", self.name, self.rate)
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        if status.input_overflow:
+            self.overflows += 1
+        try:
+            self._queue.put_nowait(indata[:, 0].copy())
+        except queue.Full:
+            self.queue_drops += 1
+
+    def read(self, timeout: float) -> np.ndarray | None:
+        """The next block (float32 mono at self.rate), or None after `timeout` seconds."""
+        try:
+            block = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            if time.monotonic() - self._last_audio > STALL_SECONDS or not self._stream_active():
+                raise DeviceError(f"{self.name}: no audio for {STALL_SECONDS:g} s, the device stopped") from None
+            return None
+        self._last_audio = time.monotonic()
+        return block
+
+    def _stream_active(self) -> bool:
+        return self._stream is not None and self._stream.active
+
+    def close(self) -> None:
+        if self._stream is not None:
+            try:
+                self._stream.abort()
+                self._stream.close()
+            except Exception as e:  # PortAudio may fail to close a device that is gone
+                log.debug("closing %s: %s", self.name, e)
+            self._stream = None
+        while not self._queue.empty():
+            self._queue.get_nowait()

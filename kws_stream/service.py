@@ -1,0 +1,159 @@
+"""The live daemon: a device, one Spotter, events, heartbeats, systemd notifications.
+
+It runs until SIGTERM or SIGINT. A device that fails is reported and reopened with
+backoff; SIGHUP reloads the model (a bad new model keeps the old one running).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+
+import numpy as np
+
+from .audio import Resampler
+from .events import error_event, status_event
+from .mic import DeviceError, MicSource
+from .model import KwsModel, ModelError
+from .spotter import Spotter, SpotterConfig
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
+
+
+class Notifier:
+    """sd_notify over the NOTIFY_SOCKET datagram socket; silent when not under systemd."""
+
+    def __init__(self):
+        path = os.environ.get("NOTIFY_SOCKET")
+        self._address = None
+        if path:
+            self._address = "\0" + path[1:] if path.startswith("@") else path
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        self.watchdog_interval = usec / 2e6 if usec else None
+        self._next_watchdog = 0.0
+
+    def send(self, message: str) -> None:
+        if self._address is None:
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            try:
+                s.sendto(message.encode(), self._address)
+            except OSError as e:
+                log.warning("sd_notify to %s failed: %s", os.environ.get("NOTIFY_SOCKET"), e)
+
+    def watchdog(self) -> None:
+        if self.watchdog_interval is not None and time.monotonic() >= self._next_watchdog:
+            self.send("WATCHDOG=1")
+            self._next_watchdog = time.monotonic() + self.watchdog_interval
+
+
+class Daemon:
+    def __init__(self, model: KwsModel, config: SpotterConfig, publisher, device: str | None, stop,
+                 status_interval: float = 10.0, model_path: str | None = None, echo=None):
+        self.model, self.config, self.publisher, self.stop = model, config, publisher, stop
+        self.source = MicSource(device)
+        self.stream = f"device:{self.source.name}"
+        self.spotter = Spotter(model, stream=self.stream, config=config)
+        self.status_interval = status_interval
+        self.model_path = model_path
+        self.echo = echo
+        self.notifier = Notifier()
+        self.device_state = "closed"
+        self.nonfinite_blocks = 0
+        self._reload = False
+
+    def request_reload(self, signum=None, frame=None) -> None:
+        self._reload = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGHUP, self.request_reload)
+        self.notifier.send("READY=1\nSTATUS=starting capture")
+        next_status = time.monotonic() + self.status_interval
+        backoff = BACKOFF_FIRST
+        while not self.stop():
+            if self.device_state != "open":
+                if not self._open():
+                    self._sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                backoff = BACKOFF_FIRST
+            try:
+                block = self.source.read(timeout=0.2)
+            except DeviceError as e:
+                self._fail(str(e))
+                continue
+            if block is not None:
+                self._process(block)
+            if self._reload:
+                self._reload_model()
+            if time.monotonic() >= next_status:
+                self.heartbeat()
+                next_status = time.monotonic() + self.status_interval
+            self.notifier.watchdog()
+        self.notifier.send("STOPPING=1")
+        self.source.close()
+        self.heartbeat(state="stopped")
+        return 0
+
+    def _open(self) -> bool:
+        try:
+            self.source.open()
+        except DeviceError as e:
+            self._fail(str(e))
+            return False
+        self.resample = Resampler(self.source.rate)
+        self.device_state = "open"
+        self.heartbeat(state="capturing")
+        self.notifier.send(f"STATUS=capturing from {self.source.name}")
+        return True
+
+    def _fail(self, message: str) -> None:
+        log.error("%s", message)
+        self.publisher.publish(error_event(self.stream, message))
+        self.source.close()
+        self.device_state = "failed"
+        self.notifier.send(f"STATUS={message}")
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stop() and time.monotonic() < end:
+            time.sleep(min(0.1, end - time.monotonic()))
+            self.notifier.watchdog()
+
+    def _process(self, block: np.ndarray) -> None:
+        if not np.isfinite(block).all():
+            self.nonfinite_blocks += 1
+            if self.nonfinite_blocks == 1:
+                self.publisher.publish(error_event(self.stream, "NaN or Inf samples from the device; zeroed"))
+            block = np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)
+        for det in self.spotter.feed(self.resample(block.astype(np.float64))):
+            event = det.event()
+            if self.echo is not None:
+                self.echo(event)
+            self.publisher.publish(event)
+
+    def _reload_model(self) -> None:
+        self._reload = False
+        try:
+            model = KwsModel(self.model_path)
+            if model.front_end_class is not self.model.front_end_class:
+                raise ModelError(f"{model.path}: front end {model.info.front_end} differs; restart to switch")
+        except ModelError as e:
+            log.error("reload kept the running model: %s", e)
+            self.publisher.publish(error_event(self.stream, f"reload kept the running model: {e}"))
+            return
+        self.model = model
+        self.spotter.replace_model(model)
+        log.info("reloaded model %s %s", model.info.name, model.info.version)
+        self.heartbeat(state="reloaded")
+
+    def heartbeat(self, state: str = "running") -> None:
+        sp = self.spotter
+        self.publisher.publish(status_event(
+            state, stream=self.stream, device_state=self.device_state, audio_seconds=round(sp.audio_seconds, 3),
+            detections=sp.detections, overflows=self.source.overflows, queue_drops=self.source.queue_drops,
+            dropped=self.publisher.dropped, model=self.model.info.name, model_version=self.model.info.version))

@@ -1,0 +1,250 @@
+"""The live daemon on a real PortAudio device: a PulseAudio null sink, played into with
+paplay and captured from its monitor, with real `kws-stream listen` subscribers."""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from modelkit import burst_signal, save_model
+
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "kws-stream.service"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Pulse:
+    """A private PulseAudio server with a null sink whose monitor is the default source."""
+
+    def __init__(self, runtime: Path):
+        self.env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), PULSE_RUNTIME_PATH=str(runtime / "pulse"))
+        runtime.mkdir(mode=0o700, exist_ok=True)
+
+    def start(self) -> None:
+        subprocess.run(["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1", "--system=false", "-n",
+                        "--load=module-null-sink sink_name=kws rate=16000", "--load=module-native-protocol-unix"],
+                       env=self.env, check=True, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 10
+        while subprocess.run(["pactl", "info"], env=self.env, capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "PulseAudio did not come up"
+            time.sleep(0.1)
+        subprocess.run(["pactl", "set-default-source", "kws.monitor"], env=self.env, check=True, timeout=10)
+
+    def stop(self) -> None:
+        subprocess.run(["pulseaudio", "-k"], env=self.env, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 10
+        while subprocess.run(["pactl", "info"], env=self.env, capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, "PulseAudio did not stop"
+            time.sleep(0.1)
+
+    def play(self, path) -> None:
+        subprocess.run(["paplay", "--device=kws", str(path)], env=self.env, check=True, timeout=60)
+
+
+@pytest.fixture
+def pulse(tmp_path):
+    p = Pulse(tmp_path / "rt")
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def burst_wav(tmp_path_factory):
+    path = tmp_path_factory.mktemp("audio") / "burst.wav"
+    sf.write(path, burst_signal(5.0, [1.55]), 16000)
+    return path
+
+
+class Proc:
+    """A subprocess whose stdout/stderr lines are read with a deadline."""
+
+    def __init__(self, args, env, **kw):
+        self.p = subprocess.Popen([sys.executable, "-m", "kws_stream.cli", *map(str, args)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+        os.set_blocking(self.p.stdout.fileno(), False)
+        os.set_blocking(self.p.stderr.fileno(), False)
+        self.out, self.err = "", ""
+
+    def _pump(self):
+        for name in ("out", "err"):
+            pipe = getattr(self.p, "std" + name)
+            while True:
+                try:
+                    chunk = os.read(pipe.fileno(), 65536)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break
+                setattr(self, name, getattr(self, name) + chunk.decode(errors="replace"))
+
+    def wait_for(self, pattern, stream="err", timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._pump()
+            m = re.search(pattern, getattr(self, stream))
+            if m:
+                return m
+            if self.p.poll() is not None:
+                self._pump()
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} in {stream} within {timeout} s; out={self.out[-800:]} err={self.err[-800:]}")
+
+    def events(self):
+        self._pump()
+        return [json.loads(line) for line in self.out.splitlines() if line.startswith("{")]
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+            self.p.wait(timeout)
+        self._pump()
+        return self.p.returncode
+
+
+def daemon(model, env, endpoint, *extra):
+    return Proc(["--device", "pulse", "--model", model, "--pub", endpoint, "--hop-seconds", "0.1",
+                 "--status-interval", "1", *extra], env)
+
+
+def listener(env, endpoint, *extra):
+    return Proc(["listen", "--connect", endpoint, *extra], env)
+
+
+def test_live_detection_reaches_a_listener(pulse, burst_model, burst_wav):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    sub = listener(pulse.env, endpoint, "--topic", "kws.detection", "--count", "1")
+    d = daemon(burst_model, pulse.env, endpoint)
+    try:
+        d.wait_for("capturing from pulse")
+        pulse.play(burst_wav)
+        sub.p.wait(20)
+        (event,) = sub.events()
+        assert event["type"] == "detection" and event["stream"] == "device:pulse" and event["score"] >= 0.5
+        assert event in d.events()  # the daemon prints what it publishes
+    finally:
+        d.stop()
+        sub.stop()
+
+
+def test_sigterm_exits_cleanly_within_a_second(pulse, burst_model):
+    endpoint = f"ipc://{pulse.env['XDG_RUNTIME_DIR']}/kws.sock"
+    sub = listener(pulse.env, endpoint, "--topic", "kws.status")
+    d = daemon(burst_model, pulse.env, endpoint)
+    try:
+        d.wait_for("capturing from pulse")
+        sub.wait_for('"state": "running"', stream="out")
+        began = time.monotonic()
+        assert d.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - began < 1.0
+        sub.wait_for('"state": "stopped"', stream="out", timeout=5)  # the last status went out before close
+        assert "Traceback" not in d.err
+    finally:
+        d.stop()
+        sub.stop()
+
+
+def test_device_failure_is_survived(pulse, burst_model, burst_wav):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    sub = listener(pulse.env, endpoint)
+    d = daemon(burst_model, pulse.env, endpoint)
+    try:
+        d.wait_for("capturing from pulse")
+        pulse.stop()
+        sub.wait_for('"type": "error"', stream="out", timeout=15)
+        pulse.start()
+        d.wait_for("capturing from pulse(.|\n)*capturing from pulse", timeout=30)
+        pulse.play(burst_wav)
+        sub.wait_for('"type": "detection"', stream="out", timeout=20)
+        assert d.p.poll() is None and "Traceback" not in d.err
+    finally:
+        d.stop()
+        sub.stop()
+
+
+def test_sighup_with_a_broken_model_keeps_the_old_one(pulse, burst_model, burst_wav, tmp_path):
+    model = tmp_path / "model.onnx"
+    shutil.copy(burst_model, model)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    sub = listener(pulse.env, endpoint)
+    d = daemon(model, pulse.env, endpoint)
+    try:
+        d.wait_for("capturing from pulse")
+        model.write_bytes(b"broken")
+        d.p.send_signal(signal.SIGHUP)
+        sub.wait_for("reload kept the running model", stream="out", timeout=10)
+        pulse.play(burst_wav)
+        sub.wait_for('"type": "detection"', stream="out", timeout=20)
+        save_model(model, name="reloaded", version="2")
+        d.p.send_signal(signal.SIGHUP)
+        sub.wait_for('"state": "reloaded".*"model": "reloaded"', stream="out", timeout=10)
+    finally:
+        d.stop()
+        sub.stop()
+
+
+def test_sd_notify_ready_watchdog_stopping(pulse, burst_model, tmp_path):
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(path))
+        s.settimeout(15)
+        env = dict(pulse.env, NOTIFY_SOCKET=str(path), WATCHDOG_USEC="200000")
+        d = daemon(burst_model, env, "none")
+        try:
+            seen = set()
+            while not {"READY=1", "WATCHDOG=1"} <= seen:
+                seen |= set(s.recv(4096).decode().splitlines())
+            d.p.send_signal(signal.SIGTERM)
+            while "STOPPING=1" not in seen:
+                seen |= set(s.recv(4096).decode().splitlines())
+            assert d.stop() == 0
+        finally:
+            d.stop()
+
+
+def test_config_file_and_overrides(tmp_path, burst_model):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'model = "{burst_model}"\npub = "none"\nthreshold = 1.0\nquiet = false\n')
+    wav = tmp_path / "b.wav"
+    sf.write(wav, burst_signal(6.0, [2.05]), 16000)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "kws_stream.cli", *map(str, a)], capture_output=True,
+                                    text=True, timeout=60)
+    assert run("--config", cfg, "--file", wav).stdout == ""  # threshold 1.0 from the file
+    assert '"detection"' in run("--config", cfg, "--file", wav, "--threshold", "0.5").stdout  # CLI wins
+    for text, message in (('hop = 1\n', "unknown key 'hop'"), ('threshold = "high"\n', "threshold must be"),
+                          ('model = [\n', "not valid TOML")):
+        cfg.write_text(text)
+        r = run("--config", cfg, "--file", wav)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run("--config", tmp_path / "missing.toml", "--file", wav)
+    assert r.returncode == 2 and "no such config file" in r.stderr
+
+
+def test_systemd_unit_verifies_and_is_hardened(tmp_path):
+    exe = shutil.which("kws-stream")
+    assert exe, "kws-stream is not on PATH (pip install the package)"
+    unit = tmp_path / "kws-stream.service"
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/kws-stream", exe))
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(UNIT)], capture_output=True,
+                       text=True, timeout=60)
+    exposure = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", r.stdout).group(1))
+    assert exposure <= 2.5, r.stdout[-2000:]
+    text = UNIT.read_text()
+    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "SupplementaryGroups=audio",
+                 "StartLimitBurst=", "RestartPreventExitStatus=2"):
+        assert line in text
