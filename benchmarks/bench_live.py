@@ -1,0 +1,109 @@
+"""The live path in real time: CPU share, time per 10 ms hop, and memory.
+
+Starts a private PulseAudio server with a null sink, plays speech-like audio into it
+without pause, captures the sink's monitor through PortAudio exactly as
+`kws-stream --device pulse` does (MicSource, Resampler, Spotter), and measures:
+  - the share of one CPU core used by this process over the run (target <= 0.5%);
+  - processing time per 10 ms hop, p50 and p99 (target p99 <= 1 ms);
+  - RSS at the end (target <= 120 MB).
+
+    python benchmarks/bench_live.py [--seconds 60] [--model M.onnx] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+
+from bench_throughput import speech_like  # noqa: E402
+from pulse import Pulse  # noqa: E402
+
+from kws_stream import KwsModel, Spotter  # noqa: E402
+from kws_stream.audio import Resampler  # noqa: E402
+from kws_stream.frontend import HOP_LENGTH  # noqa: E402
+from kws_stream.mic import DeviceError, MicSource  # noqa: E402
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--model", help="ONNX model (default: the packaged model)")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        pulse = Pulse(Path(tmp) / "rt")
+        pulse.start()
+        import os
+        os.environ.update(pulse.env)
+        wav = Path(tmp) / "speech.wav"
+        sf.write(wav, speech_like(args.seconds + 10), 16000)
+        player = subprocess.Popen(["paplay", "--device=kws", str(wav)], env=pulse.env)
+        try:
+            result = measure(args)
+        finally:
+            player.kill()
+            pulse.stop()
+    print(f"{result['audio_seconds']:.1f} s of live audio: CPU {result['cpu_percent_of_one_core']:.3f}% of one core; "
+          f"per 10 ms hop p50 {result['hop_us_p50']:.1f} us, p99 {result['hop_us_p99']:.1f} us, "
+          f"max {result['hop_us_max']:.0f} us; RSS {result['rss_mb']:.1f} MB; overflows {result['overflows']}, "
+          f"queue drops {result['queue_drops']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def measure(args) -> dict:
+    model = KwsModel(args.model)
+    spotter = Spotter(model, stream="device:pulse")
+    source = MicSource("pulse")
+    source.open()
+    resample = Resampler(source.rate)
+    times = []
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    began = time.monotonic()
+    try:
+        while time.monotonic() - began < args.seconds:
+            try:
+                block = source.read(timeout=0.5)
+            except DeviceError as e:
+                raise SystemExit(f"bench_live: {e}")
+            if block is None:
+                continue
+            x = resample(block.astype(np.float64))
+            for i in range(0, x.size, HOP_LENGTH):
+                t = time.perf_counter_ns()
+                spotter.feed(x[i:i + HOP_LENGTH])
+                times.append(time.perf_counter_ns() - t)
+    finally:
+        source.close()
+    wall = time.monotonic() - began
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    us = np.array(times) / 1000
+    return {"audio_seconds": spotter.audio_seconds, "wall_seconds": wall,
+            "cpu_percent_of_one_core": 100 * cpu / wall, "hops": int(us.size),
+            "hop_us_p50": float(np.percentile(us, 50)), "hop_us_p99": float(np.percentile(us, 99)),
+            "hop_us_max": float(us.max()), "rss_mb": rss_mb(), "overflows": source.overflows,
+            "queue_drops": source.queue_drops, "model": model.info.name}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
