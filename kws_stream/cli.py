@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--pub", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
                      help=f"ZeroMQ PUB endpoint, tcp:// or ipc://, or 'none' (default {DEFAULT_ENDPOINT})")
+    out.add_argument("--allow-remote", action="store_true",
+                     help="allow --pub on a non-loopback tcp address (default: loopback and ipc only)")
     out.add_argument("--csv", metavar="OUT", help="write id,label,score per file (file replay)")
     out.add_argument("--quiet", action="store_true", help="do not print detections on stdout")
     out.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -104,6 +106,7 @@ class Stop:
 
     def __init__(self):
         self.requested = False
+        self.signal = 0
 
     def __call__(self) -> bool:
         return self.requested
@@ -114,10 +117,23 @@ class Stop:
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+        self.signal = signum
 
 
-def open_publisher(endpoint: str):
-    return NullPublisher() if endpoint == "none" else Publisher(endpoint)
+def open_publisher(endpoint: str, allow_remote: bool = False):
+    if endpoint == "none":
+        return NullPublisher()
+    check_endpoint(endpoint, allow_remote)
+    return Publisher(endpoint)
+
+
+def check_endpoint(endpoint: str, allow_remote: bool) -> None:
+    """Bind only to loopback or ipc unless remote subscribers are asked for explicitly."""
+    if not endpoint.startswith("tcp://") or allow_remote:
+        return
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+        raise PublishError(f"{endpoint} is not a loopback address; add --allow-remote to publish on it")
 
 
 def write_csv_atomically(path: str, rows: list[tuple[str, int, float]]) -> None:
@@ -171,6 +187,9 @@ def run_files(args, model: KwsModel, publisher, stop: Stop) -> int:
     totals["audio_seconds"] = round(totals["audio_seconds"], 3)
     publisher.publish(status_event("finished", failed=failed, dropped=publisher.dropped,
                                    interrupted=stop.requested, **totals))
+    if stop.requested:
+        log.warning("interrupted after %d finished files%s", len(rows), f"; {args.csv} holds them" if args.csv else "")
+        return 128 + stop.signal
     return EXIT_FAILED_INPUT if failed else EXIT_OK
 
 
@@ -220,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("model %s", e)
         return EXIT_USAGE
     try:
-        publisher = open_publisher(args.pub)
+        publisher = open_publisher(args.pub, args.allow_remote)
     except PublishError as e:
         log.error("%s", e)
         return EXIT_USAGE

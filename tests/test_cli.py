@@ -160,3 +160,26 @@ def test_realtime_paces_replay(tmp_path, burst_model):
     r = kws("--file", path, "--model", burst_model, "--pub", "none", "--realtime")
     assert r.returncode == 0, r.stderr
     assert time.monotonic() - began >= 1.4
+
+
+def test_sigterm_mid_csv_run_keeps_finished_files(tmp_path, burst_model):
+    paths = [write(tmp_path / f"c{i}.wav", burst_signal(1.0 if i == 0 else 30.0, [])) for i in range(3)]
+    out = tmp_path / "scores.csv"
+    p = subprocess.Popen([sys.executable, "-m", "kws_stream.cli", "--file", *paths, "--model", burst_model,
+                          "--pub", "none", "--csv", str(out), "--realtime"], stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)  # the 1 s file is done, the second is playing
+    p.send_signal(15)
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 128 + 15, err
+    rows = list(csv.DictReader(out.open()))
+    assert [r["id"] for r in rows] == ["c0"]
+    assert "interrupted after 1 finished files" in err and "Traceback" not in err
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".scores.csv")]  # no temporary left behind
+
+
+def test_publishing_beyond_loopback_must_be_asked_for(tmp_path, burst_model):
+    path = write(tmp_path / "c.wav", burst_signal(3.0, []))
+    r = kws("--file", path, "--model", burst_model, "--pub", f"tcp://0.0.0.0:{free_port()}")
+    assert r.returncode == 2 and "--allow-remote" in r.stderr
+    r = kws("--file", path, "--model", burst_model, "--pub", f"tcp://0.0.0.0:{free_port()}", "--allow-remote")
+    assert r.returncode == 0, r.stderr
