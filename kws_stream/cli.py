@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import __version__, config
+from . import __version__, config, security
 from .config import DEFAULT_PATH as DEFAULT_CONFIG
 from .listen import listen
 from .mic import DeviceError, list_devices
@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--pub", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
                      help=f"ZeroMQ PUB endpoint, tcp:// or ipc://, or 'none' (default {DEFAULT_ENDPOINT})")
+    out.add_argument("--curve-secret", metavar="SERVER.key_secret",
+                     help="encrypt and authenticate events with CurveZMQ using this server key pair")
+    out.add_argument("--curve-clients", metavar="DIR", help="public keys (*.key) of the subscribers allowed in")
     out.add_argument("--allow-remote", action="store_true",
                      help="allow --pub on a non-loopback tcp address (default: loopback and ipc only)")
     out.add_argument("--csv", metavar="OUT", help="write id,label,score per file (file replay)")
@@ -66,6 +69,15 @@ def build_listen_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", action="append", default=[], metavar="T",
                    help="topic prefix to receive, e.g. kws.detection (repeatable; default: everything)")
     p.add_argument("--count", type=_positive_int, metavar="N", help="exit after N events")
+    p.add_argument("--curve-secret", metavar="CLIENT.key_secret", help="this subscriber's CurveZMQ key pair")
+    p.add_argument("--curve-server", metavar="SERVER.key", help="the daemon's public key")
+    return p
+
+
+def build_keys_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kws-stream keys", description="Make a CurveZMQ key pair.")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for NAME.key and NAME.key_secret")
+    p.add_argument("--name", default="server", help="file name stem (default: server)")
     return p
 
 
@@ -120,11 +132,13 @@ class Stop:
         self.signal = signum
 
 
-def open_publisher(endpoint: str, allow_remote: bool = False):
+def open_publisher(endpoint: str, allow_remote: bool = False, curve=None):
     if endpoint == "none":
         return NullPublisher()
     check_endpoint(endpoint, allow_remote)
-    return Publisher(endpoint)
+    if curve is None:
+        return Publisher(endpoint)
+    return Publisher(endpoint, configure=curve.configure, context=curve.context)
 
 
 def check_endpoint(endpoint: str, allow_remote: bool) -> None:
@@ -220,8 +234,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["listen"]:
-        largs = build_listen_parser().parse_args(argv[1:])
-        return listen(largs.connect, largs.topic, count=largs.count)
+        return run_listen(build_listen_parser().parse_args(argv[1:]))
+    if argv[:1] == ["keys"]:
+        kargs = build_keys_parser().parse_args(argv[1:])
+        public, secret = security.generate(kargs.out, kargs.name)
+        print(f"public key {public} (give it to the other side), secret key {secret} (keep it here)")
+        return EXIT_OK
     args = parse_args(argv)
     setup_logging(args.log_level)
     if args.list_devices:
@@ -238,10 +256,17 @@ def main(argv: list[str] | None = None) -> int:
     except ModelError as e:
         log.error("model %s", e)
         return EXIT_USAGE
+    curve = None
     try:
-        publisher = open_publisher(args.pub, args.allow_remote)
-    except PublishError as e:
+        if args.curve_secret or args.curve_clients:
+            if not (args.curve_secret and args.curve_clients):
+                raise security.KeyMaterialError("--curve-secret and --curve-clients go together")
+            curve = security.CurveServer(args.curve_secret, args.curve_clients)
+        publisher = open_publisher(args.pub, args.allow_remote, curve)
+    except (PublishError, security.KeyMaterialError) as e:
         log.error("%s", e)
+        if curve is not None:
+            curve.stop()
         return EXIT_USAGE
     try:
         publisher.publish(status_event("started", model=model.info.name, model_version=model.info.version,
@@ -251,6 +276,21 @@ def main(argv: list[str] | None = None) -> int:
         return run_device(args, model, publisher, stop)
     finally:
         publisher.close()
+        if curve is not None:
+            curve.stop()
+
+
+def run_listen(args) -> int:
+    configure = None
+    if args.curve_secret or args.curve_server:
+        try:
+            if not (args.curve_secret and args.curve_server):
+                raise security.KeyMaterialError("--curve-secret and --curve-server go together")
+            configure = security.client_configure(args.curve_secret, args.curve_server)
+        except security.KeyMaterialError as e:
+            print(f"kws-stream listen: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    return listen(args.connect, args.topic, configure=configure, count=args.count)
 
 
 def run_device(args, model: KwsModel, publisher, stop: Stop) -> int:

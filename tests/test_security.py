@@ -1,0 +1,114 @@
+"""CurveZMQ on the event stream: authorised subscribers only, unreadable on the wire."""
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import soundfile as sf
+
+from modelkit import burst_signal
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "kws_stream.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, **kw)
+
+
+def start_listener(endpoint, *keys):
+    return subprocess.Popen([sys.executable, "-m", "kws_stream.cli", "listen", "--connect", endpoint, *map(str, keys)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    root = tmp_path_factory.mktemp("keys")
+    for name in ("server", "alice", "mallory"):
+        assert cli("keys", "--out", root / "keys", "--name", name).returncode == 0
+    clients = root / "clients"
+    clients.mkdir()
+    shutil.copy(root / "keys" / "alice.key", clients)
+    return root
+
+
+@pytest.fixture(scope="module")
+def call(tmp_path_factory):
+    path = tmp_path_factory.mktemp("audio") / "call.wav"
+    sf.write(path, burst_signal(12.0, [2.05, 7.05]), 16000)
+    return path
+
+
+def test_keys_are_owner_only(keys):
+    assert stat.S_IMODE(os.stat(keys / "keys").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(keys / "keys" / "server.key_secret").st_mode) == 0o600
+
+
+def test_widely_readable_secret_is_refused(keys, call, burst_model, tmp_path):
+    loose = tmp_path / "server.key_secret"
+    shutil.copy(keys / "keys" / "server.key_secret", loose)
+    loose.chmod(0o644)
+    r = cli("--file", call, "--model", burst_model, "--pub", f"tcp://127.0.0.1:{free_port()}",
+            "--curve-secret", loose, "--curve-clients", keys / "clients")
+    assert r.returncode == 2 and "readable by others" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def run_capture(endpoint, port, args):
+    """Replay with a loopback capture on the port; return the captured bytes."""
+    pcap = f"/tmp/kws-{port}.pcap"
+    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-w", pcap, "-U", f"tcp port {port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    try:
+        r = cli(*args)
+        assert r.returncode == 0, r.stderr
+        time.sleep(0.5)
+    finally:
+        dump.terminate()
+        dump.wait(10)
+    with open(pcap, "rb") as f:
+        data = f.read()
+    os.unlink(pcap)
+    return data
+
+
+def test_only_authorised_subscribers_receive_and_the_wire_is_unreadable(keys, call, burst_model):
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    k = keys / "keys"
+    alice = start_listener(endpoint, "--curve-secret", k / "alice.key_secret", "--curve-server", k / "server.key")
+    mallory = start_listener(endpoint, "--curve-secret", k / "mallory.key_secret", "--curve-server", k / "server.key")
+    plain = start_listener(endpoint)
+    try:
+        wire = run_capture(endpoint, port, ["--file", call, "--model", burst_model, "--pub", endpoint, "--quiet",
+                                            "--curve-secret", k / "server.key_secret", "--curve-clients",
+                                            keys / "clients"])
+        time.sleep(1.0)
+    finally:
+        for p in (alice, mallory, plain):
+            p.terminate()
+    got = {name: p.communicate(timeout=10)[0] for name, p in (("alice", alice), ("mallory", mallory), ("plain", plain))}
+    assert got["alice"].count('"type": "detection"') == 2 and '"state": "finished"' in got["alice"]
+    assert got["mallory"] == "" and got["plain"] == ""
+    assert len(wire) > 1000 and b"detection" not in wire and b"kws." not in wire
+
+
+def test_without_curve_the_wire_is_readable(call, burst_model):
+    """The control for the capture above: plain ZeroMQ shows the events on the wire."""
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    sub = start_listener(endpoint)
+    try:
+        wire = run_capture(endpoint, port, ["--file", call, "--model", burst_model, "--pub", endpoint, "--quiet"])
+    finally:
+        sub.terminate()
+        sub.communicate(timeout=10)
+    assert b"detection" in wire
