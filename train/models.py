@@ -13,7 +13,7 @@ from kws_stream.frontend import FEATURE_SHAPE, FEATURE_SIZE
 class ModelConfig:
     arch: str = "cnn"  # "dnn": the seed's DNN; "cnn": a small CNN over the window tensor
     hidden: tuple[int, ...] = (512, 256)  # dnn layer widths (the seed's)
-    channels: tuple[int, ...] = (24, 48, 64)  # cnn conv widths
+    channels: tuple[int, ...] = (16, 32, 48)  # cnn conv widths
     dropout: float = 0.1
 
 
