@@ -221,3 +221,19 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path):
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "SupplementaryGroups=audio",
                  "StartLimitBurst=", "RestartPreventExitStatus=2"):
         assert line in text
+
+
+def test_list_devices_shows_the_pulse_input(pulse):
+    r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--list-devices"], env=pulse.env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "pulse" in r.stdout, r.stderr
+
+
+def test_a_missing_device_is_retried_not_fatal(pulse, burst_model):
+    d = Proc(["--device", "no-such-device", "--model", burst_model, "--pub", "none"], pulse.env)
+    try:
+        d.wait_for("no-such-device.*cannot open input(.|\n)*no-such-device.*cannot open input", timeout=10)
+        assert d.p.poll() is None  # still running, backing off
+        assert d.stop() == 0 and "Traceback" not in d.err
+    finally:
+        d.stop()
