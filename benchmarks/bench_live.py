@@ -63,7 +63,7 @@ def main() -> int:
             pulse.stop()
     print(f"{result['audio_seconds']:.1f} s of live audio: CPU {result['cpu_percent_of_one_core']:.3f}% of one core; "
           f"per 10 ms hop p50 {result['hop_us_p50']:.1f} us, p99 {result['hop_us_p99']:.1f} us, "
-          f"max {result['hop_us_max']:.0f} us; RSS {result['rss_mb']:.1f} MB; overflows {result['overflows']}, "
+          f"max {result['hop_us_max']:.0f} us; RSS {result['rss_first_mb']:.1f} MB early, {result['rss_mb']:.1f} MB at the end; overflows {result['overflows']}, "
           f"queue drops {result['queue_drops']}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -77,6 +77,7 @@ def measure(args) -> dict:
     source.open()
     resample = Resampler(source.rate)
     times = []
+    rss_first = None
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     began = time.monotonic()
     try:
@@ -87,6 +88,8 @@ def measure(args) -> dict:
                 raise SystemExit(f"bench_live: {e}")
             if block is None:
                 continue
+            if rss_first is None and time.monotonic() - began > min(60.0, args.seconds / 4):
+                rss_first = rss_mb()
             x = resample(block.astype(np.float64))
             for i in range(0, x.size, HOP_LENGTH):
                 t = time.perf_counter_ns()
@@ -101,7 +104,7 @@ def measure(args) -> dict:
     return {"audio_seconds": spotter.audio_seconds, "wall_seconds": wall,
             "cpu_percent_of_one_core": 100 * cpu / wall, "hops": int(us.size),
             "hop_us_p50": float(np.percentile(us, 50)), "hop_us_p99": float(np.percentile(us, 99)),
-            "hop_us_max": float(us.max()), "rss_mb": rss_mb(), "overflows": source.overflows,
+            "hop_us_max": float(us.max()), "rss_mb": rss_mb(), "rss_first_mb": rss_first, "overflows": source.overflows,
             "queue_drops": source.queue_drops, "model": model.info.name}
 
 
