@@ -15,7 +15,7 @@ import soxr
 
 from .frontend import SAMPLE_RATE
 
-BLOCK_SECONDS = 8.0  # decoded per read; bounds memory whatever the file's length
+BLOCK_SECONDS = 2.0  # decoded per read: bounds memory, and a decode error loses at most this much
 
 
 class AudioError(Exception):
@@ -77,10 +77,11 @@ def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterato
     with _open(path) as f:
         resample = Resampler(f.samplerate)
         block = max(1, int(block_seconds * f.samplerate))
-        out_seconds = 0.0
+        out_seconds, frames_read = 0.0, 0
         try:
             while True:
                 data = f.read(block, dtype="float64", always_2d=True)
+                frames_read += len(data)
                 last = len(data) < block
                 y = resample(to_mono(data), last=last)
                 if y.size:
@@ -93,6 +94,10 @@ def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterato
             raise AudioError(f"decoding failed after {out_seconds:.2f} s ({_reason(e)})") from e
         if out_seconds == 0.0:
             raise AudioError("no audio samples")
+        # A header that promises more than the data holds (e.g. a cut MP3) means a truncated file.
+        if 0 < f.frames < 2**62 and frames_read < f.frames * 0.99:
+            raise AudioError(f"truncated: the header promises {f.frames / f.samplerate:.2f} s, "
+                             f"the data holds {frames_read / f.samplerate:.2f} s")
 
 
 def read_file(path: str | Path) -> np.ndarray:

@@ -1,0 +1,57 @@
+"""Bad files: one line each on stderr naming the file and the reason; the rest still scored."""
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import soundfile as sf
+
+from modelkit import burst_signal
+
+
+def test_each_bad_file_is_one_line_and_the_others_are_scored(tmp_path, burst_model):
+    x = burst_signal(10.0, [2.05])
+    good = tmp_path / "good.opus"
+    sf.write(good, x, 16000, format="OGG", subtype="OPUS")
+    sf.write(tmp_path / "full.mp3", x, 16000, format="MP3")
+    sf.write(tmp_path / "full.flac", x, 16000)
+    nan = x.copy()
+    nan[40000] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    inf = x.copy()
+    inf[1000] = np.inf
+    sf.write(tmp_path / "inf.wav", inf, 16000, subtype="FLOAT")
+    mp3 = (tmp_path / "full.mp3").read_bytes()
+    flac = (tmp_path / "full.flac").read_bytes()
+    bad = {
+        "missing.wav": None,
+        "adir": "dir",
+        "empty.wav": b"",
+        "cut.mp3": mp3[:len(mp3) // 2],
+        "cut.flac": flac[:len(flac) // 2],
+        "corrupt.opus": b"OggS" + bytes(range(256)) * 40,
+        "notes.wav": "just some text\n".encode() * 50,
+    }
+    for name, content in bad.items():
+        if content == "dir":
+            (tmp_path / name).mkdir()
+        elif content is not None:
+            (tmp_path / name).write_bytes(content)
+    paths = [str(good)] + [str(tmp_path / n) for n in bad] + [str(tmp_path / "nan.wav"), str(tmp_path / "inf.wav")]
+    out = tmp_path / "scores.csv"
+    r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--file", *paths, "--model", burst_model,
+                        "--pub", "none", "--csv", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("kws-stream: error:")]
+    expected = {"missing.wav": "no such file", "adir": "directory", "empty.wav": "empty", "cut.mp3": "truncated",
+                "cut.flac": "decoding failed", "corrupt.opus": "", "notes.wav": "not readable audio",
+                "nan.wav": "NaN or Inf", "inf.wav": "NaN or Inf"}
+    assert len(errors) == len(expected), r.stderr
+    for name, reason in expected.items():
+        (line,) = [e for e in errors if f"/{name}:" in e]
+        assert reason in line, line
+    rows = {row["id"]: row for row in csv.DictReader(out.open())}
+    assert rows["good"]["label"] == "1"
+    # events found before a file turned out bad are kept: the cut FLAC's burst is before the cut
+    assert any('"stream": "%s"' % (tmp_path / "cut.flac") in line for line in r.stdout.splitlines())
