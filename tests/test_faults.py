@@ -1,0 +1,55 @@
+"""Subscriber faults never touch the publisher."""
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import soundfile as sf
+import zmq
+
+from modelkit import burst_signal
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sub_socket(ctx, endpoint):
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.SUBSCRIBE, b"kws.")
+    s.connect(endpoint)
+    return s
+
+
+def test_subscriber_killed_and_restarted_mid_stream(tmp_path, burst_model):
+    wav = tmp_path / "long.wav"
+    sf.write(wav, burst_signal(16.0, [1.05 + 3 * k for k in range(5)]), 16000)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    ctx = zmq.Context()
+    first = sub_socket(ctx, endpoint)
+    daemon = subprocess.Popen([sys.executable, "-m", "kws_stream.cli", "--file", str(wav), "--model", burst_model,
+                               "--pub", endpoint, "--realtime", "--quiet"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.poll(15000), "no first event"
+        seen = []
+        while not any(e["type"] == "detection" for e in seen):
+            assert first.poll(15000)
+            seen.append(json.loads(first.recv_multipart()[1]))
+        first.close(linger=0)  # the subscriber dies mid-stream
+        time.sleep(1.0)
+        second = sub_socket(ctx, endpoint)  # and comes back
+        later = []
+        while not later or later[-1].get("state") != "finished":
+            assert second.poll(20000), "nothing after reconnecting"
+            later.append(json.loads(second.recv_multipart()[1]))
+        second.close(linger=0)
+        assert daemon.wait(20) == 0, daemon.stderr.read()
+    finally:
+        daemon.kill()
+        ctx.term()
+    detections = [e for e in later if e["type"] == "detection"]
+    assert detections and min(e["seq"] for e in detections) > 1
+    assert later[-1]["detections"] == 5 and later[-1]["dropped"] == 0
