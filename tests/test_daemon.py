@@ -207,8 +207,8 @@ def test_config_file_and_overrides(tmp_path, burst_model):
 
 
 def test_systemd_unit_verifies_and_is_hardened(tmp_path):
-    exe = shutil.which("kws-stream")
-    assert exe, "kws-stream is not on PATH (pip install the package)"
+    exe = shutil.which("kws-stream", path=str(Path(sys.executable).parent)) or shutil.which("kws-stream")
+    assert exe, "the kws-stream console script is not installed (pip install the package)"
     unit = tmp_path / "kws-stream.service"
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/kws-stream", exe))
     r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
