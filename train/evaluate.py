@@ -93,12 +93,25 @@ def file_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> di
 
 
 def threshold_for_fa_rate(negatives: list[Scored], target_per_hour: float) -> float:
-    """The lowest threshold whose false accepts per hour on `negatives` are <= target."""
+    """The lowest threshold whose false accepts per hour on `negatives` are <= target.
+
+    Candidates sit just above every window probability seen on the negatives, so the
+    answer is exact rather than a grid point. Returns a value above 1.0 when even the
+    highest threshold cannot reach the target (a negative window scored 1.0).
+    """
     hours = sum(s.seconds for s in negatives) / 3600
-    for t in THRESHOLDS:
-        if false_accepts(negatives, t) / hours <= target_per_hour:
-            return float(t)
-    return 1.0
+    probs = np.unique(np.concatenate([s.probs for s in negatives] + [np.zeros(1)]))
+    candidates = np.concatenate([[0.0], np.nextafter(probs, 2.0)])
+    lo, hi = 0, candidates.size - 1  # false accepts fall as the threshold rises
+    if false_accepts(negatives, candidates[hi]) / hours > target_per_hour:
+        return float(candidates[hi])
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if false_accepts(negatives, candidates[mid]) / hours <= target_per_hour:
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(candidates[lo])
 
 
 def report(model: str, data: str, negatives: str | None = None, out: str | None = None, jobs: int = 2) -> dict:
@@ -121,9 +134,11 @@ def report(model: str, data: str, negatives: str | None = None, out: str | None 
     hours = sum(s.seconds for s in neg) / 3600
     result["negative_hours"] = hours
     result["fa_per_hour_at_model_threshold"] = false_accepts(neg, own) / hours if hours else None
-    for target in (0.5, 0.1):
+    for target in (0.1, 0.5, 1.0, 2.0, 5.0):
         t = threshold_for_fa_rate(neg, target) if hours else 1.0
         result[f"at_{target}_fa_per_hour"] = file_metrics(labels, scores, t)
+        result[f"at_{target}_fa_per_hour"]["reachable"] = t <= 1.0
+    result["max_negative_window_score"] = float(max((s.probs.max() for s in neg if s.probs.size), default=0.0))
     if out:
         _plots(Path(out), labels, scores, curve, neg, hours)
         Path(out, "eval.json").write_text(json.dumps(result, indent=1))

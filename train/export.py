@@ -105,6 +105,9 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
             neg = score_files(str(draft), [(str(f), 0) for f in files], jobs)
             t = threshold_for_fa_rate(neg, target_fa_per_hour)
             hours = sum(s.seconds for s in neg) / 3600
+            if t > 1.0:
+                raise ExportError(f"no threshold reaches {target_fa_per_hour} false accepts/h on {negatives}: "
+                                  "a negative window scores 1.0; give --threshold")
             chosen = {"threshold": t, "how": f"{target_fa_per_hour} false accepts/h on {hours:.2f} h of {negatives}"}
         training["threshold"] = chosen
         write_onnx(model, out_path, metadata_for(name=name, version=version, threshold=chosen["threshold"],
