@@ -183,3 +183,14 @@ def test_publishing_beyond_loopback_must_be_asked_for(tmp_path, burst_model):
     assert r.returncode == 2 and "--allow-remote" in r.stderr
     r = kws("--file", path, "--model", burst_model, "--pub", f"tcp://0.0.0.0:{free_port()}", "--allow-remote")
     assert r.returncode == 0, r.stderr
+
+
+def test_main_job_with_the_packaged_model_and_demo_calls():
+    """README's first command: the shipped model finds the phrase in the positive demo only."""
+    from pathlib import Path
+    models = Path(__file__).resolve().parent.parent / "models"
+    r = kws("--file", models / "demo_positive.opus", models / "demo_negative.opus", "--pub", "none")
+    assert r.returncode == 0, r.stderr
+    found = events(r.stdout)
+    assert len(found) == 1 and found[0]["stream"].endswith("demo_positive.opus")
+    assert found[0]["model"] == {"name": "kws-ne-slyshu", "version": "1.0.0"}
