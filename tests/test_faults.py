@@ -53,3 +53,38 @@ def test_subscriber_killed_and_restarted_mid_stream(tmp_path, burst_model):
     detections = [e for e in later if e["type"] == "detection"]
     assert detections and min(e["seq"] for e in detections) > 1
     assert later[-1]["detections"] == 5 and later[-1]["dropped"] == 0
+
+
+def test_a_stalled_subscriber_never_blocks_detection(tmp_path, burst_model):
+    """A subscriber that never reads: tens of thousands of events still go out at full
+    speed, and the publisher's memory stays bounded by the high-water mark."""
+    import numpy as np
+    t = np.arange(16000 * 300) / 16000  # 30,000 windows, each one a detection: beyond the HWM
+    wav = tmp_path / "tones.wav"
+    sf.write(wav, 0.3 * np.sin(2 * np.pi * 1000 * t) * (np.sin(2 * np.pi * 0.4 * t) > 0), 16000)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    ctx = zmq.Context()
+    stalled = ctx.socket(zmq.SUB)
+    stalled.setsockopt(zmq.RCVHWM, 10)
+    stalled.setsockopt(zmq.SUBSCRIBE, b"")
+    stalled.connect(endpoint)
+    try:
+        began = time.monotonic()
+        p = subprocess.Popen([sys.executable, "-m", "kws_stream.cli", "--file", str(wav), "--model", burst_model,
+                              "--pub", endpoint, "--quiet", "--hop-seconds", "0.01", "--refractory", "0",
+                              "--threshold", "0.0"], stderr=subprocess.PIPE, text=True)
+        peak_kb = 0
+        while p.poll() is None and time.monotonic() - began < 300:
+            try:
+                status = open(f"/proc/{p.pid}/status").read()
+                peak_kb = max(peak_kb, int(status.split("VmHWM:")[1].split()[0]))
+            except (FileNotFoundError, IndexError, ProcessLookupError):
+                pass
+            time.sleep(0.05)
+        p.wait(10)
+        elapsed = time.monotonic() - began
+    finally:
+        stalled.close(linger=0)
+        ctx.term()
+    assert p.returncode == 0, p.stderr.read()
+    assert peak_kb / 1024 < 150 and elapsed < 240, (peak_kb / 1024, elapsed)
