@@ -6,8 +6,12 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 src=/etc/apt/sources.list.d/kws-backports.sources
 if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    mirror=$(grep -hoE "https?://[^ ]+/debian/?" /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
-             | grep -v security | head -n1)
+    # the mirror of the existing bookworm entry (deb822 "URIs:" lines, else one-line "deb" entries)
+    mirror=$(grep -hE "^URIs:" /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security \
+             | head -n1 || true)
+    if [ -z "$mirror" ]; then
+        mirror=$(grep -hE "^deb " /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | grep -v security | head -n1 || true)
+    fi
     cat > "$src" <<SRC
 Types: deb
 URIs: ${mirror:-http://deb.debian.org/debian}
