@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .data import Recipe, epoch_windows, load_corpora, load_corpus
+from .evaluate import file_metrics
 from .models import ModelConfig, build, parameter_count
 
 log = logging.getLogger(__name__)
@@ -60,17 +61,8 @@ def file_scores(model: nn.Module, corpus, batch: int = 512) -> np.ndarray:
     return best
 
 
-def seed_metric(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
-    pred = scores >= threshold
-    pos, neg = labels == 1, labels == 0
-    frr = float((~pred & pos).sum() / max(pos.sum(), 1))
-    far = float((pred & neg).sum() / max(neg.sum(), 1))
-    score = 2 * (1 - frr) * (1 - far) / max((1 - frr) + (1 - far), 1e-12)
-    return {"score": score, "far": far, "frr": frr, "threshold": threshold}
-
-
 def best_on_grid(labels: np.ndarray, scores: np.ndarray) -> dict:
-    return max((seed_metric(labels, scores, t) for t in np.linspace(0.05, 0.95, 19)), key=lambda m: m["score"])
+    return max((file_metrics(labels, scores, t) for t in np.linspace(0.05, 0.95, 19)), key=lambda m: m["score"])
 
 
 def fit(cfg: FitConfig) -> dict:
