@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import frontend
+from . import embedding, frontend
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ OUTPUT_NAME = "prob"  # float32 [batch], the keyword probability in [0, 1]
 DEFAULT_MODEL = "kws-default.onnx"
 
 # Front ends a model may name in its metadata; a second one registers itself here.
-FRONT_ENDS: dict[str, type] = {frontend.SeedFrontEnd.name: frontend.SeedFrontEnd}
+FRONT_ENDS: dict[str, type] = {fe.name: fe for fe in (frontend.SeedFrontEnd, embedding.EmbeddingFrontEnd)}
 
 
 class ModelError(Exception):

@@ -29,11 +29,12 @@ def burst_weights() -> tuple[np.ndarray, float]:
 
 
 def save_model(path, weights: np.ndarray | None = None, bias: float = 0.0, threshold: float = 0.5,
-               meta: dict | None = None, name: str = "test-burst", version: str = "0.0.1") -> str:
+               meta: dict | None = None, name: str = "test-burst", version: str = "0.0.1",
+               front_end: str = frontend.SeedFrontEnd.name) -> str:
     """Write sigmoid(x @ w + b) as an ONNX model with the kws metadata."""
     if weights is None:
         weights, bias = burst_weights()
-    n = frontend.FEATURE_SIZE
+    n = weights.size
     graph = helper.make_graph(
         [helper.make_node("MatMul", [INPUT_NAME, "w"], ["z"]),
          helper.make_node("Add", ["z", "b"], ["logit"]),
@@ -47,7 +48,7 @@ def save_model(path, weights: np.ndarray | None = None, bias: float = 0.0, thres
                      numpy_helper.from_array(np.array([-1], dtype=np.int64), "shape")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    props = metadata_for(name=name, version=version, threshold=threshold)
+    props = metadata_for(name=name, version=version, threshold=threshold, front_end=front_end)
     props.update(meta or {})
     helper.set_model_props(model, {k: v for k, v in props.items() if v is not None})
     onnx.save(model, str(path))

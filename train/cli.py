@@ -35,7 +35,8 @@ def _fit_parser(sub) -> None:
     p.add_argument("--exclude-engine", choices=["rhvoice", "espeak", "festival"],
                    help="leave this engine's calls out (to validate on it alone)")
     p.add_argument("--val", metavar="DIR", help="validation corpus, scored every epoch")
-    p.add_argument("--arch", choices=["dnn", "cnn"], default="cnn", help="dnn: the seed's model; cnn: a small CNN")
+    p.add_argument("--arch", choices=["dnn", "cnn", "emb"], default="cnn",
+                   help="dnn: the seed's model; cnn: a small CNN on the seed's features; emb: a conv head on speech embeddings")
     p.add_argument("--recipe", choices=["seed", "improved"], default="improved",
                    help="seed: the notebook's windows and MIL; improved: phrase at random offsets, SpecAugment")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (ckpt.pt, metrics.json)")

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kws_stream.frontend import FEATURE_SIZE
-from kws_stream.model import INPUT_NAME, OUTPUT_NAME, KwsModel, metadata_for
+from kws_stream.model import FRONT_ENDS, INPUT_NAME, OUTPUT_NAME, KwsModel, metadata_for
 
 from .models import ModelConfig, build
 
@@ -39,7 +38,9 @@ class WithSigmoid(torch.nn.Module):
 def load_checkpoint(path: str) -> tuple[torch.nn.Module, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     args = dict(ckpt["model_args"])
-    args["hidden"], args["channels"] = tuple(args["hidden"]), tuple(args["channels"])
+    for key in ("hidden", "channels", "emb_channels"):
+        if key in args:
+            args[key] = tuple(args[key])
     model = build(ModelConfig(**args))
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
@@ -49,7 +50,8 @@ def load_checkpoint(path: str) -> tuple[torch.nn.Module, dict]:
 def write_onnx(model: torch.nn.Module, path: Path, meta: dict[str, str]) -> None:
     import onnx
     wrapped = WithSigmoid(model).eval()
-    torch.onnx.export(wrapped, (torch.zeros(2, FEATURE_SIZE),), str(path), input_names=[INPUT_NAME],
+    size = FRONT_ENDS[meta["kws.front_end"]].feature_size
+    torch.onnx.export(wrapped, (torch.zeros(2, size),), str(path), input_names=[INPUT_NAME],
                       output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                       opset_version=17, dynamo=False)
     proto = onnx.load(str(path))
@@ -70,16 +72,24 @@ def check_parity(model: torch.nn.Module, path: Path, features: np.ndarray) -> fl
     return diff
 
 
-def probe_features(n: int = 256, seed: int = 0) -> np.ndarray:
-    """Real front-end features of varied synthetic audio, to compare runtimes on."""
-    from kws_stream.frontend import WINDOW_FRAMES, log_mel, window_features
+def probe_features(front_end: str, n: int = 256, seed: int = 0) -> np.ndarray:
+    """Real front-end features of varied synthetic audio, to compare runtimes on: the
+    front end's own windows, every 80 ms of 30 s of a warbling, pulsing tone in noise."""
+    fe_cls = FRONT_ENDS[front_end]
     rng = np.random.default_rng(seed)
-    t = np.arange(16000 * 30) / 16000
+    t = np.arange(fe_cls.sample_rate * 30) / fe_cls.sample_rate
     x = 0.1 * np.sin(2 * np.pi * (200 + 100 * np.sin(t)) * t) * (1 + np.sin(2 * np.pi * 3 * t)) + \
         rng.normal(0, 0.02, t.size)
-    mel = log_mel(x)
-    starts = rng.integers(0, mel.shape[1] - WINDOW_FRAMES, n)
-    return np.stack([window_features(mel[:, s:s + WINDOW_FRAMES]) for s in starts])
+    fe = fe_cls(hop_frames=8)
+    rows, pos = [], 0
+    while pos < x.size:
+        pos += fe.accept(x[pos:])
+        while fe.ready():
+            out = np.empty(fe_cls.feature_size, dtype=np.float32)
+            fe.take(out)
+            rows.append(out)
+    rows = np.stack(rows)
+    return rows[rng.choice(len(rows), size=min(n, len(rows)), replace=False)]
 
 
 def export(ckpt: str, out: str, name: str, version: str, threshold: float | None = None,
@@ -88,12 +98,13 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
     training = {"arch": info["model_args"]["arch"], "data": info["config"]["data"],
                 "files": info.get("train_files"), "positives": info.get("train_positives"),
                 "epochs": info["config"]["epochs"], "recipe": info["config"]["recipe"]}
+    front_end = ModelConfig(arch=info["model_args"]["arch"]).front_end
     out_path = Path(out)
     with tempfile.TemporaryDirectory() as tmp:
         draft = Path(tmp) / "draft.onnx"
         write_onnx(model, draft, metadata_for(name=name, version=version, threshold=threshold or 0.5,
-                                              training=training))
-        diff = check_parity(model, draft, probe_features())
+                                              front_end=front_end, training=training))
+        diff = check_parity(model, draft, probe_features(front_end))
         chosen = {"threshold": threshold, "how": "given"}
         if threshold is None:
             if not negatives:
@@ -111,8 +122,8 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
             chosen = {"threshold": t, "how": f"{target_fa_per_hour} false accepts/h on {hours:.2f} h of {negatives}"}
         training["threshold"] = chosen
         write_onnx(model, out_path, metadata_for(name=name, version=version, threshold=chosen["threshold"],
-                                                 training=training))
-    check_parity(model, out_path, probe_features(seed=1))
+                                                 front_end=front_end, training=training))
+    check_parity(model, out_path, probe_features(front_end, seed=1))
     return {"out": str(out_path), "max_abs_diff": diff, **chosen}
 
 

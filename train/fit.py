@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import Recipe, epoch_windows, load_corpora, load_corpus
+from .data import SEED, Recipe, WindowFeatures, epoch_windows, kind_of, load_corpora, load_corpus, window_of
 from .evaluate import file_metrics
 from .models import ModelConfig, build, parameter_count
 
@@ -43,14 +43,15 @@ class FitConfig:
 
 def file_scores(model: nn.Module, corpus, batch: int = 512) -> np.ndarray:
     """The seed's file probability on windows every second (max over windows), computed
-    in batch from the cached log-mels: quick validation during training."""
-    from kws_stream.frontend import FEATURE_SIZE, FRAMES_PER_SECOND, WindowFeatures, window_at
+    in batch from the cached frames: quick validation during training."""
     feats = WindowFeatures()
+    kind = corpus.kind
     rows, owner = [], []
     for i, mel in enumerate(corpus.mels):
-        for s in range(0, mel.shape[1], FRAMES_PER_SECOND):
-            out = np.empty(FEATURE_SIZE, dtype=np.float32)
-            rows.append(feats(window_at(mel, s).astype(np.float64), out))
+        # seed: windows start up to the last frame (padded past it); embedding: the padding is in the frames
+        last = mel.shape[1] if kind is SEED else mel.shape[1] - kind.window + 1
+        for k in range(int(np.ceil(last / kind.rate))):
+            rows.append(window_of(corpus, i, int(k * kind.rate), None, feats))
             owner.append(i)
     x = torch.from_numpy(np.stack(rows))
     model.eval()
@@ -71,9 +72,10 @@ def fit(cfg: FitConfig) -> dict:
     rng = np.random.default_rng(cfg.seed)
     torch.set_num_threads(cfg.threads)
     cache = cfg.cache or str(Path(cfg.out) / "cache")
-    train = load_corpora(list(cfg.data), cache, jobs=cfg.threads, exclude_engine=cfg.exclude_engine)
-    val = load_corpus(cfg.val, cache, jobs=cfg.threads) if cfg.val else None
     mcfg = ModelConfig(arch=cfg.arch)
+    kind = kind_of(mcfg.front_end)
+    train = load_corpora(list(cfg.data), cache, jobs=cfg.threads, exclude_engine=cfg.exclude_engine, kind=kind)
+    val = load_corpus(cfg.val, cache, jobs=cfg.threads, kind=kind) if cfg.val else None
     model = build(mcfg)
     recipe = Recipe(name=cfg.recipe)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

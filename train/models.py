@@ -1,4 +1,5 @@
-"""Keyword models over the seed's (3, 48, 50) window features, built from a config."""
+"""Keyword models, built from a config: over the seed's (3, 48, 50) window features
+(dnn, cnn) or over a window of speech embeddings (emb)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -6,15 +7,21 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from kws_stream.frontend import FEATURE_SHAPE, FEATURE_SIZE
+from kws_stream import embedding
+from kws_stream.frontend import FEATURE_SHAPE, FEATURE_SIZE, SeedFrontEnd
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "cnn"  # "dnn": the seed's DNN; "cnn": a small CNN over the window tensor
+    arch: str = "cnn"  # "dnn": the seed's DNN; "cnn": a small CNN over the window tensor; "emb": conv head on embeddings
     hidden: tuple[int, ...] = (512, 256)  # dnn layer widths (the seed's)
     channels: tuple[int, ...] = (16, 32, 48)  # cnn conv widths
     dropout: float = 0.1
+    emb_channels: tuple[int, ...] = (96, 96)  # emb: temporal conv widths
+
+    @property
+    def front_end(self) -> str:
+        return embedding.EmbeddingFrontEnd.name if self.arch == "emb" else SeedFrontEnd.name
 
 
 class SeedDNN(nn.Module):
@@ -60,8 +67,34 @@ class SmallCNN(nn.Module):
         return self.head(self.dropout(h)).squeeze(-1)
 
 
+class EmbeddingHead(nn.Module):
+    """Temporal convolutions over a window of speech embeddings (96, 22), max over time.
+
+    Kernel 3 with dilations 1, 2 sees about 0.5 s of embeddings, each of which already
+    spans 0.78 s of audio: the length of the phrase, wherever it falls in the window.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        width = embedding.EMB_DIM
+        for i, c in enumerate(cfg.emb_channels):
+            d = 2 ** i
+            blocks += [nn.Conv1d(width, c, 3, padding=d, dilation=d, bias=False), nn.BatchNorm1d(c), nn.ReLU()]
+            width = c
+        self.norm = nn.LayerNorm(embedding.EMB_DIM)
+        self.features = nn.Sequential(*blocks)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x.reshape(-1, embedding.WINDOW_EMBEDDINGS, embedding.EMB_DIM))
+        h = self.features(h.transpose(1, 2)).amax(dim=2)  # (B, C): max over time
+        return self.head(self.dropout(h)).squeeze(-1)
+
+
 def build(cfg: ModelConfig) -> nn.Module:
-    return {"dnn": SeedDNN, "cnn": SmallCNN}[cfg.arch](cfg)
+    return {"dnn": SeedDNN, "cnn": SmallCNN, "emb": EmbeddingHead}[cfg.arch](cfg)
 
 
 def config_dict(cfg: ModelConfig) -> dict:

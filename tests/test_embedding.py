@@ -1,0 +1,115 @@
+"""The speech-embedding front end: streaming equals a whole-file pass for any chunking
+and hop, frames are local, the packaged networks are checked, and a model that names
+this front end in its metadata runs through the Spotter."""
+import numpy as np
+import pytest
+
+from kws_stream import embedding as emb
+from kws_stream.model import KwsModel, ModelError
+from kws_stream.spotter import Spotter, SpotterConfig
+
+from modelkit import save_model
+
+
+def speechlike(seconds: float, seed: int = 0) -> np.ndarray:
+    """Noise bursts with digital silence between them, like a call with dropouts."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 0.05, int(seconds * emb.SAMPLE_RATE))
+    t = np.arange(x.size) / emb.SAMPLE_RATE
+    x *= 0.5 + 0.5 * np.sin(2 * np.pi * 1.3 * t)
+    x[int(1.1 * emb.SAMPLE_RATE):int(1.6 * emb.SAMPLE_RATE)] = 0.0
+    return x
+
+
+def stream_windows(x: np.ndarray, hop_frames: int, chunks: np.random.Generator | int) -> list[tuple[int, np.ndarray]]:
+    fe = emb.EmbeddingFrontEnd(hop_frames=hop_frames)
+    out = np.empty(emb.FEATURE_SIZE, dtype=np.float32)
+    got, pos = [], 0
+    while pos < x.size:
+        size = chunks if isinstance(chunks, int) else int(chunks.integers(1, 6000))
+        chunk, taken = x[pos:pos + size], 0
+        while taken < chunk.size:
+            taken += fe.accept(chunk[taken:])
+            while fe.ready():
+                got.append((fe.take(out), out.copy()))
+        pos += size
+    fe.finish()
+    while fe.ready():
+        got.append((fe.take(out), out.copy()))
+    return got
+
+
+def test_geometry_follows_from_the_constants():
+    assert emb.EMB_HOP == 1280 and emb.EMB_SPAN == 12512
+    assert emb.WINDOW_EMBEDDINGS == 22 and emb.WINDOW_SAMPLES == 39392 and emb.FEATURE_SIZE == 22 * 96
+    assert emb.WINDOW_SAMPLES <= 2.5 * emb.SAMPLE_RATE
+
+
+def test_mel_frames_are_local():
+    """The packaged mel network floors each frame on its own, so chunks give the same frames."""
+    nets = emb.shared_nets()
+    x = speechlike(3.0)
+    whole = nets.mel(x)
+    assert whole.shape == ((x.size - emb.MEL_FRAME) // emb.MEL_HOP + 1, emb.N_BANDS)
+    part = nets.mel(x[16 * emb.MEL_HOP:])
+    np.testing.assert_allclose(part, whole[16:16 + part.shape[0]], atol=1e-4)
+    assert whole.min() >= 2.0  # nothing under the 0 dB floor, digital silence included
+
+
+@pytest.mark.parametrize("hop_frames,chunks", [(100, 160), (100, 4096), (37, 0), (8, 0), (250, 7)])
+def test_streaming_equals_whole_file(hop_frames, chunks):
+    x = speechlike(6.3)
+    ref = emb.file_embeddings(x)
+    got = stream_windows(x, hop_frames, chunks or np.random.default_rng(hop_frames))
+    starts = [s // emb.EMB_STRIDE for s, _ in got]
+    step = max(hop_frames, emb.EMB_STRIDE)
+    assert starts == [emb.window_start(k, step) for k in range(len(got))]
+    assert starts[-1] * emb.EMB_HOP < x.size <= (starts[-1] + step / emb.EMB_STRIDE + 1) * emb.EMB_HOP
+    for s, w in got:
+        np.testing.assert_allclose(w.reshape(emb.WINDOW_EMBEDDINGS, emb.EMB_DIM), ref[s // emb.EMB_STRIDE:
+                                   s // emb.EMB_STRIDE + emb.WINDOW_EMBEDDINGS], atol=2e-4)
+
+
+def test_short_stream_gets_one_padded_window():
+    got = stream_windows(speechlike(0.3), 100, 1000)
+    assert [s for s, _ in got] == [0]
+
+
+def test_reset_starts_a_new_stream():
+    x = speechlike(4.0)
+    fe = emb.EmbeddingFrontEnd()
+    fe.accept(speechlike(2.0, seed=5))
+    fe.reset()
+    out = np.empty(emb.FEATURE_SIZE, dtype=np.float32)
+    pos = 0
+    while not fe.ready():
+        pos += fe.accept(x[pos:])
+    fe.take(out)
+    np.testing.assert_allclose(out, emb.file_embeddings(x)[:emb.WINDOW_EMBEDDINGS].reshape(-1), atol=2e-4)
+
+
+def test_damaged_network_file_is_named(monkeypatch):
+    monkeypatch.setitem(emb.SHA256, emb.MEL_FILE, "0" * 64)
+    with pytest.raises(RuntimeError, match="oww_melspectrogram.onnx: checksum mismatch"):
+        emb.EmbeddingNets()
+
+
+def test_model_metadata_selects_the_embedding_front_end(tmp_path):
+    rng = np.random.default_rng(1)
+    path = save_model(tmp_path / "emb.onnx", rng.normal(0, 0.01, emb.FEATURE_SIZE).astype(np.float32),
+                      front_end=emb.EmbeddingFrontEnd.name)
+    model = KwsModel(path)
+    assert model.front_end_class is emb.EmbeddingFrontEnd and model.feature_size == emb.FEATURE_SIZE
+    x = speechlike(5.0)
+    windows = []
+    spotter = Spotter(model, config=SpotterConfig(hop_seconds=1.0),
+                      on_window=lambda a, b, p: windows.append((a, b, p)))
+    for i in range(0, x.size, 160):
+        spotter.feed(x[i:i + 160])
+    spotter.finish()
+    assert [round(a, 2) for a, _, _ in windows] == [0.0, 0.96, 2.0, 2.96, 4.0, 4.96]  # every window starting inside the 5 s
+    assert all(round(b - a, 4) == emb.WINDOW_SAMPLES / emb.SAMPLE_RATE for a, b, _ in windows)
+    # a seed-feature model's input size does not fit this front end
+    wrong = save_model(tmp_path / "wrong.onnx", front_end=emb.EmbeddingFrontEnd.name)
+    with pytest.raises(ModelError, match="input shape"):
+        KwsModel(wrong)
