@@ -34,7 +34,7 @@ def corpus(tmp_path_factory):
 def run(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     kws_train("fit", "--data", corpus, "--val", corpus, "--arch", "cnn", "--out", out, "--epochs", "2",
-              "--threads", "1")
+              "--threads", "1", "--hard-negatives", "0.25")
     return out
 
 
@@ -45,6 +45,18 @@ def test_fit_writes_a_self_describing_checkpoint(run):
     history = json.loads((run / "metrics.json").read_text())
     assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
     assert 0.0 <= history[-1]["val"]["score"] <= 1.0
+    assert "mined" not in history[0] and history[1]["mined"]["windows"] > 0  # hard negatives from epoch 2
+
+
+def test_mined_negative_windows_never_hear_the_phrase(corpus):
+    for kind in (data.SEED, data.EMBEDDING):
+        c = data.load_corpus(corpus, kind=kind)
+        pool = data.negative_pool(c)
+        assert len(pool) > 0
+        for i, s in pool.tolist():
+            phrase = data.phrase_frames(c, i)
+            if phrase is not None:
+                assert s + kind.window + kind.reach <= phrase[0] or s >= phrase[1]
 
 
 def test_seed_dnn_trains_with_the_seed_recipe(corpus, tmp_path):
@@ -107,3 +119,25 @@ def test_training_features_are_the_runtime_front_end(corpus):
     for start, feats in streamed:
         ours = frontend.window_features(frontend.window_at(mel, start).astype(np.float64))
         np.testing.assert_allclose(ours, feats, atol=1e-4)
+
+
+def test_embedding_head_fits_exports_and_scores(corpus, tmp_path):
+    """arch emb: features from kws_stream.embedding, exported with that front end in its
+    metadata, and the daemon picks the front end from the model file alone."""
+    from kws_stream.embedding import EmbeddingFrontEnd, FEATURE_SIZE
+    kws_train("fit", "--data", corpus, "--val", corpus, "--arch", "emb", "--out", tmp_path / "run", "--epochs", "1",
+              "--threads", "1")
+    c = data.load_corpus(corpus, kind=data.EMBEDDING)
+    assert c.mels[0].shape[0] == 96 and data.file_embedding_frames is not None
+    onnx_path = tmp_path / "emb.onnx"
+    r = kws_train("export", "--ckpt", tmp_path / "run" / "ckpt.pt", "--out", onnx_path, "--threshold", "0.5")
+    assert json.loads(r.stdout)["max_abs_diff"] <= 1e-4
+    model = KwsModel(onnx_path)
+    assert model.front_end_class is EmbeddingFrontEnd and model.feature_size == FEATURE_SIZE
+    files = sorted((corpus / "audio").glob("*.opus"))
+    r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--file", *map(str, files), "--model",
+                        str(onnx_path), "--pub", "none", "--csv", str(tmp_path / "out.csv")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = (tmp_path / "out.csv").read_text().splitlines()[1:]
+    assert len(rows) == len(files) and all(0.0 <= float(row.split(",")[2]) <= 1.0 for row in rows)

@@ -45,7 +45,9 @@ def _fit_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=2, help="torch threads and feature workers")
-    p.add_argument("--cache", metavar="DIR", help="log-mel cache (default RUN/cache)")
+    p.add_argument("--cache", metavar="DIR", help="feature cache (default RUN/cache)")
+    p.add_argument("--hard-negatives", type=float, default=0.0, metavar="SHARE",
+                   help="from epoch 2, add this share of the epoch's windows as the corpus's hardest negative windows")
 
 
 def _eval_parser(sub) -> None:

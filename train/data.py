@@ -30,12 +30,14 @@ class Features:
     window: int  # frames per window
     tail: int  # frames a window may run past the last start (seed: half a window of padding)
     size: int  # feature_size of one window
+    reach: int = 0  # frames of audio past s + window that a window starting at s still hears
 
 
 SEED = Features(front_end=SeedFrontEnd.name, rate=FRAMES_PER_SECOND, window=WINDOW_FRAMES,
                 tail=WINDOW_FRAMES // 2, size=FEATURE_SIZE)
 EMBEDDING = Features(front_end=embedding.EmbeddingFrontEnd.name, rate=embedding.EMBEDDINGS_PER_SECOND,
-                     window=embedding.WINDOW_EMBEDDINGS, tail=embedding.WINDOW_EMBEDDINGS - 1, size=embedding.FEATURE_SIZE)
+                     window=embedding.WINDOW_EMBEDDINGS, tail=embedding.WINDOW_EMBEDDINGS - 1, size=embedding.FEATURE_SIZE,
+                     reach=-(-(embedding.EMB_SPAN - embedding.EMB_HOP) // embedding.EMB_HOP))
 KINDS = {"seed": SEED, "embedding": EMBEDDING}
 
 
@@ -179,7 +181,7 @@ def improved_windows(rng: np.random.Generator, n_frames: int, phrase: tuple[int,
             continue
         a, b = phrase
         cover = max(0, min(b, s + width) - max(a, s)) / max(b - a, 1)
-        if cover == 0:
+        if clear_of(s, phrase, kind):
             out.append((s, 0))
         elif cover >= min_cover:
             out.append((s, 1))
@@ -187,6 +189,23 @@ def improved_windows(rng: np.random.Generator, n_frames: int, phrase: tuple[int,
         if len(out) < k and rng.random() < 0.05:
             break
     return out
+
+
+def clear_of(s: int, phrase: tuple[int, int] | None, kind: Features) -> bool:
+    """True when the window starting at s hears nothing of the phrase."""
+    return phrase is None or s + kind.window + kind.reach <= phrase[0] or s >= phrase[1]
+
+
+def negative_pool(corpus: Corpus) -> np.ndarray:
+    """(file, start) of every target-free window on a half-second grid: all windows of
+    negative files and the windows of positive files clear of the phrase."""
+    kind = corpus.kind
+    step = max(1, int(kind.rate // 2))
+    pool = []
+    for i, mel in enumerate(corpus.mels):
+        phrase = phrase_frames(corpus, i)
+        pool += [(i, s) for s in range(0, max(mel.shape[1] - kind.tail, 1), step) if clear_of(s, phrase, kind)]
+    return np.array(pool, dtype=np.int64).reshape(-1, 2)
 
 
 def spec_augment(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import SEED, Recipe, WindowFeatures, epoch_windows, kind_of, load_corpora, load_corpus, window_of
+from .data import (SEED, Recipe, WindowFeatures, epoch_windows, kind_of, load_corpora, load_corpus, negative_pool,
+                   window_of)
 from .evaluate import file_metrics
 from .models import ModelConfig, build, parameter_count
 
@@ -39,6 +40,7 @@ class FitConfig:
     threads: int = 2
     cache: str | None = None
     exclude_engine: str | None = None  # leave this engine's calls out of training
+    hard_negatives: float = 0.0  # from epoch 2, add this share (of the epoch's windows) of the hardest negatives
 
 
 def file_scores(model: nn.Module, corpus, batch: int = 512) -> np.ndarray:
@@ -60,6 +62,21 @@ def file_scores(model: nn.Module, corpus, batch: int = 512) -> np.ndarray:
     best = np.zeros(len(corpus.mels))
     np.maximum.at(best, np.array(owner), p)
     return best
+
+
+def hardest_negatives(model: nn.Module, corpus, pool: np.ndarray, k: int, batch: int = 2048):
+    """Features of the k target-free windows the model scores highest, and the pool's
+    highest score: hard-negative mining over every negative window of the corpus."""
+    feats = WindowFeatures()
+    scores = np.empty(len(pool), dtype=np.float32)
+    model.eval()
+    with torch.no_grad():
+        for a in range(0, len(pool), batch):
+            x = np.stack([window_of(corpus, i, s, None, feats) for i, s in pool[a:a + batch]])
+            scores[a:a + batch] = model(torch.from_numpy(x)).numpy()
+    top = np.argsort(scores)[-k:]
+    x = np.stack([window_of(corpus, i, s, None, feats) for i, s in pool[top]])
+    return x, float(scores[top[-1]])
 
 
 def best_on_grid(labels: np.ndarray, scores: np.ndarray) -> dict:
@@ -84,10 +101,16 @@ def fit(cfg: FitConfig) -> dict:
     pos_weight = torch.tensor([(labels == 0).sum() / max((labels == 1).sum(), 1)], dtype=torch.float32)
     log.info("train: %d files (%d positive); model %s, %d parameters", len(labels), labels.sum(), cfg.arch,
              parameter_count(model))
+    pool = negative_pool(train) if cfg.hard_negatives > 0 else None
     history = []
     for epoch in range(1, cfg.epochs + 1):
         began = time.time()
         x, y = epoch_windows(train, recipe, rng)
+        mined = None
+        if pool is not None and epoch > 1:
+            hard, top = hardest_negatives(model, train, pool, int(cfg.hard_negatives * len(y)))
+            x, y = np.concatenate([x, hard]), np.concatenate([y, np.zeros(len(hard), dtype=np.float32)])
+            mined = {"windows": len(hard), "pool": len(pool), "top_logit": round(top, 2)}
         if cfg.recipe != "seed":  # window labels: weight positives to balance windows
             pos_weight = torch.tensor([(y == 0).sum() / max((y == 1).sum(), 1)], dtype=torch.float32)
         criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
@@ -108,6 +131,8 @@ def fit(cfg: FitConfig) -> dict:
         if sched is not None:
             sched.step()
         row = {"epoch": epoch, "loss": total / len(y), "seconds": round(time.time() - began, 1)}
+        if mined is not None:
+            row["mined"] = mined
         if val is not None:
             row["val"] = best_on_grid(val.labels, file_scores(model, val))
         history.append(row)
@@ -125,6 +150,6 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     cfg = FitConfig(data=tuple(args.data), exclude_engine=args.exclude_engine, out=args.out, val=args.val, arch=args.arch, recipe=args.recipe,
                     epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
-                    cache=args.cache)
+                    cache=args.cache, hard_negatives=args.hard_negatives)
     fit(cfg)
     return 0
