@@ -113,3 +113,13 @@ def test_model_metadata_selects_the_embedding_front_end(tmp_path):
     wrong = save_model(tmp_path / "wrong.onnx", front_end=emb.EmbeddingFrontEnd.name)
     with pytest.raises(ModelError, match="input shape"):
         KwsModel(wrong)
+
+
+def test_one_convolutional_run_equals_one_run_per_embedding():
+    """The packaged network's free time axis: a run over 76 + 8(n-1) frames gives the
+    embeddings that n runs over single 76-frame blocks give."""
+    nets = emb.shared_nets()
+    mel = nets.mel(speechlike(4.0))
+    together = nets.embed(mel, 3, 20)
+    apart = np.stack([nets.embed(mel, 3 + emb.EMB_STRIDE * i, 1)[0] for i in range(20)])
+    np.testing.assert_allclose(together, apart, atol=1e-4)
