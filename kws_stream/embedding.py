@@ -70,7 +70,10 @@ class EmbeddingNets:
 
 
 def _checked_bytes(name: str) -> bytes:
-    data = resources.files("kws_stream.models").joinpath(name).read_bytes()
+    try:
+        data = resources.files("kws_stream.models").joinpath(name).read_bytes()
+    except OSError as e:
+        raise RuntimeError(f"{name}: cannot read the packaged front-end model ({e.strerror or e}); reinstall kws-stream") from e
     if hashlib.sha256(data).hexdigest() != SHA256[name]:
         raise RuntimeError(f"{name}: checksum mismatch; the packaged front-end model is damaged, reinstall kws-stream")
     return data
@@ -124,6 +127,11 @@ class EmbeddingFrontEnd:
     hop_length = MEL_HOP
     window_frames = WINDOW_EMBEDDINGS
     window_samples = WINDOW_SAMPLES
+
+    @staticmethod
+    def load() -> None:
+        """Load and check the networks once (raises RuntimeError naming a damaged file)."""
+        shared_nets()
 
     def __init__(self, hop_frames: int = FRAMES_PER_SECOND, nets: EmbeddingNets | None = None):
         if not 1 <= hop_frames <= WINDOW_FRAMES:

@@ -202,6 +202,10 @@ class SeedFrontEnd:
     window_frames = WINDOW_FRAMES
     window_samples = (WINDOW_FRAMES - 1) * HOP_LENGTH + FRAME_LENGTH
 
+    @staticmethod
+    def load() -> None:
+        """Nothing to load: the seed's front end is plain numpy."""
+
     def __init__(self, hop_frames: int = FRAMES_PER_SECOND, batch_frames: int = FRAMES_PER_SECOND):
         if not 1 <= hop_frames <= WINDOW_FRAMES:
             raise ValueError(f"hop_frames must be in 1..{WINDOW_FRAMES}, got {hop_frames}")

@@ -87,6 +87,10 @@ class KwsModel:
             raise ModelError(f"{path}: not a loadable ONNX model ({reason})") from e
         self.info = self._check(self._session, path)
         self.front_end_class = FRONT_ENDS[self.info.front_end]
+        try:
+            self.front_end_class.load()
+        except RuntimeError as e:
+            raise ModelError(f"{path}: front end {self.info.front_end}: {e}") from e
         self.feature_size = self.front_end_class.feature_size
 
     @staticmethod

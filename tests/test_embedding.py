@@ -123,3 +123,15 @@ def test_one_convolutional_run_equals_one_run_per_embedding():
     together = nets.embed(mel, 3, 20)
     apart = np.stack([nets.embed(mel, 3 + emb.EMB_STRIDE * i, 1)[0] for i in range(20)])
     np.testing.assert_allclose(together, apart, atol=1e-4)
+
+
+def test_damaged_front_end_is_a_model_error_naming_it(tmp_path, monkeypatch):
+    path = save_model(tmp_path / "emb.onnx", np.zeros(emb.FEATURE_SIZE, dtype=np.float32),
+                      front_end=emb.EmbeddingFrontEnd.name)
+    emb.shared_nets.cache_clear()
+    monkeypatch.setitem(emb.SHA256, emb.EMBEDDING_FILE, "0" * 64)
+    try:
+        with pytest.raises(ModelError, match="front end oww-embedding-v1: oww_embedding.onnx: checksum mismatch"):
+            KwsModel(path)
+    finally:
+        emb.shared_nets.cache_clear()
