@@ -1,0 +1,83 @@
+"""CPU cost of models and their front ends, side by side in one run, on one core.
+
+For each model: the front end alone (CPU ms per second of audio, streamed in 10 ms hops
+with a window due every second) and the model alone (CPU ms per scored window, batch 1).
+The default set is the packaged model, the seed's DNN shape (random weights, same cost)
+and any --model given.
+
+    python benchmarks/bench_models.py [--seconds 120] [--model M.onnx ...] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+
+from bench_throughput import speech_like  # noqa: E402
+from kws_stream import KwsModel  # noqa: E402
+from kws_stream.frontend import FRAMES_PER_SECOND, HOP_LENGTH  # noqa: E402
+from modelkit import save_seed_dnn  # noqa: E402
+
+
+def front_end_ms_per_second(model: KwsModel, audio: np.ndarray) -> tuple[float, np.ndarray]:
+    fe = model.front_end(FRAMES_PER_SECOND)
+    out = np.empty(model.feature_size, dtype=np.float32)
+    windows = []
+    before = time.process_time()
+    for i in range(0, audio.size, HOP_LENGTH):
+        hop, taken = audio[i:i + HOP_LENGTH], 0
+        while taken < hop.size:
+            taken += fe.accept(hop[taken:])
+            while fe.ready():
+                fe.take(out)
+                windows.append(out.copy())
+    cpu = time.process_time() - before
+    return 1000 * cpu / (audio.size / fe.sample_rate), np.stack(windows)
+
+
+def model_ms_per_window(model: KwsModel, windows: np.ndarray) -> float:
+    before = time.process_time()
+    for w in windows:
+        model.score(w[None, :])
+    return 1000 * (time.process_time() - before) / len(windows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=120.0, help="audio streamed through each front end")
+    ap.add_argument("--model", action="append", default=[], help="more ONNX models to measure")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    audio = speech_like(args.seconds)
+    paths = [None, save_seed_dnn(Path(tempfile.mkdtemp()) / "seed_dnn.onnx")] + args.model
+    rows = []
+    for path in paths:
+        model = KwsModel(path)
+        fe_ms, windows = front_end_ms_per_second(model, audio)
+        m_ms = model_ms_per_window(model, windows)
+        label = "packaged default" if path is None else ("seed DNN shape" if path == paths[1] else Path(path).name)
+        rows.append({"model": label, "name": model.info.name, "front_end": model.info.front_end,
+                     "front_end_ms_per_audio_s": fe_ms, "model_ms_per_window": m_ms,
+                     "total_ms_per_audio_s": fe_ms + m_ms, "x_realtime": 1000 / (fe_ms + m_ms)})
+    print(f"{'model':22s} {'front end':18s} {'fe ms/s':>8s} {'model ms/win':>12s} {'x real time':>12s}")
+    for r in rows:
+        print(f"{r['model']:22s} {r['front_end']:18s} {r['front_end_ms_per_audio_s']:8.2f} "
+              f"{r['model_ms_per_window']:12.3f} {r['x_realtime']:12.0f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
