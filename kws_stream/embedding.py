@@ -115,10 +115,10 @@ class EmbeddingFrontEnd:
 
     Times are in mel frames (hop_length 160 samples): window k is due at nominal frame
     k * hop_frames and starts at the embedding grid point at or before it; hops under
-    80 ms are raised to 80 ms. PCM is kept
-    only until its mel frames are computed, mel frames only until their embeddings are,
-    and embeddings in a ring of one window. `finish()` appends one window of silence and
-    lets the windows that start inside the stream run into it.
+    80 ms are raised to 80 ms. PCM is kept only until its mel frames are computed, mel
+    frames only until their embeddings are, and embeddings in a ring of one window.
+    `finish()` appends one window of silence and lets the windows that start inside the
+    stream run into it.
     """
 
     name = "oww-embedding-v1"
@@ -139,7 +139,8 @@ class EmbeddingFrontEnd:
         self.hop_frames = max(hop_frames, EMB_STRIDE)  # finer hops would repeat windows: 80 ms is the grid
         self.nets = nets or shared_nets()
         self._pcm = np.zeros(WINDOW_SAMPLES + WINDOW_FRAMES * MEL_HOP, dtype=np.float64)
-        self._mel = np.zeros((self._pcm.size // MEL_HOP + EMB_FRAMES, N_BANDS), dtype=np.float32)
+        # every frame of a full PCM buffer plus the fewer than EMB_FRAMES an embedding still waits on
+        self._mel = np.zeros((self._pcm.size // MEL_HOP + EMB_FRAMES + EMB_STRIDE, N_BANDS), dtype=np.float32)
         # mirrored ring: embedding e at rows e % W and e % W + W, so a window is a view
         self._ring = np.zeros((2 * WINDOW_EMBEDDINGS, EMB_DIM), dtype=np.float32)
         self.reset()
@@ -192,7 +193,8 @@ class EmbeddingFrontEnd:
         """Turn held PCM into mel frames and mel frames into embeddings, as far as they go."""
         n_frames = 0 if self._n_pcm < MEL_FRAME else (self._n_pcm - MEL_FRAME) // MEL_HOP + 1
         if n_frames > 0:
-            self._mel[self._n_mel:self._n_mel + n_frames] = self.nets.mel(self._pcm[:(n_frames - 1) * MEL_HOP + MEL_FRAME])
+            mel = self.nets.mel(self._pcm[:(n_frames - 1) * MEL_HOP + MEL_FRAME])
+            self._mel[self._n_mel:self._n_mel + n_frames] = mel
             self._n_mel += n_frames
             used = n_frames * MEL_HOP
             self._pcm[:self._n_pcm - used] = self._pcm[used:self._n_pcm]
