@@ -29,20 +29,18 @@ class Features:
     rate: float  # frames per second
     window: int  # frames per window
     tail: int  # frames a window may run past the last start (seed: half a window of padding)
-    size: int  # feature_size of one window
     reach: int = 0  # frames of audio past s + window that a window starting at s still hears
 
 
 SEED = Features(front_end=SeedFrontEnd.name, rate=FRAMES_PER_SECOND, window=WINDOW_FRAMES,
-                tail=WINDOW_FRAMES // 2, size=FEATURE_SIZE)
+                tail=WINDOW_FRAMES // 2)
 EMBEDDING = Features(front_end=embedding.EmbeddingFrontEnd.name, rate=embedding.EMBEDDINGS_PER_SECOND,
-                     window=embedding.WINDOW_EMBEDDINGS, tail=embedding.WINDOW_EMBEDDINGS - 1, size=embedding.FEATURE_SIZE,
+                     window=embedding.WINDOW_EMBEDDINGS, tail=embedding.WINDOW_EMBEDDINGS - 1,
                      reach=-(-(embedding.EMB_SPAN - embedding.EMB_HOP) // embedding.EMB_HOP))
-KINDS = {"seed": SEED, "embedding": EMBEDDING}
 
 
 def kind_of(front_end: str) -> Features:
-    return next(k for k in KINDS.values() if k.front_end == front_end)
+    return next(k for k in (SEED, EMBEDDING) if k.front_end == front_end)
 
 
 @dataclass
