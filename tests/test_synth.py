@@ -77,10 +77,11 @@ def test_every_file_decodes_and_bounds_sit_on_speech(corpora):
 
 def test_target_span_is_tight_to_20_ms(corpora):
     """Before the channel: the span starts and ends on the target's own speech."""
-    cfg = synth.SynthConfig(out="unused", n=1, seed=9, fetch=False)
+    cfg = synth.SynthConfig(out="unused", n=1, seed=9, fetch=False, sentence_share=0.0, pseudo_speakers=0.0)
     for i in range(6):
         rng = np.random.default_rng([9, i])
-        x, span, texts, engine, voice = synth.speech_track(rng, cfg, "positive", 8.0)
+        x, span, texts, engine, voice, how = synth.speech_track(rng, cfg, "positive", 8.0)
+        assert how["form"] == "alone"
         a, b = span
         word = x[a:b]
         hop = RATE // 50

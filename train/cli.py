@@ -18,12 +18,18 @@ def _synth_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="the same arguments and seed give the same bytes")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--pos-fraction", type=float, default=0.45, help="share of calls with the target phrase")
-    p.add_argument("--split", choices=["train", "val"], default="train",
-                   help="val uses RHVoice voices that train never has")
+    p.add_argument("--split", choices=["train", "val", "all"], default="train",
+                   help="val uses RHVoice voices that train never has; all uses all twelve allowed voices (voice folds)")
     p.add_argument("--holdout-engine", choices=["rhvoice", "espeak", "festival"],
                    help="train: leave this engine out; val: use only this engine")
     p.add_argument("--min-seconds", type=float, default=3.0, help="shortest call")
     p.add_argument("--max-seconds", type=float, default=20.0, help="longest call (speech may run slightly over)")
+    p.add_argument("--sentence-share", type=float, default=0.65,
+                   help="share of positives and confusables said inside one whole sentence (bounds by DTW)")
+    p.add_argument("--pseudo-speakers", type=float, default=0.3,
+                   help="share of speech tracks given a new pitch and vocal-tract length (WORLD vocoder)")
+    p.add_argument("--codecs", choices=["train", "heldout"], default="train",
+                   help="heldout: every call through a codec that training never uses (g723, codec2)")
     p.add_argument("--no-fetch", action="store_true",
                    help="do not apt-get download the packages of real recordings and music")
 
@@ -35,8 +41,9 @@ def _fit_parser(sub) -> None:
     p.add_argument("--exclude-engine", choices=["rhvoice", "espeak", "festival"],
                    help="leave this engine's calls out (to validate on it alone)")
     p.add_argument("--val", metavar="DIR", help="validation corpus, scored every epoch")
-    p.add_argument("--arch", choices=["dnn", "cnn", "emb"], default="cnn",
-                   help="dnn: the seed's model; cnn: a small CNN on the seed's features; emb: a conv head on speech embeddings")
+    p.add_argument("--arch", choices=["dnn", "cnn", "emb", "emb-gru"], default="cnn",
+                   help="dnn: the seed's model; cnn: a small CNN on the seed's features; emb: a conv head on "
+                        "speech embeddings; emb-gru: a bidirectional GRU on them")
     p.add_argument("--recipe", choices=["seed", "improved"], default="improved",
                    help="seed: the notebook's windows and MIL; improved: phrase at random offsets, SpecAugment")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (ckpt.pt, metrics.json)")
@@ -48,6 +55,28 @@ def _fit_parser(sub) -> None:
     p.add_argument("--cache", metavar="DIR", help="feature cache (default RUN/cache)")
     p.add_argument("--hard-negatives", type=float, default=0.0, metavar="SHARE",
                    help="from epoch 2, add this share of the epoch's windows as the corpus's hardest negative windows")
+
+
+def _folds_parser(sub) -> None:
+    p = sub.add_parser("folds", help="leave-voices-out cross-validation over the twelve allowed RHVoice voices")
+    p.set_defaults(module="train.folds")
+    p.add_argument("--data", required=True, nargs="+", metavar="DIR", help="corpora made with --split all")
+    p.add_argument("--negatives", required=True, metavar="DIR",
+                   help="long target-free calls of all twelve voices (--split val --holdout-engine rhvoice "
+                        "--pos-fraction 0); other folds' streams are trained on")
+    p.add_argument("--extra-val", nargs="*", default=[], metavar="DIR",
+                   help="more validation corpora scored per fold (e.g. made with --codecs heldout)")
+    p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
+    p.add_argument("--hops", nargs="+", type=float, default=[1.0], help="scoring hops to compare, in seconds")
+    p.add_argument("--out", required=True, metavar="RUN")
+    p.add_argument("--arch", choices=["emb", "emb-gru"], default="emb")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache", metavar="DIR", help="feature cache (default RUN/cache)")
+    p.add_argument("--hard-negatives", type=float, default=0.2, metavar="SHARE")
 
 
 def _eval_parser(sub) -> None:
@@ -76,7 +105,7 @@ def _export_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kws-train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_synth_parser, _fit_parser, _eval_parser, _export_parser):
+    for add in (_synth_parser, _fit_parser, _folds_parser, _eval_parser, _export_parser):
         add(sub)
     return parser
 

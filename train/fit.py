@@ -84,16 +84,24 @@ def best_on_grid(labels: np.ndarray, scores: np.ndarray) -> dict:
 
 
 def fit(cfg: FitConfig) -> dict:
+    """Load the corpora named by cfg, train, and write RUN/ckpt.pt and RUN/metrics.json."""
+    kind = kind_of(ModelConfig(arch=cfg.arch).front_end)
+    cache = cfg.cache or str(Path(cfg.out) / "cache")
+    train = load_corpora(list(cfg.data), cache, jobs=cfg.threads, exclude_engine=cfg.exclude_engine, kind=kind)
+    val = load_corpus(cfg.val, cache, jobs=cfg.threads, kind=kind) if cfg.val else None
+    model, history = train_model(cfg, train, val)
+    save(cfg, model, history, train)
+    return {"history": history}
+
+
+def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]:
+    """The training loop over loaded corpora: per-window BCE (or the seed's MIL), cosine
+    learning rate, hard-negative mining from epoch 2; val scored each epoch if given."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    cache = cfg.cache or str(Path(cfg.out) / "cache")
-    mcfg = ModelConfig(arch=cfg.arch)
-    kind = kind_of(mcfg.front_end)
-    train = load_corpora(list(cfg.data), cache, jobs=cfg.threads, exclude_engine=cfg.exclude_engine, kind=kind)
-    val = load_corpus(cfg.val, cache, jobs=cfg.threads, kind=kind) if cfg.val else None
-    model = build(mcfg)
+    model = build(ModelConfig(arch=cfg.arch))
     recipe = Recipe(name=cfg.recipe)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.recipe != "seed" else None
@@ -137,13 +145,18 @@ def fit(cfg: FitConfig) -> dict:
             row["val"] = best_on_grid(val.labels, file_scores(model, val))
         history.append(row)
         log.info("epoch %d %s", epoch, json.dumps(row))
+    return model, history
+
+
+def save(cfg: FitConfig, model: nn.Module, history: list[dict], train) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model_args": asdict(mcfg), "config": asdict(cfg), "state_dict": model.state_dict(),
-                "history": history, "train_files": len(labels), "train_positives": int(labels.sum())},
-               out / "ckpt.pt")
+    labels = train.labels
+    torch.save({"model_args": asdict(ModelConfig(arch=cfg.arch)), "config": asdict(cfg),
+                "state_dict": model.state_dict(), "history": history, "train_files": len(labels),
+                "train_positives": int(labels.sum())}, out / "ckpt.pt")
     (out / "metrics.json").write_text(json.dumps(history, indent=1))
-    return {"history": history}
+    return out / "ckpt.pt"
 
 
 def run(args) -> int:

@@ -18,10 +18,11 @@ class ModelConfig:
     channels: tuple[int, ...] = (16, 32, 48)  # cnn conv widths
     dropout: float = 0.1
     emb_channels: tuple[int, ...] = (96, 96)  # emb: temporal conv widths
+    gru_hidden: int = 64  # emb-gru: hidden units per direction
 
     @property
     def front_end(self) -> str:
-        return embedding.EmbeddingFrontEnd.name if self.arch == "emb" else SeedFrontEnd.name
+        return embedding.EmbeddingFrontEnd.name if self.arch.startswith("emb") else SeedFrontEnd.name
 
 
 class SeedDNN(nn.Module):
@@ -93,8 +94,27 @@ class EmbeddingHead(nn.Module):
         return self.head(self.dropout(h)).squeeze(-1)
 
 
+class EmbeddingGRU(nn.Module):
+    """A bidirectional GRU over the window's embeddings, max over time of its outputs: a
+    temporal model with the whole 2.46 s as context, to compare with the conv head."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(embedding.EMB_DIM)
+        self.gru = nn.GRU(embedding.EMB_DIM, cfg.gru_hidden, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(2 * cfg.gru_hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.gru(self.norm(x.reshape(-1, embedding.WINDOW_EMBEDDINGS, embedding.EMB_DIM)))
+        return self.head(self.dropout(h.amax(dim=1))).squeeze(-1)
+
+
+ARCHS = {"dnn": SeedDNN, "cnn": SmallCNN, "emb": EmbeddingHead, "emb-gru": EmbeddingGRU}
+
+
 def build(cfg: ModelConfig) -> nn.Module:
-    return {"dnn": SeedDNN, "cnn": SmallCNN, "emb": EmbeddingHead}[cfg.arch](cfg)
+    return ARCHS[cfg.arch](cfg)
 
 
 def config_dict(cfg: ModelConfig) -> dict:

@@ -2,7 +2,8 @@
 
 DIR/audio/<uid>.opus, DIR/word_bounds.json (uid -> [start_s, end_s] of the target words,
 positives only) and DIR/manifest.jsonl (how each call was made). Call i is generated
-from the seed sequence (seed, i) alone, so the corpus is the same for any --jobs.
+from the seed sequence (seed, i) alone, so the corpus is the same for any --jobs, and a run
+that was stopped resumes where it was: DIR/calls/<uid>.json marks each finished call.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import glob
 import json
 import logging
 import multiprocessing
+import os
 import re
 import sys
 from dataclasses import asdict, dataclass
@@ -22,20 +24,19 @@ import soxr
 from kws_stream.frontend import SAMPLE_RATE
 
 from . import synth_channel as ch
+from . import synth_voice
+from .align import locate
+from .synth_phrases import CONFUSABLE_CORES, TARGETS, confusable_sentence, has_target, target_sentence
 from .synth_tts import (ENGINES, ESPEAK_VARIANTS, RHVOICE_ALLOWED, RHVOICE_TRAIN, RHVOICE_VAL, MissingTool,
                         Utterance, check_engines, speech)
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("не слышу", "не слышно")
+# Targets alone, between carrier words synthesised separately (the glued form).
 CARRIERS = (("", ""), ("алло, я вас", ""), ("я вас", ""), ("алло, алло,", ""), ("вас", ""), ("ничего", ""),
             ("совсем", ""), ("говорите громче,", ""), ("", "вас"), ("", "ничего"), ("алло,", ""), ("что?", ""),
             ("я вас совсем", ""), ("", "перезвоните"), ("простите,", ""), ("", "говорите громче"))
-CONFUSABLES = ("слышу", "я вас слышу", "хорошо слышно", "плохо слышно", "я вас слушаю", "не вижу", "не спешу",
-               "не слышал", "не смешно", "не знаю", "не скажу", "не пишу", "не слушай", "слышно хорошо", "не сплю",
-               "не дышу", "вы меня слышите?", "не слышала", "не услышал", "теперь слышно", "всё слышно",
-               "не спеша", "не смешно совсем", "не лишнее", "алло, слушаю вас", "не страшно", "неслышно подошёл")
-SENTENCE_POOL = 700  # filler sentences: bounded so the TTS cache is reused across calls
+SENTENCE_POOL = 6000  # filler sentences, de-duplicated; bounded so the TTS cache is reused across corpora
 FESTIVAL_POOL = 250  # Festival reloads its voice per utterance (1.7 s); a smaller pool keeps it cheap
 
 
@@ -47,13 +48,16 @@ class SynthConfig:
     out: str
     n: int
     seed: int
-    split: str = "train"  # train | val
+    split: str = "train"  # train | val | all (all twelve allowed RHVoice voices, for voice folds)
     pos_fraction: float = 0.45
     holdout_engine: str | None = None  # train: never use it; val: use only it
     min_seconds: float = 3.0
     max_seconds: float = 20.0
     jobs: int = 1
     fetch: bool = True  # fetch the Debian packages of real recordings and music first
+    sentence_share: float = 0.65  # positives and confusables said inside one whole sentence
+    pseudo_speakers: float = 0.3  # share of speech tracks with pitch and formants moved (WORLD)
+    codecs: str = "train"  # train: the training codecs; heldout: only codecs training never uses
 
 
 # -- choices ---------------------------------------------------------------------
@@ -67,7 +71,7 @@ def engines_for(cfg: SynthConfig) -> tuple[str, ...]:
 def rhvoice_voices(cfg: SynthConfig) -> tuple[str, ...]:
     if cfg.split == "val":
         return RHVOICE_ALLOWED if cfg.holdout_engine == "rhvoice" else RHVOICE_VAL
-    return RHVOICE_TRAIN
+    return RHVOICE_ALLOWED if cfg.split == "all" else RHVOICE_TRAIN
 
 
 def pick_voice(rng: np.random.Generator, cfg: SynthConfig, engine: str) -> dict:
@@ -84,13 +88,16 @@ def pick_voice(rng: np.random.Generator, cfg: SynthConfig, engine: str) -> dict:
 
 @lru_cache(maxsize=1)
 def sentences() -> tuple[str, ...]:
-    """Natural Russian sentences from fortunes-ru, without any form of «слыш»."""
-    found = []
+    """Natural Russian sentences from fortunes-ru, de-duplicated, without any form of «слыш»."""
+    found, seen = [], set()
     for path in sorted(glob.glob("/usr/share/games/fortunes/ru/*.u8")):
         text = Path(path).read_text(encoding="utf-8", errors="ignore")
         for block in text.split("\n%\n"):
             for s in re.split(r"(?<=[.!?])\s+", " ".join(block.split())):
-                if 15 <= len(s) <= 110 and s.count(" ") >= 2 and not re.search(r"\.\S", s) and re.fullmatch(r"[А-Яа-яЁё ,.!?:;—-]+", s) and "слыш" not in s.lower():
+                key = " ".join(re.findall(r"\w+", s.lower().replace("ё", "е")))
+                if 15 <= len(s) <= 110 and s.count(" ") >= 2 and not re.search(r"\.\S", s) and \
+                        re.fullmatch(r"[А-Яа-яЁё ,.!?:;—-]+", s) and "слыш" not in key and key not in seen:
+                    seen.add(key)
                     found.append(s.strip(" -—"))
     if not found:
         raise MissingTool("fortunes-ru: no Russian text found; install it with: apt-get install fortunes-ru")
@@ -127,60 +134,107 @@ def gap(rng: np.random.Generator, lo: float = 0.15, hi: float = 0.9) -> np.ndarr
     return np.zeros(int(rng.uniform(lo, hi) * SAMPLE_RATE))
 
 
+def glued_special(rng: np.random.Generator, kind: str) -> list[tuple[str, bool]]:
+    """The target between separately synthesised carrier words, or a confusable alone:
+    (text, is the target) pieces."""
+    if kind == "positive":
+        prefix, suffix = CARRIERS[rng.integers(len(CARRIERS))]
+        return [(t, False) for t in [prefix] if t] + [(TARGETS[rng.integers(2)], True)] + \
+            [(t, False) for t in [suffix] if t]
+    return [(CONFUSABLE_CORES[rng.integers(len(CONFUSABLE_CORES))], False)]
+
+
+def say_glued(rng: np.random.Generator, engine: str, voice: dict, pieces: list[tuple[str, bool]]):
+    """(audio, target span or None, texts) of pieces said one by one with short gaps."""
+    parts, texts, span, total = [], [], None, 0
+    for j, (text, is_target) in enumerate(pieces):
+        x = say(engine, voice, text)
+        if is_target:
+            span = (total, total + x.size)
+        parts.append(x)
+        texts.append(text)
+        total += x.size
+        if j < len(pieces) - 1:
+            parts.append(gap(rng, 0.02, 0.2))
+            total += parts[-1].size
+    return np.concatenate(parts), span, texts
+
+
+MAX_ALIGN_COST = 0.45  # mean cosine distance along the DTW path; above it the match is not trusted
+
+
+def say_in_sentence(rng: np.random.Generator, engine: str, voice: dict, kind: str):
+    """(audio, target span or None, texts, alignment cost) of one whole sentence holding the
+    target (found by DTW against the same voice saying it alone) or a confusable. None
+    when the alignment is not trusted; the caller then falls back to the glued form."""
+    if kind != "positive":
+        text = confusable_sentence(rng)
+        return say(engine, voice, text), None, [text], None
+    text, target = target_sentence(rng)
+    x, alone = say(engine, voice, text), say(engine, voice, target)
+    m = locate(alone, x)
+    if m.cost > MAX_ALIGN_COST or not 0.5 <= (m.end - m.start) / alone.size <= 1.6:
+        return None
+    return x, (m.start, m.end), [text], round(m.cost, 3)
+
+
 def speech_track(rng: np.random.Generator, cfg: SynthConfig, kind: str, seconds: float):
-    """Speech of one voice with the target (positives) or a confusable at a random place.
-    Returns the track, the target's sample span or None, the texts, engine and voice."""
+    """Speech of one voice with the target (positives) or a confusable at a random place,
+    inside a whole sentence or said alone. Returns the track, the target's sample span or
+    None, the texts, engine, voice and how the special part was made."""
     engines = engines_for(cfg)
     engine = engines[rng.integers(len(engines))]
     voice = pick_voice(rng, cfg, engine)
-    special: list[tuple[str, bool]] = []  # (text, is the target)
-    if kind == "positive":
-        prefix, suffix = CARRIERS[rng.integers(len(CARRIERS))]
-        special = [(t, False) for t in [prefix] if t] + [(TARGETS[rng.integers(2)], True)] + [(t, False) for t in [suffix] if t]
-    elif kind == "confusable":
-        special = [(CONFUSABLES[rng.integers(len(CONFUSABLES))], False)]
-    parts, texts, span, total = [gap(rng, 0.1, 1.0)], [], None, 0
+    special, how = None, {}
+    if kind != "speech" and rng.random() < cfg.sentence_share:
+        got = say_in_sentence(rng, engine, voice, kind)
+        if got is not None:
+            special = got[:3]
+            how = {"form": "sentence"} if got[3] is None else {"form": "sentence", "align_cost": got[3]}
+    if kind != "speech" and special is None:
+        special, how = say_glued(rng, engine, voice, glued_special(rng, kind)), {"form": "alone"}
+    parts, texts, span = [gap(rng, 0.1, 1.0)], [], None
     total = parts[0].size
     target_budget = int(seconds * SAMPLE_RATE)
     n_before = rng.integers(0, 3)
     n_after = 3 + int(seconds // 4)  # enough to fill the call; the loop stops at the budget
     plan = [filler(rng, engine) for _ in range(n_before)] + [special] + [filler(rng, engine) for _ in range(n_after)]
     for item in plan:
-        if isinstance(item, list):
-            for j, (text, is_target) in enumerate(item):
-                x = say(engine, voice, text)
-                if is_target:
-                    span = (total, total + x.size)
-                parts.append(x)
-                texts.append(text)
-                total += x.size
-                if j < len(item) - 1:
-                    g = gap(rng, 0.02, 0.2)
-                    parts.append(g)
-                    total += g.size
+        if item is None:  # ordinary speech: no special part
+            continue
+        if isinstance(item, tuple):
+            x, sub_span, sub_texts = item
+            if sub_span is not None:
+                span = (total + sub_span[0], total + sub_span[1])
+            texts += sub_texts
         else:
             if total > target_budget and (span is not None or kind != "positive"):
                 break
             x = say_filler(rng, engine, voice, item)
-            parts += [x]
             texts.append(item)
-            total += x.size
-        g = gap(rng)
-        parts.append(g)
-        total += g.size
-    return np.concatenate(parts), span, texts, engine, voice
+        parts.append(x)
+        total += x.size
+        parts.append(gap(rng))
+        total += parts[-1].size
+    x = np.concatenate(parts)
+    if rng.random() < cfg.pseudo_speakers:
+        pitch, formant = synth_voice.pick(rng)
+        x = synth_voice.convert(x, pitch, formant)
+        how["pseudo_speaker"] = {"pitch": round(pitch, 3), "formant": round(formant, 3)}
+    return x, span, texts, engine, voice, how
 
 
 def make_call(cfg: SynthConfig, index: int) -> tuple[bytes, dict]:
     rng = np.random.default_rng([cfg.seed, index, 0 if cfg.split == "train" else 1])
-    uid = f"{cfg.split}{cfg.seed}-{index:06d}"
+    uid = call_uid(cfg, index)
     seconds = rng.uniform(cfg.min_seconds, cfg.max_seconds)
     kind = "positive" if rng.random() < cfg.pos_fraction else \
         str(rng.choice(["speech", "confusable", "russian", "foreign", "other"], p=[0.45, 0.25, 0.1, 0.1, 0.1]))
     meta: dict = {"uid": uid, "kind": kind, "label": int(kind == "positive")}
     span = None
     if kind in ("positive", "speech", "confusable"):
-        x, span, texts, engine, voice = speech_track(rng, cfg, kind, seconds)
+        x, span, texts, engine, voice, how = speech_track(rng, cfg, kind, seconds)
+        meta.update(how)
         # Speed perturbation, tempo and vocal tract together: resampled to SAMPLE_RATE * factor
         # and played at SAMPLE_RATE, the track becomes `factor` times longer.
         factor = float(rng.uniform(0.88, 1.12))
@@ -192,10 +246,10 @@ def make_call(cfg: SynthConfig, index: int) -> tuple[bytes, dict]:
     else:
         x, source = background_only(rng, kind, int(seconds * SAMPLE_RATE))
         meta.update(engine=None, source=source)
-    x, channel = apply_channel(rng, x)
+    x, channel = apply_channel(rng, x, cfg.codecs)
     meta.update(channel)
     if span is not None:
-        meta["phrase"] = meta["texts"][[i for i, t in enumerate(meta["texts"]) if t in TARGETS][0]]
+        meta["phrase"] = next(t for t in meta["texts"] if has_target(t))
         meta["bounds"] = [round(span[0] / SAMPLE_RATE, 3), round(span[1] / SAMPLE_RATE, 3)]
     meta["seconds"] = round(x.size / SAMPLE_RATE, 3)
     return encode_opus(x), meta
@@ -220,7 +274,20 @@ def background_only(rng: np.random.Generator, kind: str, n: int) -> tuple[np.nda
     return 0.05 * ch.coloured_noise(rng, n, exponent), f"noise:{exponent:.2f}"
 
 
-def apply_channel(rng: np.random.Generator, x: np.ndarray) -> tuple[np.ndarray, dict]:
+NARROW_WEIGHTS = {"ulaw": 0.15, "alaw": 0.15, "gsm": 0.25, "opus-lowrate": 0.1, "g726": 0.1, "ima-adpcm": 0.1,
+                  "speex": 0.15}  # GSM, the bench's weakest channel, drawn most
+
+
+def pick_codec(rng: np.random.Generator, codecs: str) -> tuple[bool, str]:
+    """(narrowband, codec): the training mix, or (heldout) only codecs training never hears."""
+    if codecs == "heldout":
+        return True, str(rng.choice(ch.HELDOUT_CODECS))
+    if rng.random() < 0.6:
+        return True, str(rng.choice(list(NARROW_WEIGHTS), p=list(NARROW_WEIGHTS.values())))
+    return False, str(rng.choice(["pcm", "opus-lowrate"], p=[0.7, 0.3]))
+
+
+def apply_channel(rng: np.random.Generator, x: np.ndarray, codecs: str = "train") -> tuple[np.ndarray, dict]:
     info: dict = {}
     irs = ch.room_irs()
     if irs and rng.random() < 0.3:
@@ -243,16 +310,20 @@ def apply_channel(rng: np.random.Generator, x: np.ndarray) -> tuple[np.ndarray, 
         x = x + ch.scale_to_snr(x, noise, snr)
         info["noise"] = source
     info["snr_db"] = None if snr is None else round(snr, 2)
-    narrow = rng.random() < 0.55
-    codec = str(rng.choice(ch.CODECS[1:])) if narrow else str(rng.choice(["pcm", "opus-lowrate"], p=[0.7, 0.3]))
+    narrow, codec = pick_codec(rng, codecs)
     peak = np.abs(x).max() + 1e-12
     x = x / peak * 0.5
     x = ch.telephone(x, codec, rng) if narrow else ch.encode(x, codec, SAMPLE_RATE, rng)
     info.update(band="narrow" if narrow else "wide", codec=codec)
     if rng.random() < 0.2:
         loss = float(rng.uniform(0.01, 0.06))
-        x = ch.packet_loss(x, rng, loss)
+        conceal = bool(rng.random() < 0.5)
+        x = ch.packet_loss(x, rng, loss, conceal)
         info["packet_loss"] = round(loss, 3)
+        info["concealed"] = conceal
+    if rng.random() < 0.15:
+        x = ch.level_jumps(x, rng)
+        info["level_jumps"] = True
     gain_db = float(rng.uniform(-30, 0))
     x = x * 10 ** (gain_db / 20) / (np.abs(x).max() + 1e-12)
     if rng.random() < 0.08:
@@ -276,9 +347,23 @@ def _init(cfg: SynthConfig) -> None:
     _cfg = cfg
 
 
+def call_uid(cfg: SynthConfig, index: int) -> str:
+    return f"{cfg.split}{cfg.seed}-{index:06d}"
+
+
 def _one(index: int) -> dict:
+    """Make call `index`, or read it back when an earlier run finished it: the audio is
+    written first and the call's JSON last, each atomically, so a call with its JSON is whole."""
+    out = Path(_cfg.out)
+    done = out / "calls" / f"{call_uid(_cfg, index)}.json"
+    if done.exists():
+        return json.loads(done.read_text(encoding="utf-8"))
     data, meta = make_call(_cfg, index)
-    (Path(_cfg.out) / "audio" / f"{meta['uid']}.opus").write_bytes(data)
+    for path, payload in ((out / "audio" / f"{meta['uid']}.opus", data),
+                          (done, json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())):
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
     return meta
 
 
@@ -290,7 +375,8 @@ def generate(cfg: SynthConfig, progress: bool = True) -> list[dict]:
     if cfg.fetch:
         for pkg in ch.fetch_sources():
             log.warning("%s: could not be fetched with apt-get download; calls are made without it", pkg)
-    (Path(cfg.out) / "audio").mkdir(parents=True, exist_ok=True)
+    for sub in ("audio", "calls"):
+        (Path(cfg.out) / sub).mkdir(parents=True, exist_ok=True)
     ch.room_irs()  # build once before forking workers
     indices = range(cfg.n)
     if cfg.jobs > 1:
@@ -318,7 +404,8 @@ def _progress(it, total: int, show: bool):
 def run(args) -> int:
     cfg = SynthConfig(out=args.out, n=args.n, seed=args.seed, split=args.split, pos_fraction=args.pos_fraction,
                       holdout_engine=args.holdout_engine, min_seconds=args.min_seconds,
-                      max_seconds=args.max_seconds, jobs=args.jobs, fetch=not args.no_fetch)
+                      max_seconds=args.max_seconds, jobs=args.jobs, fetch=not args.no_fetch,
+                      sentence_share=args.sentence_share, pseudo_speakers=args.pseudo_speakers, codecs=args.codecs)
     try:
         metas = generate(cfg)
     except MissingTool as e:

@@ -23,7 +23,17 @@ from .synth_tts import CACHE
 SHARED_NOISE = Path(os.environ.get("KWS_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "noise"
 PKGS = CACHE / "pkgs"  # Debian packages unpacked by `apt-get download` + `dpkg-deb -x`
 NARROW_RATE = 8000
-CODECS = ("pcm", "ulaw", "alaw", "gsm", "opus-lowrate")
+CODECS = ("pcm", "ulaw", "alaw", "gsm", "opus-lowrate")  # the first five; pcm is wideband only
+# More narrowband codecs through Debian's ffmpeg: (encoder arguments, container, bitrates to draw from).
+FFMPEG_CODECS = {
+    "g726": (["-c:a", "g726"], "wav", ("16k", "24k", "32k", "40k")),
+    "ima-adpcm": (["-c:a", "adpcm_ima_wav"], "nut", ("",)),
+    "speex": (["-c:a", "libspeex"], "nut", ("6k", "8k", "11k", "15k")),
+    "g723": (["-c:a", "g723_1"], "nut", ("6.3k",)),
+    "codec2": (["-c:a", "libcodec2"], "codec2", ("3200", "2400", "1600")),
+}
+NARROW_CODECS = CODECS[1:] + ("g726", "ima-adpcm", "speex")  # drawn for narrowband calls in training
+HELDOUT_CODECS = ("g723", "codec2")  # never in training: they measure codec generalisation
 
 
 # Debian packages with real recordings and music (DATA.md), fetched into the cache on first use.
@@ -232,13 +242,55 @@ def encode(y: np.ndarray, codec: str, rate: int, rng: np.random.Generator) -> np
         return _through_sox(y, NARROW_RATE, ["-t", "gsm", "-r", str(NARROW_RATE), "-c", "1"]) if rate == NARROW_RATE else y
     if codec == "opus-lowrate":
         return _through_opus(y, rate, rng)
+    if codec in FFMPEG_CODECS:
+        return _through_ffmpeg(y, codec, rng) if rate == NARROW_RATE else y
     return y
 
 
-def packet_loss(x: np.ndarray, rng: np.random.Generator, rate: float) -> np.ndarray:
-    """Zero random 20 ms packets."""
+def _through_ffmpeg(y: np.ndarray, codec: str, rng: np.random.Generator) -> np.ndarray:
+    """Encode and decode 8 kHz audio with ffmpeg; the codec's delay is measured by
+    cross-correlation and removed, so word bounds stay put."""
+    args, fmt, rates = FFMPEG_CODECS[codec]
+    rate = rates[rng.integers(len(rates))]
+    if rate:
+        args = args + (["-mode", rate] if codec == "codec2" else ["-b:a", rate])
+    raw = (np.clip(y, -1, 1) * 32767).astype("<i2").tobytes()
+    pcm = ["-f", "s16le", "-ar", str(NARROW_RATE), "-ac", "1"]
+    try:
+        enc = subprocess.run(["ffmpeg", "-v", "error", *pcm, "-i", "-", *args, "-f", fmt, "-"], input=raw,
+                             capture_output=True, check=True).stdout
+        dec = subprocess.run(["ffmpeg", "-v", "error", "-f", fmt, "-i", "-", *pcm, "-"], input=enc,
+                             capture_output=True, check=True).stdout
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"ffmpeg {codec}: {e.stderr.decode(errors='replace').strip()[-200:]}") from e
+    z = np.frombuffer(dec, dtype="<i2").astype(np.float64) / 32767
+    z = z[codec_delay(y, z):]
+    return np.pad(z, (0, max(0, y.size - z.size)))[:y.size]
+
+
+def codec_delay(x: np.ndarray, y: np.ndarray, max_lag: int = NARROW_RATE // 10) -> int:
+    """Samples by which y lags x (0 to max_lag), by FFT cross-correlation."""
+    n = min(x.size, y.size)
+    size = 1 << (2 * n - 1).bit_length()
+    c = np.fft.irfft(np.conj(np.fft.rfft(x[:n], size)) * np.fft.rfft(y[:n], size), size)
+    return int(np.argmax(c[:max_lag + 1]))
+
+
+def level_jumps(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One to three sudden gain changes of up to +-12 dB, as AGC and line switches make."""
+    for _ in range(int(rng.integers(1, 4))):
+        at = int(rng.integers(x.size))
+        x[at:] *= 10 ** (rng.uniform(-12, 12) / 20)
+    return x
+
+
+def packet_loss(x: np.ndarray, rng: np.random.Generator, rate: float, conceal: bool = False) -> np.ndarray:
+    """Lose random 20 ms packets: zeros, or (conceal) the previous packet repeated and
+    faded, as simple packet-loss concealment does."""
     packet = SAMPLE_RATE // 50
     lost = np.flatnonzero(rng.random(x.size // packet) < rate)
+    fade = np.linspace(1.0, 0.3, packet)
     for i in lost:
-        x[i * packet:(i + 1) * packet] = 0.0
+        seg = slice(i * packet, (i + 1) * packet)
+        x[seg] = x[(i - 1) * packet:i * packet] * fade if conceal and i > 0 else 0.0
     return x

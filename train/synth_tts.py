@@ -29,6 +29,9 @@ RHVOICE_RESERVED = ("elena", "irina", "tatiana", "mikhail", "vsevolod", "yuriy")
 # Voices held out of `train` for `--split val`. Variants of one speaker stay on one side.
 RHVOICE_VAL = ("arina", "timofey", "evgeniy-rus")
 RHVOICE_TRAIN = tuple(v for v in RHVOICE_ALLOWED if v not in RHVOICE_VAL)
+# Leave-voices-out folds over the twelve allowed voices (`kws-train folds`); fold 0 is RHVOICE_VAL.
+FOLDS = (RHVOICE_VAL, ("aleksandr", "aleksandr-hq", "anna"), ("artemiy", "pavel", "umka"),
+         ("victoria", "vitaliy", "vitaliy-ng"))
 
 ESPEAK_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+f1", "+f2", "+f3", "+f4", "+f5",
                    "+klatt", "+klatt2", "+klatt3", "+croak", "+whisper")

@@ -1,0 +1,253 @@
+"""`kws-train folds`: leave-voices-out cross-validation over the twelve allowed RHVoice voices.
+
+The voices fall into four folds (variants of one speaker stay together). Fold k's model
+trains on every call not spoken by fold k's voices (other RHVoice voices, espeak-ng,
+Festival, and three quarters of the calls without synthetic speech), and is validated on
+fold k's calls and on long target-free streams spoken by fold k's voices. Every voice is
+validated once. Scores come from the cached front-end frames with the daemon's window grid
+and refractory, so one run of the front end serves every fold.
+
+Reports per fold, per voice, per channel and per phrase context (alone / inside a
+sentence), the confusables flagged, and FRR at fixed false accepts per hour on the pooled
+held-out negatives: one threshold across the fold models, false accepts summed over folds.
+That pooled threshold at the target rate is what the shipped model, trained on all
+voices, carries.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kws_stream.frontend import FRAMES_PER_SECOND, SAMPLE_RATE
+from kws_stream.spotter import Detector
+
+from .data import Corpus, load_corpus
+from .evaluate import auc, file_metrics
+from .fit import FitConfig, save, train_model
+from .models import ModelConfig
+from .synth_tts import FOLDS
+
+log = logging.getLogger(__name__)
+
+FA_RATES = (0.1, 0.5, 1.0, 5.0)
+REFRACTORY_SECONDS = 2.5  # the daemon's default
+
+
+def manifest(root: str | Path) -> dict[str, dict]:
+    path = Path(root) / "manifest.jsonl"
+    return {m["uid"]: m for m in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+
+
+def fold_of(meta: dict) -> int | None:
+    """The fold whose validation holds this call: its RHVoice voice's fold; for calls
+    without synthetic speech a fixed hash of the uid; None (always trained on) for the
+    other engines."""
+    if meta.get("engine") == "rhvoice":
+        return next(k for k, voices in enumerate(FOLDS) if meta["voice"]["voice"] in voices)
+    if meta.get("engine") is None:
+        return int(hashlib.sha1(meta["uid"].encode()).hexdigest(), 16) % len(FOLDS)
+    return None
+
+
+def subset(corpus: Corpus, keep) -> Corpus:
+    idx = [i for i, f in enumerate(corpus.files) if keep(f.stem)]
+    files = [corpus.files[i] for i in idx]
+    stems = {f.stem for f in files}
+    return Corpus(files, {k: v for k, v in corpus.bounds.items() if k in stems}, [corpus.mels[i] for i in idx],
+                  corpus.kind)
+
+
+def merge(corpora: list[Corpus]) -> Corpus:
+    return Corpus([f for c in corpora for f in c.files], {k: v for c in corpora for k, v in c.bounds.items()},
+                  [m for c in corpora for m in c.mels], corpora[0].kind)
+
+
+# -- scoring from cached frames --------------------------------------------------
+
+def window_scores(model: torch.nn.Module, corpus: Corpus, hop_seconds: float = 1.0,
+                  batch: int = 4096) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per file, (window start in samples, probability) of the windows the daemon scores
+    every hop_seconds: window k starts at the frame grid point at or before k * hop."""
+    kind = corpus.kind
+    hop_frames = int(round(hop_seconds * FRAMES_PER_SECOND))
+    frames_per_unit = FRAMES_PER_SECOND / kind.rate  # mel frames per corpus frame
+    rows, owner, starts = [], [], []
+    for i, mel in enumerate(corpus.mels):
+        last = mel.shape[1] - kind.window + 1
+        k = 0
+        while (s := int(k * hop_frames // frames_per_unit)) < max(last, 1):
+            rows.append(np.ascontiguousarray(mel[:, s:s + kind.window].T).reshape(-1))
+            owner.append(i)
+            starts.append(int(s * frames_per_unit * SAMPLE_RATE / FRAMES_PER_SECOND))
+            k += 1
+    model.eval()
+    probs = np.empty(len(rows), dtype=np.float64)
+    with torch.no_grad():
+        for a in range(0, len(rows), batch):
+            x = torch.from_numpy(np.stack(rows[a:a + batch]))
+            probs[a:a + batch] = torch.sigmoid(model(x)).numpy()
+    owner, starts = np.array(owner), np.array(starts)
+    return [(starts[owner == i], probs[owner == i]) for i in range(len(corpus.mels))]
+
+
+def false_accepts(windows: list[tuple[np.ndarray, np.ndarray]], threshold: float) -> int:
+    n = 0
+    for starts, probs in windows:
+        det = Detector(threshold, int(REFRACTORY_SECONDS * SAMPLE_RATE))
+        n += sum(det(p, s) for p, s in zip(probs.tolist(), starts.tolist()))
+    return n
+
+
+def pooled_threshold(negatives: list[list], hours: float, target: float) -> float:
+    """Lowest threshold whose false accepts, summed over the folds' negatives, stay within
+    target per hour; candidates just above every observed window probability."""
+    probs = np.unique(np.concatenate([p for neg in negatives for _, p in neg] + [np.zeros(1)]))
+    cands = np.concatenate([[0.0], np.nextafter(probs, 2.0)])
+
+    def ok(t):
+        return sum(false_accepts(neg, t) for neg in negatives) / hours <= target
+    lo, hi = 0, cands.size - 1
+    if not ok(cands[hi]):
+        return float(cands[hi])
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(cands[mid]) else (mid + 1, hi)
+    return float(cands[lo])
+
+
+# -- reports ---------------------------------------------------------------------
+
+def group_rates(rows: list[dict], key, threshold: float) -> dict:
+    """Share of files at or above threshold, by group: recall for positives, flag rate for negatives."""
+    out: dict = {}
+    for r in rows:
+        g = out.setdefault(str(key(r)), {"n": 0, "fired": 0})
+        g["n"] += 1
+        g["fired"] += int(r["score"] >= threshold)
+    for g in out.values():
+        g["rate"] = round(g["fired"] / g["n"], 3)
+    return dict(sorted(out.items()))
+
+
+def context_of(meta: dict) -> str:
+    return meta.get("form", "alone")
+
+
+def channel_of(meta: dict) -> str:
+    return meta.get("codec", "?") if meta.get("band") == "narrow" else f"wide-{meta.get('codec', '?')}"
+
+
+def summarise(val_rows: list[dict], threshold: float) -> dict:
+    pos = [r for r in val_rows if r["label"] == 1]
+    neg = [r for r in val_rows if r["label"] == 0]
+    conf = [r for r in neg if r["kind"] == "confusable"]
+    return {"recall_by_voice": group_rates(pos, lambda r: r["voice"], threshold),
+            "recall_by_context": group_rates(pos, lambda r: r["context"], threshold),
+            "recall_by_channel": group_rates(pos, lambda r: r["channel"], threshold),
+            "negatives_flagged_by_kind": group_rates(neg, lambda r: r["kind"], threshold),
+            "confusables_flagged": round(sum(r["score"] >= threshold for r in conf) / max(len(conf), 1), 3),
+            "confusables_flagged_texts": sorted({r["text"] for r in conf if r["score"] >= threshold})}
+
+
+def val_rows(corpus: Corpus, metas: dict, windows) -> list[dict]:
+    rows = []
+    for f, (_, probs) in zip(corpus.files, windows):
+        m = metas[f.stem]
+        rows.append({"uid": f.stem, "label": m["label"], "kind": m["kind"], "score": float(probs.max(initial=0.0)),
+                     "voice": (m.get("voice") or {}).get("voice", m.get("source", "?").split(":")[0]),
+                     "context": context_of(m), "channel": channel_of(m), "text": " / ".join(m.get("texts", []))[:120]})
+    return rows
+
+
+def curve(rows: list[dict], negatives: list[list], hours: float) -> dict:
+    labels = np.array([r["label"] for r in rows])
+    scores = np.array([r["score"] for r in rows])
+    out = {"auc": auc(labels, scores), "files": len(rows), "positives": int(labels.sum()),
+           "negative_hours": round(hours, 3)}
+    for rate in FA_RATES:
+        t = pooled_threshold(negatives, hours, rate)
+        out[f"at_{rate}_fa_per_hour"] = {**file_metrics(labels, scores, t), "reachable": t <= 1.0}
+    return out
+
+
+# -- the run -----------------------------------------------------------------------
+
+def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, folds: list[int],
+              extra_val: list[str] = (), hops: tuple[float, ...] = (1.0,)) -> dict:
+    kind_name = ModelConfig(arch=fit_cfg.arch).front_end
+    from .data import kind_of
+    kind = kind_of(kind_name)
+    cache = fit_cfg.cache or str(Path(out) / "cache")
+    metas: dict = {}
+    corpora = []
+    for root in data:
+        metas.update(manifest(root))
+        corpora.append(load_corpus(root, cache, jobs=fit_cfg.threads, kind=kind))
+    allcalls = merge(corpora)
+    neg_metas = manifest(negatives)
+    neg_corpus = load_corpus(negatives, cache, jobs=fit_cfg.threads, kind=kind)
+    metas.update(neg_metas)
+    extras = []
+    for root in extra_val:
+        em = manifest(root)
+        metas.update(em)
+        extras.append((Path(root).name, load_corpus(root, cache, jobs=fit_cfg.threads, kind=kind)))
+    report: dict = {"folds": {}, "fit": {k: v for k, v in vars(fit_cfg).items() if k != "data"},
+                    "data": list(data), "negatives": negatives, "voices": [list(v) for v in FOLDS]}
+    pooled = {h: {"rows": [], "neg": [], "hours": 0.0} for h in hops}
+    for k in folds:
+        held = lambda uid, k=k: fold_of(metas[uid]) == k  # noqa: E731
+        train = merge([subset(allcalls, lambda u: not held(u)), subset(neg_corpus, lambda u: not held(u))])
+        val, neg = subset(allcalls, held), subset(neg_corpus, held)
+        cfg = replace(fit_cfg, out=str(Path(out) / f"fold{k}"), data=tuple(data) + (negatives,))
+        model, history = train_model(cfg, train)
+        save(cfg, model, history, train)
+        hours = sum(metas[f.stem]["seconds"] for f in neg.files) / 3600
+        fold_report = {"voices": list(FOLDS[k]), "train_files": len(train.files), "val_files": len(val.files),
+                       "negative_hours": round(hours, 3), "history": history[-1]}
+        for h in hops:
+            vw, nw = window_scores(model, val, h), window_scores(model, neg, h)
+            rows = val_rows(val, metas, vw)
+            c = curve(rows, [nw], hours)
+            t = pooled_threshold([nw], hours, 0.5)
+            fold_report[f"hop_{h}"] = {**c, "threshold_at_0.5": t, **summarise(rows, t)}
+            for name, extra in extras:
+                ev = subset(extra, held)
+                erows = val_rows(ev, metas, window_scores(model, ev, h))
+                fold_report[f"hop_{h}"][f"{name}_recall_by_channel"] = summarise(erows, t)["recall_by_channel"]
+                pooled[h].setdefault(name, []).extend(erows)
+            pooled[h]["rows"] += rows
+            pooled[h]["neg"].append(nw)
+            pooled[h]["hours"] += hours
+        report["folds"][k] = fold_report
+        log.info("fold %d: %s", k, json.dumps({h: {x: fold_report[f"hop_{h}"][x] for x in ("auc", "at_0.5_fa_per_hour")}
+                                               for h in hops}))
+        Path(out).mkdir(parents=True, exist_ok=True)
+        Path(out, "folds.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    for h, p in pooled.items():
+        c = curve(p["rows"], p["neg"], p["hours"])
+        t = pooled_threshold(p["neg"], p["hours"], 0.5)
+        report[f"pooled_hop_{h}"] = {**c, "threshold_at_0.5": t, **summarise(p["rows"], t)}
+        for name in (n for n, _ in extras):
+            report[f"pooled_hop_{h}"][f"{name}_recall_by_channel"] = summarise(p[name], t)["recall_by_channel"]
+    Path(out, "folds.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    return report
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    cfg = FitConfig(data=tuple(args.data), out=args.out, arch=args.arch, epochs=args.epochs, batch=args.batch,
+                    lr=args.lr, seed=args.seed, threads=args.threads, cache=args.cache,
+                    hard_negatives=args.hard_negatives)
+    report = run_folds(args.data, args.negatives, args.out, cfg, args.folds, args.extra_val, tuple(args.hops))
+    summary = {k: {x: v[x] for x in ("auc", "at_0.5_fa_per_hour", "threshold_at_0.5")}
+               for k, v in report.items() if k.startswith("pooled")}
+    print(json.dumps(summary, indent=1))
+    return 0
