@@ -21,5 +21,5 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
 fi
 apt-get update -qq
-apt-get install -y -qq espeak-ng festival festvox-ru sox libsox-fmt-all opus-tools fortunes-ru >/dev/null
+apt-get install -y -qq espeak-ng festival festvox-ru sox libsox-fmt-all opus-tools fortunes-ru ffmpeg >/dev/null
 apt-get install -y -qq -t bookworm-backports rhvoice rhvoice-russian >/dev/null

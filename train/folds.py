@@ -108,6 +108,8 @@ def false_accepts(windows: list[tuple[np.ndarray, np.ndarray]], threshold: float
 def pooled_threshold(negatives: list[list], hours: float, target: float) -> float:
     """Lowest threshold whose false accepts, summed over the folds' negatives, stay within
     target per hour; candidates just above every observed window probability."""
+    if hours <= 0:
+        return float("nan")  # no negatives: no rate to hold
     probs = np.unique(np.concatenate([p for neg in negatives for _, p in neg] + [np.zeros(1)]))
     cands = np.concatenate([[0.0], np.nextafter(probs, 2.0)])
 
@@ -173,7 +175,8 @@ def curve(rows: list[dict], negatives: list[list], hours: float) -> dict:
            "negative_hours": round(hours, 3)}
     for rate in FA_RATES:
         t = pooled_threshold(negatives, hours, rate)
-        out[f"at_{rate}_fa_per_hour"] = {**file_metrics(labels, scores, t), "reachable": t <= 1.0}
+        if np.isfinite(t):
+            out[f"at_{rate}_fa_per_hour"] = {**file_metrics(labels, scores, t), "reachable": t <= 1.0}
     return out
 
 
@@ -227,7 +230,7 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
             pooled[h]["neg"].append(nw)
             pooled[h]["hours"] += hours
         report["folds"][k] = fold_report
-        log.info("fold %d: %s", k, json.dumps({h: {x: fold_report[f"hop_{h}"][x] for x in ("auc", "at_0.5_fa_per_hour")}
+        log.info("fold %d: %s", k, json.dumps({h: {x: fold_report[f"hop_{h}"].get(x) for x in ("auc", "at_0.5_fa_per_hour")}
                                                for h in hops}))
         Path(out).mkdir(parents=True, exist_ok=True)
         Path(out, "folds.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
@@ -247,7 +250,7 @@ def run(args) -> int:
                     lr=args.lr, seed=args.seed, threads=args.threads, cache=args.cache,
                     hard_negatives=args.hard_negatives)
     report = run_folds(args.data, args.negatives, args.out, cfg, args.folds, args.extra_val, tuple(args.hops))
-    summary = {k: {x: v[x] for x in ("auc", "at_0.5_fa_per_hour", "threshold_at_0.5")}
+    summary = {k: {x: v.get(x) for x in ("auc", "at_0.5_fa_per_hour", "threshold_at_0.5")}
                for k, v in report.items() if k.startswith("pooled")}
     print(json.dumps(summary, indent=1))
     return 0
