@@ -13,6 +13,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from . import ogg
 from .frontend import SAMPLE_RATE
 
 BLOCK_SECONDS = 2.0  # decoded per read: bounds memory, and a decode error loses at most this much
@@ -63,7 +64,8 @@ def _open(path: Path) -> sf.SoundFile:
     try:
         return sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioError(f"not readable audio ({_reason(e)})") from e
+        cut = ogg.problem(path) if ogg.is_ogg(path) else None
+        raise AudioError(cut or f"not readable audio ({_reason(e)})") from e
 
 
 def _reason(e: Exception) -> str:
@@ -75,6 +77,7 @@ def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterato
     """Yield a file's audio as float64 mono 16 kHz blocks. Raises AudioError."""
     path = Path(path)
     with _open(path) as f:
+        container_problem = ogg.problem(path) if ogg.is_ogg(path) else None
         resample = Resampler(f.samplerate)
         block = max(1, int(block_seconds * f.samplerate))
         out_seconds, frames_read = 0.0, 0
@@ -86,6 +89,7 @@ def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterato
                 y = resample(to_mono(data), last=last)
                 if y.size:
                     check_finite(y, out_seconds)
+                    np.clip(y, -1.0, 1.0, out=y)  # float files may hold any finite level
                     out_seconds += y.size / SAMPLE_RATE
                     yield y
                 if last:
@@ -94,6 +98,8 @@ def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterato
             raise AudioError(f"decoding failed after {out_seconds:.2f} s ({_reason(e)})") from e
         if out_seconds == 0.0:
             raise AudioError("no audio samples")
+        if container_problem is not None:  # what was read has been scored; the file still failed
+            raise AudioError(f"{container_problem} ({out_seconds:.2f} s read)")
         # A header that promises more than the data holds (e.g. a cut MP3) means a truncated file.
         if 0 < f.frames < 2**62 and frames_read < f.frames * 0.99:
             raise AudioError(f"truncated: the header promises {f.frames / f.samplerate:.2f} s, "

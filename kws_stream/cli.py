@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="score files in N processes (same results as 1)")
     det = p.add_argument_group("detection")
     det.add_argument("--model", metavar="PATH", help="ONNX model (default: the packaged model)")
+    det.add_argument("--model-sha256", metavar="HEX", help="refuse to start unless the model file has this SHA-256")
     det.add_argument("--threshold", type=_probability, metavar="X", help="detection threshold (default: the model's)")
     det.add_argument("--hop-seconds", type=float, default=SpotterConfig.hop_seconds, metavar="S",
                      help="score a window every S seconds of audio (0.01..2.5, default 1.0)")
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--curve-clients", metavar="DIR", help="public keys (*.key) of the subscribers allowed in")
     out.add_argument("--allow-remote", action="store_true",
                      help="allow --pub on a non-loopback tcp address (default: loopback and ipc only)")
+    out.add_argument("--drain-seconds", type=float, default=5.0, metavar="S",
+                     help="file replay: wait up to S seconds in all for slow subscribers instead of dropping "
+                          "their events, and as long at exit for queued events to leave (default 5)")
     out.add_argument("--csv", metavar="OUT", help="write id,label,score per file (file replay)")
     out.add_argument("--quiet", action="store_true", help="do not print detections on stdout")
     out.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -78,6 +82,7 @@ def build_keys_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kws-stream keys", description="Make a CurveZMQ key pair.")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for NAME.key and NAME.key_secret")
     p.add_argument("--name", default="server", help="file name stem (default: server)")
+    p.add_argument("--force", action="store_true", help="replace existing key files of that name")
     return p
 
 
@@ -132,13 +137,13 @@ class Stop:
         self.signal = signum
 
 
-def open_publisher(endpoint: str, allow_remote: bool = False, curve=None):
+def open_publisher(endpoint: str, allow_remote: bool = False, curve=None, drain_seconds: float = 0.0):
     if endpoint == "none":
         return NullPublisher()
     check_endpoint(endpoint, allow_remote)
     if curve is None:
-        return Publisher(endpoint)
-    return Publisher(endpoint, configure=curve.configure, context=curve.context)
+        return Publisher(endpoint, drain_seconds=drain_seconds)
+    return Publisher(endpoint, configure=curve.configure, context=curve.context, drain_seconds=drain_seconds)
 
 
 def check_endpoint(endpoint: str, allow_remote: bool) -> None:
@@ -165,13 +170,25 @@ def write_csv_atomically(path: str, rows: list[tuple[str, int, float]]) -> None:
         raise
 
 
+def print_event(event: dict, args) -> None:
+    """One JSON line on stdout; a closed stdout (`| head -1`) turns printing off, once."""
+    try:
+        print(json.dumps(event, ensure_ascii=False), flush=True)
+    except BrokenPipeError:
+        args.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail
+        os.close(devnull)
+        log.warning("stdout was closed; detections are no longer printed (events and --csv go on)")
+
+
 def run_files(args, model: KwsModel, publisher, stop: Stop) -> int:
     config = SpotterConfig(hop_seconds=args.hop_seconds, threshold=args.threshold, refractory_seconds=args.refractory)
     threshold = model.info.threshold if args.threshold is None else args.threshold
 
     def on_detection(event: dict) -> None:
         if not args.quiet:
-            print(json.dumps(event, ensure_ascii=False), flush=True)
+            print_event(event, args)
         publisher.publish(event)
 
     failed, rows = 0, []
@@ -199,8 +216,8 @@ def run_files(args, model: KwsModel, publisher, stop: Stop) -> int:
             log.error("%s: cannot write CSV (%s)", args.csv, e.strerror or e)
             failed += 1
     totals["audio_seconds"] = round(totals["audio_seconds"], 3)
-    publisher.publish(status_event("finished", failed=failed, dropped=publisher.dropped,
-                                   interrupted=stop.requested, **totals))
+    publisher.publish(status_event("finished", failed=failed, dropped=publisher.dropped, sent=publisher.sent,
+                                   drain_exhausted=publisher.drain_exhausted, interrupted=stop.requested, **totals))
     if stop.requested:
         log.warning("interrupted after %d finished files%s", len(rows), f"; {args.csv} holds them" if args.csv else "")
         return 128 + stop.signal
@@ -226,6 +243,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--hop-seconds must be within 0.01..2.5, got {args.hop_seconds}")
     if args.refractory < 0:
         parser.error(f"--refractory must be >= 0, got {args.refractory}")
+    if args.drain_seconds < 0:
+        parser.error(f"--drain-seconds must be >= 0, got {args.drain_seconds}")
     if args.status_interval <= 0:
         parser.error(f"--status-interval must be > 0, got {args.status_interval}")
     return args
@@ -237,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_listen(build_listen_parser().parse_args(argv[1:]))
     if argv[:1] == ["keys"]:
         kargs = build_keys_parser().parse_args(argv[1:])
-        public, secret = security.generate(kargs.out, kargs.name)
+        try:
+            public, secret = security.generate(kargs.out, kargs.name, kargs.force)
+        except security.KeyMaterialError as e:
+            print(f"kws-stream keys: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"public key {public} (give it to the other side), secret key {secret} (keep it here)")
         return EXIT_OK
     args = parse_args(argv)
@@ -256,13 +279,16 @@ def main(argv: list[str] | None = None) -> int:
     except ModelError as e:
         log.error("model %s", e)
         return EXIT_USAGE
+    if args.model_sha256 and args.model_sha256.lower() != model.sha256:
+        log.error("model %s: SHA-256 is %s, not the pinned %s", model.path, model.sha256, args.model_sha256)
+        return EXIT_USAGE
     curve = None
     try:
         if args.curve_secret or args.curve_clients:
             if not (args.curve_secret and args.curve_clients):
                 raise security.KeyMaterialError("--curve-secret and --curve-clients go together")
             curve = security.CurveServer(args.curve_secret, args.curve_clients)
-        publisher = open_publisher(args.pub, args.allow_remote, curve)
+        publisher = open_publisher(args.pub, args.allow_remote, curve, args.drain_seconds if args.file else 0.0)
     except (PublishError, security.KeyMaterialError) as e:
         log.error("%s", e)
         if curve is not None:
@@ -270,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         publisher.publish(status_event("started", model=model.info.name, model_version=model.info.version,
-                                       endpoint=publisher.endpoint))
+                                       model_sha256=model.sha256, endpoint=publisher.endpoint))
         if args.file:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a replay has no model to reload: SIGHUP is ignored
             return run_files(args, model, publisher, stop)
         return run_device(args, model, publisher, stop)
     finally:
@@ -299,7 +326,7 @@ def run_device(args, model: KwsModel, publisher, stop: Stop) -> int:
 
     def echo(event: dict) -> None:
         if not args.quiet:
-            print(json.dumps(event, ensure_ascii=False), flush=True)
+            print_event(event, args)
 
     daemon = Daemon(model, config, publisher, args.device, stop, status_interval=args.status_interval,
                     model_path=args.model, echo=echo)

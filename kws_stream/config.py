@@ -22,7 +22,8 @@ KEYS: dict[str, tuple[type, ...]] = {
     "device": (str, int), "model": (str,), "threshold": (float, int), "hop_seconds": (float, int),
     "refractory": (float, int), "pub": (str,), "quiet": (bool,), "log_level": (str,),
     "status_interval": (float, int), "jobs": (int,), "realtime": (bool,), "csv": (str,),
-    "allow_remote": (bool,), "curve_secret": (str,), "curve_clients": (str,),
+    "allow_remote": (bool,), "curve_secret": (str,), "curve_clients": (str,), "model_sha256": (str,),
+    "drain_seconds": (float, int),
 }
 
 

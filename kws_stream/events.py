@@ -6,8 +6,12 @@ bounded high-water mark, sends are non-blocking, and what cannot be queued is co
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import socket
+import stat
 import time
 
 import zmq
@@ -20,7 +24,8 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 TOPIC_PREFIX = "kws."
 SEND_HWM = 10000  # messages queued per subscriber before ZeroMQ drops for that subscriber
 JOIN_SECONDS = 0.3  # how long a new publisher waits for already-connecting subscribers
-LINGER_MS = 1000  # how long close() may take to deliver what is still queued
+LINGER_MS = 1000  # how long close() may take to deliver what is still queued (at least)
+DRAIN_POLL_SECONDS = 0.002  # how often a draining publish() retries
 
 
 class PublishError(Exception):
@@ -40,23 +45,42 @@ class Publisher:
     until subscribers that were already connecting have joined (the slow-joiner problem)."""
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, hwm: int = SEND_HWM, join_seconds: float = JOIN_SECONDS,
-                 context: zmq.Context | None = None, configure=None):
+                 context: zmq.Context | None = None, configure=None, drain_seconds: float = 0.0):
         self.endpoint = endpoint
         self.dropped = 0
         self.sent = 0
         self.subscriptions = 0
+        # drain_seconds > 0 (file replay): a full subscriber queue makes publish() wait, up to
+        # this much in all, instead of ZeroMQ dropping for that subscriber unseen; once spent,
+        # slow subscribers lose messages again, and `drain_exhausted` says so.
+        self._drain_left = drain_seconds
+        self.drain_exhausted = False
+        self._linger_ms = max(LINGER_MS, int(drain_seconds * 1000))
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.XPUB)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
-        self._sock.setsockopt(zmq.LINGER, LINGER_MS)
+        self._sock.setsockopt(zmq.LINGER, self._linger_ms)
+        if drain_seconds > 0:
+            self._sock.setsockopt(zmq.XPUB_NODROP, 1)
         self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscriber's subscription
         if configure is not None:
             configure(self._sock)  # e.g. CURVE server keys, set before bind
+        self._ipc_path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
         try:
-            self._sock.bind(endpoint)
+            if self._ipc_path:
+                claim_ipc_path(self._ipc_path)
+            old_umask = os.umask(0o077) if self._ipc_path else None  # the socket file: owner-only
+            try:
+                self._sock.bind(endpoint)
+            finally:
+                if old_umask is not None:
+                    os.umask(old_umask)
         except zmq.ZMQError as e:
             self._sock.close(linger=0)
             raise PublishError(f"cannot bind {endpoint}: {e.strerror}") from e
+        except PublishError:
+            self._sock.close(linger=0)
+            raise
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) or endpoint
         self._wait_for_joiners(join_seconds)
 
@@ -87,18 +111,61 @@ class Publisher:
         self._read_subscriptions()
         topic = (TOPIC_PREFIX + event["type"]).encode()
         payload = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
-        try:
-            self._sock.send_multipart([topic, payload], flags=zmq.NOBLOCK)
-        except zmq.Again:
-            self.dropped += 1
-            return False
+        while True:
+            try:
+                self._sock.send_multipart([topic, payload], flags=zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                if not self._wait_for_drain():
+                    self.dropped += 1
+                    return False
         self.sent += 1
         return True
 
+    def _wait_for_drain(self) -> bool:
+        """A subscriber's queue is full: wait a moment if the drain budget allows (True:
+        try again). When it is spent, go back to dropping for slow subscribers only."""
+        if self._drain_left <= 0:
+            return False
+        began = time.monotonic()
+        time.sleep(DRAIN_POLL_SECONDS)
+        self._read_subscriptions()
+        self._drain_left -= time.monotonic() - began
+        if self._drain_left <= 0:
+            self.drain_exhausted = True
+            self._sock.setsockopt(zmq.XPUB_NODROP, 0)
+            log.warning("a subscriber is too slow; it will miss events (compare its count with 'sent' in the "
+                        "finished status)")
+        return True
+
     def close(self) -> None:
-        """Close the socket, giving queued messages up to LINGER_MS to leave."""
+        """Close the socket, giving queued messages up to LINGER_MS to leave; remove an
+        ipc socket file."""
         if not self._sock.closed:
-            self._sock.close(linger=LINGER_MS)
+            self._sock.close(linger=self._linger_ms)
+            if self._ipc_path:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._ipc_path)
+
+
+def claim_ipc_path(path: str) -> None:
+    """Make sure an ipc:// path is free: a socket another process still listens on is
+    an error, as a taken TCP port is; a stale socket left by a dead process is removed."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise PublishError(f"cannot bind ipc://{path}: the path exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: a stale socket file
+        return
+    finally:
+        probe.close()
+    raise PublishError(f"cannot bind ipc://{path}: Address already in use by another process")
 
 
 class NullPublisher:
@@ -106,6 +173,7 @@ class NullPublisher:
 
     endpoint = "none"
     dropped = sent = subscriptions = 0
+    drain_exhausted = False
 
     def publish(self, event: dict) -> bool:
         return True

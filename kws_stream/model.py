@@ -5,6 +5,7 @@ tuned for, its name and version. The daemon reads that and needs no matching fla
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -28,6 +29,48 @@ FRONT_ENDS: dict[str, type] = {fe.name: fe for fe in (frontend.SeedFrontEnd, emb
 
 class ModelError(Exception):
     """A model file that is missing, unreadable or breaks the contract."""
+
+
+GRAPH_FIELD = 7  # ModelProto.graph: the nodes and every weight; metadata lives outside it
+
+
+def weights_sha256(data: bytes) -> str:
+    """SHA-256 of a serialized ONNX model's graph (nodes and weights), read straight from
+    the protobuf wire format so the runtime needs no onnx package. Metadata is outside
+    the graph, so the digest can be stored in the metadata itself."""
+    pos, found = 0, None
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            if field == GRAPH_FIELD:
+                found = hashlib.sha256(data[pos:pos + size]).hexdigest()
+            pos += size
+        else:
+            raise ValueError(f"protobuf wire type {wire} at byte {pos}")
+    if found is None or pos != len(data):
+        raise ValueError("no complete ONNX graph")
+    return found
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated protobuf")
+        b = data[pos]
+        value |= (b & 0x7F) << shift
+        pos += 1
+        if not b & 0x80:
+            return value, pos
+        shift += 7
 
 
 def metadata_for(*, name: str, version: str, threshold: float, label: str = "не слышу|не слышно",
@@ -86,6 +129,7 @@ class KwsModel:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelError(f"{path}: not a loadable ONNX model ({reason})") from e
         self.info = self._check(self._session, path)
+        self.sha256 = self._check_weights(self._session, path)
         self.front_end_class = FRONT_ENDS[self.info.front_end]
         try:
             self.front_end_class.load()
@@ -127,6 +171,21 @@ class KwsModel:
             raise ModelError(f"{path}: expected one output {OUTPUT_NAME!r}")
         return ModelInfo(name=need("kws.name"), version=need("kws.version"), label=need("kws.label"),
                          threshold=threshold, front_end=fe_name, path=str(path))
+
+    @staticmethod
+    def _check_weights(session, path: Path) -> str:
+        """Compare the graph's digest with the one stored at export; return the file's SHA-256."""
+        stored = session.get_modelmeta().custom_metadata_map.get("kws.weights_sha256")
+        if stored is None:
+            raise ModelError(f"{path}: metadata has no 'kws.weights_sha256'; export the model with kws-train export")
+        data = path.read_bytes()
+        try:
+            actual = weights_sha256(data)
+        except ValueError as e:
+            raise ModelError(f"{path}: not a readable ONNX file ({e})") from None
+        if actual != stored:
+            raise ModelError(f"{path}: weights do not match the checksum in the metadata (damaged or altered file)")
+        return hashlib.sha256(data).hexdigest()
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Probabilities for a (batch, feature_size) float32 array."""

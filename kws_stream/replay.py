@@ -5,8 +5,11 @@ process or in a pool of worker processes whose results are identical.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +80,27 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
 _worker: dict = {}
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+POLL_SECONDS = 0.1  # how often the parent looks at the stop flag while workers score
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when the process that made it dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: workers still end with the pool
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _init_worker(model_path: str, config: SpotterConfig) -> None:
+    _die_with_parent()
+    # The parent owns Ctrl-C, SIGTERM and SIGHUP: it stops the pool itself.
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _worker["model"] = KwsModel(model_path)
     _worker["config"] = config
 
@@ -103,11 +126,18 @@ def replay(paths: Iterable[str], model: KwsModel, config: SpotterConfig, jobs: i
         return
     ctx = multiprocessing.get_context("spawn")  # no forked onnxruntime or ZeroMQ state
     with ctx.Pool(min(jobs, len(paths)), initializer=_init_worker, initargs=(str(model.path), config)) as pool:
-        for result in pool.imap(_scan_in_worker, paths):
+        results = pool.imap(_scan_in_worker, paths)
+        for _ in paths:
+            while True:  # wait for the next file, but never longer than POLL_SECONDS past a stop
+                if should_stop():
+                    pool.terminate()
+                    return
+                try:
+                    result = results.next(timeout=POLL_SECONDS)
+                    break
+                except multiprocessing.TimeoutError:
+                    continue
             if on_detection is not None:
                 for event in result.detections:
                     on_detection(event)
             yield result
-            if should_stop():
-                pool.terminate()
-                return

@@ -6,6 +6,7 @@ accepts (`zmq.auth` certificate files). `kws-stream keys` makes key pairs.
 from __future__ import annotations
 
 import logging
+import os
 import stat
 from pathlib import Path
 
@@ -20,15 +21,59 @@ class KeyMaterialError(Exception):
     """Key material that is missing, unreadable or too widely readable."""
 
 
-def generate(out_dir: str | Path, name: str) -> tuple[Path, Path]:
-    """A key pair: NAME.key (public, shareable) and NAME.key_secret (owner-only)."""
+def generate(out_dir: str | Path, name: str, force: bool = False) -> tuple[Path, Path]:
+    """A key pair: NAME.key (public, shareable) and NAME.key_secret (owner-only).
+
+    A directory that does not exist is created owner-only; one that exists keeps its
+    mode. Existing key files are kept unless `force`; files are created anew with
+    O_EXCL | O_NOFOLLOW, so a planted symlink is never written through.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    out.chmod(0o700)
-    public, secret = zmq.auth.create_certificates(str(out), name)
-    Path(secret).chmod(0o600)
-    Path(public).chmod(0o644)
-    return Path(public), Path(secret)
+    if not out.is_dir():
+        try:
+            out.mkdir(mode=0o700, parents=True)
+        except OSError as e:
+            raise KeyMaterialError(f"{out}: cannot create the key directory ({e.strerror or e})") from e
+    public_path, secret_path = out / f"{name}.key", out / f"{name}.key_secret"
+    for path in (public_path, secret_path):
+        if os.path.lexists(path):
+            if not force:
+                raise KeyMaterialError(f"{path}: exists; give --force to replace it")
+            path.unlink()
+    public, secret = zmq.curve_keypair()
+    _write_new(public_path, _cert(public), 0o644)
+    _write_new(secret_path, _cert(public, secret), 0o600)
+    return public_path, secret_path
+
+
+def _cert(public: bytes, secret: bytes | None = None) -> str:
+    """A certificate in the format zmq.auth reads."""
+    lines = ["#   ZeroMQ CURVE " + ("**Secret** Certificate: keep it here" if secret else "Public Certificate"),
+             "metadata", "curve", f'    public-key = "{public.decode()}"']
+    if secret:
+        lines.append(f'    secret-key = "{secret.decode()}"')
+    return "\n".join(lines) + "\n"
+
+
+def _write_new(path: Path, text: str, mode: int) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except OSError as e:
+        raise KeyMaterialError(f"{path}: cannot create ({e.strerror or e})") from e
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(fd, mode)  # the umask may have narrowed it
+        f.write(text)
+
+
+def check_clients_dir(clients: Path) -> None:
+    """Refuse a client-key directory, or key file, that others may write: anyone who can
+    drop a key in it can subscribe."""
+    if not clients.is_dir() or not list(clients.glob("*.key")):
+        raise KeyMaterialError(f"{clients}: no authorised client keys (*.key) in it")
+    for path in [clients, *clients.glob("*.key")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o022:
+            raise KeyMaterialError(f"{path}: writable by group or others (mode {mode:o}); chmod go-w it")
 
 
 def _check_secret(path: Path) -> None:
@@ -65,8 +110,7 @@ class CurveServer:
     def __init__(self, secret_path: str | Path, clients_dir: str | Path, context: zmq.Context | None = None):
         self.public, self.secret = load_pair(secret_path)
         clients = Path(clients_dir)
-        if not clients.is_dir() or not list(clients.glob("*.key")):
-            raise KeyMaterialError(f"{clients}: no authorised client keys (*.key) in it")
+        check_clients_dir(clients)
         self.context = context or zmq.Context.instance()
         self.auth = ThreadAuthenticator(self.context)
         self.auth.start()

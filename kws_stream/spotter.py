@@ -5,6 +5,7 @@ come from it, so a replayed file and a live microphone behave the same.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -13,6 +14,8 @@ from typing import Callable
 import numpy as np
 
 from .model import KwsModel
+
+log = logging.getLogger(__name__)
 
 EVENT_SCHEMA = 1
 
@@ -101,6 +104,7 @@ class Spotter:
         self.detector.reset()
         self.windows = 0
         self.detections = 0
+        self.nonfinite_scores = 0
         self.max_score = -math.inf
 
     def replace_model(self, model: KwsModel) -> None:
@@ -120,6 +124,10 @@ class Spotter:
         """Take the next samples (a float numpy array, mono, 16 kHz); return the detections they complete."""
         if audio.ndim != 1:
             raise ValueError(f"Spotter.feed expects mono audio of shape (n,), got {audio.shape}")
+        if audio.size and not np.isfinite(audio).all():
+            raise ValueError("Spotter.feed got NaN or Inf samples")
+        if audio.size and np.abs(audio).max() > 1.0:  # over full scale: clip, or the front end overflows
+            audio = np.clip(audio, -1.0, 1.0)
         found: list[Detection] = []
         pos = n = 0
         while pos < audio.size:
@@ -151,6 +159,11 @@ class Spotter:
 
     def _score(self, n: int, found: list[Detection]) -> None:
         probs = self.model.score(self._batch[:n])
+        if not np.isfinite(probs).all():  # a broken model: never let a non-finite score out
+            if not self.nonfinite_scores:
+                log.warning("%s: the model gave a non-finite score; counted as 0", self.model.path)
+            self.nonfinite_scores += int((~np.isfinite(probs)).sum())
+            probs = np.nan_to_num(probs, nan=0.0, posinf=0.0, neginf=0.0)
         fe = self.front_end
         for start_frame, prob in zip(self._starts[:n].tolist(), probs.tolist()):
             start = start_frame * fe.hop_length

@@ -1,6 +1,8 @@
 """Small ONNX models built in the tests with onnx.helper, under the runtime's contract."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -28,6 +30,11 @@ def burst_weights() -> tuple[np.ndarray, float]:
     return w.reshape(-1), -8.0
 
 
+def graph_sha256(model) -> str:
+    """The weights digest kws-train export stores (see kws_stream.model.weights_sha256)."""
+    return hashlib.sha256(model.graph.SerializeToString()).hexdigest()
+
+
 def save_model(path, weights: np.ndarray | None = None, bias: float = 0.0, threshold: float = 0.5,
                meta: dict | None = None, name: str = "test-burst", version: str = "0.0.1",
                front_end: str = frontend.SeedFrontEnd.name) -> str:
@@ -49,6 +56,7 @@ def save_model(path, weights: np.ndarray | None = None, bias: float = 0.0, thres
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     props = metadata_for(name=name, version=version, threshold=threshold, front_end=front_end)
+    props["kws.weights_sha256"] = graph_sha256(model)
     props.update(meta or {})
     helper.set_model_props(model, {k: v for k, v in props.items() if v is not None})
     onnx.save(model, str(path))
@@ -97,6 +105,7 @@ def save_seed_dnn(path, seed: int = 0, threshold: float = 0.5) -> str:
                               initializer=init)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    helper.set_model_props(model, metadata_for(name="seed-dnn-random", version="0", threshold=threshold))
+    helper.set_model_props(model, {**metadata_for(name="seed-dnn-random", version="0", threshold=threshold),
+                                   "kws.weights_sha256": graph_sha256(model)})
     onnx.save(model, str(path))
     return str(path)

@@ -55,11 +55,19 @@ def write_onnx(model: torch.nn.Module, path: Path, meta: dict[str, str]) -> None
                       output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                       opset_version=17, dynamo=False)
     proto = onnx.load(str(path))
+    set_metadata(proto, meta)
+    onnx.save(proto, str(path))
+
+
+def set_metadata(proto, meta: dict[str, str]) -> None:
+    """Replace a ModelProto's metadata with `meta` plus the digest of its graph, which
+    the runtime checks on load (kws_stream.model.weights_sha256)."""
+    import hashlib
     del proto.metadata_props[:]
-    for k, v in meta.items():
+    sealed = {**meta, "kws.weights_sha256": hashlib.sha256(proto.graph.SerializeToString()).hexdigest()}
+    for k, v in sealed.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
-    onnx.save(proto, str(path))
 
 
 def check_parity(model: torch.nn.Module, path: Path, features: np.ndarray) -> float:
