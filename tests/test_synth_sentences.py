@@ -159,3 +159,14 @@ def test_kws_train_folds_end_to_end(tmp_path):
         pooled = report[f"pooled_hop_{hop}"]
         assert 0.0 <= pooled["auc"] <= 1.0 and pooled["files"] == held
         assert 0.0 < pooled["threshold_at_0.5"] <= np.nextafter(1.0, 2.0)
+    onnx_path = run / "m.onnx"
+    r = subprocess.run([sys.executable, "-m", "train.cli", "export", "--ckpt", str(run / "fold0" / "ckpt.pt"),
+                        "--out", str(onnx_path), "--threshold-from", str(run / "folds.json")],
+                       capture_output=True, text=True, timeout=300)
+    want = report["pooled_hop_1.0"]["at_0.5_fa_per_hour"]["threshold"]
+    if want <= 1.0:
+        assert r.returncode == 0, r.stderr
+        from kws_stream.model import KwsModel
+        assert KwsModel(onnx_path).info.threshold == pytest.approx(want)
+    else:
+        assert r.returncode == 1 and "no threshold" in r.stderr

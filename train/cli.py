@@ -68,6 +68,8 @@ def _folds_parser(sub) -> None:
                    help="more validation corpora scored per fold (e.g. made with --codecs heldout)")
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
     p.add_argument("--hops", nargs="+", type=float, default=[1.0], help="scoring hops to compare, in seconds")
+    p.add_argument("--without", nargs="*", default=[], choices=["sentence", "pseudo", "new-codecs", "streams"],
+                   help="leave these out of training, to measure what they buy")
     p.add_argument("--out", required=True, metavar="RUN")
     p.add_argument("--arch", choices=["emb", "emb-gru"], default="emb")
     p.add_argument("--epochs", type=int, default=12)
@@ -98,6 +100,8 @@ def _export_parser(sub) -> None:
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--threshold", type=float, help="fixed threshold instead of one chosen on --negatives")
     p.add_argument("--negatives", metavar="DIR", help="target-free corpus for choosing the threshold")
+    p.add_argument("--threshold-from", metavar="RUN/folds.json",
+                   help="take the threshold kws-train folds found on held-out voices for --target-fa-per-hour")
     p.add_argument("--target-fa-per-hour", type=float, default=0.5)
     p.add_argument("--jobs", type=int, default=2)
 

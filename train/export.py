@@ -100,8 +100,24 @@ def probe_features(front_end: str, n: int = 256, seed: int = 0) -> np.ndarray:
     return rows[rng.choice(len(rows), size=min(n, len(rows)), replace=False)]
 
 
+def threshold_from_folds(path: str, target_fa_per_hour: float = 0.5) -> dict:
+    """The threshold `kws-train folds` found for the target rate on held-out-voice negatives,
+    pooled over its leave-voices-out models (the recipe's threshold for unseen voices)."""
+    report = json.loads(Path(path).read_text(encoding="utf-8"))
+    pooled = report.get("pooled_hop_1.0")
+    key = f"at_{target_fa_per_hour}_fa_per_hour"
+    if pooled is None or key not in pooled:
+        raise ExportError(f"{path}: no pooled hop-1.0 result at {target_fa_per_hour} false accepts/h")
+    t = pooled[key]["threshold"]
+    if not 0.0 <= t <= 1.0:
+        raise ExportError(f"{path}: no threshold reaches {target_fa_per_hour} false accepts/h")
+    return {"threshold": t, "how": f"{target_fa_per_hour} false accepts/h on {pooled['negative_hours']:.2f} h of "
+                                   f"negatives spoken by held-out voices, pooled over leave-voices-out folds ({path})"}
+
+
 def export(ckpt: str, out: str, name: str, version: str, threshold: float | None = None,
-           negatives: str | None = None, target_fa_per_hour: float = 0.5, jobs: int = 2) -> dict:
+           negatives: str | None = None, target_fa_per_hour: float = 0.5, jobs: int = 2,
+           folds_report: str | None = None) -> dict:
     model, info = load_checkpoint(ckpt)
     training = {"arch": info["model_args"]["arch"], "data": info["config"]["data"],
                 "files": info.get("train_files"), "positives": info.get("train_positives"),
@@ -114,7 +130,9 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
                                               front_end=front_end, training=training))
         diff = check_parity(model, draft, probe_features(front_end))
         chosen = {"threshold": threshold, "how": "given"}
-        if threshold is None:
+        if folds_report is not None:
+            chosen = threshold_from_folds(folds_report, target_fa_per_hour)
+        elif threshold is None:
             if not negatives:
                 raise ExportError("give --threshold or --negatives to choose one")
             from .evaluate import corpus_files, score_files, threshold_for_fa_rate
@@ -138,7 +156,7 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
 def run(args) -> int:
     try:
         result = export(args.ckpt, args.out, args.name, args.version, args.threshold, args.negatives,
-                        args.target_fa_per_hour, args.jobs)
+                        args.target_fa_per_hour, args.jobs, args.threshold_from)
     except ExportError as e:
         print(f"kws-train export: {e}", file=sys.stderr)
         return 1

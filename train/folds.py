@@ -182,8 +182,17 @@ def curve(rows: list[dict], negatives: list[list], hours: float) -> dict:
 
 # -- the run -----------------------------------------------------------------------
 
+# Levers that can be taken out of training to measure what they buy (validation is unchanged).
+WITHOUT = {
+    "sentence": lambda m: m.get("form") == "sentence" and m["label"] == 1,  # positives said inside a sentence
+    "pseudo": lambda m: "pseudo_speaker" in m,  # WORLD pseudo-speakers
+    "new-codecs": lambda m: m.get("codec") in ("g726", "ima-adpcm", "speex"),  # the codecs added for issue 10
+    "streams": lambda m: m["uid"].startswith("val"),  # the other folds' long negative streams
+}
+
+
 def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, folds: list[int],
-              extra_val: list[str] = (), hops: tuple[float, ...] = (1.0,)) -> dict:
+              extra_val: list[str] = (), hops: tuple[float, ...] = (1.0,), without: tuple[str, ...] = ()) -> dict:
     kind_name = ModelConfig(arch=fit_cfg.arch).front_end
     from .data import kind_of
     kind = kind_of(kind_name)
@@ -205,9 +214,11 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
     report: dict = {"folds": {}, "fit": {k: v for k, v in vars(fit_cfg).items() if k != "data"},
                     "data": list(data), "negatives": negatives, "voices": [list(v) for v in FOLDS]}
     pooled = {h: {"rows": [], "neg": [], "hours": 0.0} for h in hops}
+    report["without"] = list(without)
+    dropped = lambda uid: any(WITHOUT[w](metas[uid]) for w in without)  # noqa: E731
     for k in folds:
         held = lambda uid, k=k: fold_of(metas[uid]) == k  # noqa: E731
-        train = merge([subset(allcalls, lambda u: not held(u)), subset(neg_corpus, lambda u: not held(u))])
+        train = merge([subset(c, lambda u: not held(u) and not dropped(u)) for c in (allcalls, neg_corpus)])
         val, neg = subset(allcalls, held), subset(neg_corpus, held)
         cfg = replace(fit_cfg, out=str(Path(out) / f"fold{k}"), data=tuple(data) + (negatives,))
         model, history = train_model(cfg, train)
@@ -249,7 +260,8 @@ def run(args) -> int:
     cfg = FitConfig(data=tuple(args.data), out=args.out, arch=args.arch, epochs=args.epochs, batch=args.batch,
                     lr=args.lr, seed=args.seed, threads=args.threads, cache=args.cache,
                     hard_negatives=args.hard_negatives)
-    report = run_folds(args.data, args.negatives, args.out, cfg, args.folds, args.extra_val, tuple(args.hops))
+    report = run_folds(args.data, args.negatives, args.out, cfg, args.folds, args.extra_val, tuple(args.hops),
+                       tuple(args.without))
     summary = {k: {x: v.get(x) for x in ("auc", "at_0.5_fa_per_hour", "threshold_at_0.5")}
                for k, v in report.items() if k.startswith("pooled")}
     print(json.dumps(summary, indent=1))
