@@ -72,6 +72,8 @@ def _folds_parser(sub) -> None:
                    help="leave these out of training, to measure what they buy")
     p.add_argument("--out", required=True, metavar="RUN")
     p.add_argument("--arch", choices=["emb", "emb-gru"], default="emb")
+    p.add_argument("--also-arch", nargs="*", default=[], choices=["emb", "emb-gru"],
+                   help="train these too on every fold, and report them and the ensemble of all")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -94,7 +96,8 @@ def _eval_parser(sub) -> None:
 def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="write a checkpoint as the ONNX model the daemon loads")
     p.set_defaults(module="train.export")
-    p.add_argument("--ckpt", required=True, metavar="RUN/ckpt.pt")
+    p.add_argument("--ckpt", required=True, nargs="+", metavar="RUN/ckpt.pt",
+                   help="one checkpoint, or several of one front end exported as their mean probability")
     p.add_argument("--out", required=True, metavar="M.onnx")
     p.add_argument("--name", default="kws-ne-slyshu")
     p.add_argument("--version", default="1.0.0")

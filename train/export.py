@@ -47,6 +47,32 @@ def load_checkpoint(path: str) -> tuple[torch.nn.Module, dict]:
     return model, ckpt
 
 
+class MeanProbability(torch.nn.Module):
+    """Several models as one: the logit of their mean probability, so that the exported
+    sigmoid gives the ensemble's mean probability."""
+
+    def __init__(self, nets: list[torch.nn.Module]):
+        super().__init__()
+        self.nets = torch.nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.stack([torch.sigmoid(n(x)) for n in self.nets]).mean(dim=0).clamp(1e-7, 1 - 1e-7)
+        return torch.log(p) - torch.log1p(-p)
+
+
+def load_checkpoints(paths: list[str]) -> tuple[torch.nn.Module, dict]:
+    """One checkpoint, or several of one front end as their mean (an ensemble)."""
+    loaded = [load_checkpoint(p) for p in paths]
+    if len(loaded) == 1:
+        return loaded[0]
+    fronts = {ModelConfig(arch=info["model_args"]["arch"]).front_end for _, info in loaded}
+    if len(fronts) != 1:
+        raise ExportError("an ensemble's checkpoints must read the same front end")
+    info = dict(loaded[0][1])
+    info["model_args"] = dict(info["model_args"], arch="+".join(i["model_args"]["arch"] for _, i in loaded))
+    return MeanProbability([m for m, _ in loaded]).eval(), info
+
+
 def write_onnx(model: torch.nn.Module, path: Path, meta: dict[str, str]) -> None:
     import onnx
     wrapped = WithSigmoid(model).eval()
@@ -118,11 +144,11 @@ def threshold_from_folds(path: str, target_fa_per_hour: float = 0.5) -> dict:
 def export(ckpt: str, out: str, name: str, version: str, threshold: float | None = None,
            negatives: str | None = None, target_fa_per_hour: float = 0.5, jobs: int = 2,
            folds_report: str | None = None) -> dict:
-    model, info = load_checkpoint(ckpt)
+    model, info = load_checkpoints([ckpt] if isinstance(ckpt, str) else list(ckpt))
     training = {"arch": info["model_args"]["arch"], "data": info["config"]["data"],
                 "files": info.get("train_files"), "positives": info.get("train_positives"),
                 "epochs": info["config"]["epochs"], "recipe": info["config"]["recipe"]}
-    front_end = ModelConfig(arch=info["model_args"]["arch"]).front_end
+    front_end = ModelConfig(arch=info["model_args"]["arch"].split("+")[0]).front_end
     out_path = Path(out)
     with tempfile.TemporaryDirectory() as tmp:
         draft = Path(tmp) / "draft.onnx"

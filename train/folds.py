@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -191,68 +192,95 @@ WITHOUT = {
 }
 
 
-def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, folds: list[int],
-              extra_val: list[str] = (), hops: tuple[float, ...] = (1.0,), without: tuple[str, ...] = ()) -> dict:
-    kind_name = ModelConfig(arch=fit_cfg.arch).front_end
-    from .data import kind_of
-    kind = kind_of(kind_name)
-    cache = fit_cfg.cache or str(Path(out) / "cache")
+def load_all(roots: list[str], cache: str, threads: int, kind) -> tuple[Corpus, dict]:
     metas: dict = {}
     corpora = []
-    for root in data:
+    for root in roots:
         metas.update(manifest(root))
-        corpora.append(load_corpus(root, cache, jobs=fit_cfg.threads, kind=kind))
-    allcalls = merge(corpora)
-    neg_metas = manifest(negatives)
-    neg_corpus = load_corpus(negatives, cache, jobs=fit_cfg.threads, kind=kind)
+        corpora.append(load_corpus(root, cache, jobs=threads, kind=kind))
+    return merge(corpora), metas
+
+
+def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, folds: list[int],
+              extra_val: list[str] = (), hops: tuple[float, ...] = (1.0,), without: tuple[str, ...] = (),
+              archs: tuple[str, ...] = ()) -> dict:
+    """Train one model per fold (per arch in `archs`, the first being fit_cfg.arch) and
+    report each arch, and with several archs their ensemble (the mean probability)."""
+    archs = tuple(dict.fromkeys((fit_cfg.arch,) + tuple(archs)))
+    from .data import kind_of
+    kind = kind_of(ModelConfig(arch=fit_cfg.arch).front_end)
+    cache = fit_cfg.cache or str(Path(out) / "cache")
+    allcalls, metas = load_all(list(data), cache, fit_cfg.threads, kind)
+    neg_corpus, neg_metas = load_all([negatives], cache, fit_cfg.threads, kind)
     metas.update(neg_metas)
     extras = []
     for root in extra_val:
-        em = manifest(root)
+        corpus, em = load_all([root], cache, fit_cfg.threads, kind)
         metas.update(em)
-        extras.append((Path(root).name, load_corpus(root, cache, jobs=fit_cfg.threads, kind=kind)))
+        extras.append((Path(root).name, corpus))
+    variants = list(archs) + (["ensemble"] if len(archs) > 1 else [])
+    prefix = {v: "" if v == archs[0] else f"{v}_" for v in variants}  # the first arch reports unprefixed
     report: dict = {"folds": {}, "fit": {k: v for k, v in vars(fit_cfg).items() if k != "data"},
-                    "data": list(data), "negatives": negatives, "voices": [list(v) for v in FOLDS]}
-    pooled = {h: {"rows": [], "neg": [], "hours": 0.0} for h in hops}
-    report["without"] = list(without)
+                    "data": list(data), "negatives": negatives, "voices": [list(v) for v in FOLDS],
+                    "without": list(without), "archs": list(archs)}
+    pooled = {(v, h): {"rows": [], "neg": [], "hours": 0.0} for v in variants for h in hops}
     dropped = lambda uid: any(WITHOUT[w](metas[uid]) for w in without)  # noqa: E731
     for k in folds:
         held = lambda uid, k=k: fold_of(metas[uid]) == k  # noqa: E731
         train = merge([subset(c, lambda u: not held(u) and not dropped(u)) for c in (allcalls, neg_corpus)])
         val, neg = subset(allcalls, held), subset(neg_corpus, held)
-        cfg = replace(fit_cfg, out=str(Path(out) / f"fold{k}"), data=tuple(data) + (negatives,))
-        model, history = train_model(cfg, train)
-        save(cfg, model, history, train)
+        evs = [(name, subset(extra, held)) for name, extra in extras]
         hours = sum(metas[f.stem]["seconds"] for f in neg.files) / 3600
         fold_report = {"voices": list(FOLDS[k]), "train_files": len(train.files), "val_files": len(val.files),
-                       "negative_hours": round(hours, 3), "history": history[-1]}
-        for h in hops:
-            vw, nw = window_scores(model, val, h), window_scores(model, neg, h)
+                       "negative_hours": round(hours, 3)}
+        scores: dict = {}  # (variant, hop) -> (val windows, negative windows, extra windows)
+        for arch in archs:
+            cfg = replace(fit_cfg, arch=arch, out=str(Path(out) / f"fold{k}{'' if arch == archs[0] else '-' + arch}"),
+                          data=tuple(data) + (negatives,))
+            began = time.time()
+            model, history = train_model(cfg, train)
+            save(cfg, model, history, train)
+            fold_report[f"{prefix[arch]}train_seconds"] = round(time.time() - began, 1)
+            for h in hops:
+                scores[arch, h] = (window_scores(model, val, h), window_scores(model, neg, h),
+                                   [window_scores(model, ev, h) for _, ev in evs])
+        if "ensemble" in variants:
+            for h in hops:
+                parts = [scores[a, h] for a in archs]
+                scores["ensemble", h] = tuple(_mean_windows([p[i] for p in parts]) for i in range(2)) + \
+                    ([_mean_windows([p[2][j] for p in parts]) for j in range(len(evs))],)
+        for (variant, h), (vw, nw, ews) in scores.items():
             rows = val_rows(val, metas, vw)
-            c = curve(rows, [nw], hours)
             t = pooled_threshold([nw], hours, 0.5)
-            fold_report[f"hop_{h}"] = {**c, "threshold_at_0.5": t, **summarise(rows, t)}
-            for name, extra in extras:
-                ev = subset(extra, held)
-                erows = val_rows(ev, metas, window_scores(model, ev, h))
-                fold_report[f"hop_{h}"][f"{name}_recall_by_channel"] = summarise(erows, t)["recall_by_channel"]
-                pooled[h].setdefault(name, []).extend(erows)
-            pooled[h]["rows"] += rows
-            pooled[h]["neg"].append(nw)
-            pooled[h]["hours"] += hours
+            entry = {**curve(rows, [nw], hours), "threshold_at_0.5": t, **summarise(rows, t)}
+            pool = pooled[variant, h]
+            for (name, ev), ew in zip(evs, ews):
+                erows = val_rows(ev, metas, ew)
+                entry[f"{name}_recall_by_channel"] = summarise(erows, t)["recall_by_channel"]
+                pool.setdefault(name, []).extend(erows)
+            fold_report[f"{prefix[variant]}hop_{h}"] = entry
+            pool["rows"] += rows
+            pool["neg"].append(nw)
+            pool["hours"] += hours
         report["folds"][k] = fold_report
-        log.info("fold %d: %s", k, json.dumps({h: {x: fold_report[f"hop_{h}"].get(x) for x in ("auc", "at_0.5_fa_per_hour")}
-                                               for h in hops}))
+        log.info("fold %d: %s", k, json.dumps({f"{v} {h}": {x: fold_report[f"{prefix[v]}hop_{h}"].get(x)
+                                                             for x in ("auc", "at_0.5_fa_per_hour")}
+                                               for v in variants for h in hops}))
         Path(out).mkdir(parents=True, exist_ok=True)
         Path(out, "folds.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    for h, p in pooled.items():
-        c = curve(p["rows"], p["neg"], p["hours"])
+    for (variant, h), p in pooled.items():
         t = pooled_threshold(p["neg"], p["hours"], 0.5)
-        report[f"pooled_hop_{h}"] = {**c, "threshold_at_0.5": t, **summarise(p["rows"], t)}
-        for name in (n for n, _ in extras):
-            report[f"pooled_hop_{h}"][f"{name}_recall_by_channel"] = summarise(p[name], t)["recall_by_channel"]
+        entry = {**curve(p["rows"], p["neg"], p["hours"]), "threshold_at_0.5": t, **summarise(p["rows"], t)}
+        for name, _ in extras:
+            entry[f"{name}_recall_by_channel"] = summarise(p[name], t)["recall_by_channel"]
+        report[f"pooled_{prefix[variant]}hop_{h}"] = entry
     Path(out, "folds.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     return report
+
+
+def _mean_windows(per_model: list[list[tuple[np.ndarray, np.ndarray]]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The ensemble's windows: the same grid, the mean of the models' probabilities."""
+    return [(files[0][0], np.mean([p for _, p in files], axis=0)) for files in zip(*per_model)]
 
 
 def run(args) -> int:
@@ -261,7 +289,7 @@ def run(args) -> int:
                     lr=args.lr, seed=args.seed, threads=args.threads, cache=args.cache,
                     hard_negatives=args.hard_negatives)
     report = run_folds(args.data, args.negatives, args.out, cfg, args.folds, args.extra_val, tuple(args.hops),
-                       tuple(args.without))
+                       tuple(args.without), tuple(args.also_arch))
     summary = {k: {x: v.get(x) for x in ("auc", "at_0.5_fa_per_hour", "threshold_at_0.5")}
                for k, v in report.items() if k.startswith("pooled")}
     print(json.dumps(summary, indent=1))
