@@ -74,6 +74,8 @@ def _folds_parser(sub) -> None:
     p.add_argument("--arch", choices=["emb", "emb-gru"], default="emb")
     p.add_argument("--also-arch", nargs="*", default=[], choices=["emb", "emb-gru"],
                    help="train these too on every fold, and report them and the ensemble of all")
+    p.add_argument("--baseline", metavar="M.onnx",
+                   help="also score fold 0 (the voices RHVOICE_VAL that earlier models never heard) with this model")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from kws_stream.frontend import FRAMES_PER_SECOND, SAMPLE_RATE
+from kws_stream.model import KwsModel
 from kws_stream.spotter import Detector
 
 from .data import Corpus, load_corpus
@@ -88,12 +89,16 @@ def window_scores(model: torch.nn.Module, corpus: Corpus, hop_seconds: float = 1
             owner.append(i)
             starts.append(int(s * frames_per_unit * SAMPLE_RATE / FRAMES_PER_SECOND))
             k += 1
-    model.eval()
     probs = np.empty(len(rows), dtype=np.float64)
-    with torch.no_grad():
+    if isinstance(model, KwsModel):  # an exported model: score through onnxruntime
         for a in range(0, len(rows), batch):
-            x = torch.from_numpy(np.stack(rows[a:a + batch]))
-            probs[a:a + batch] = torch.sigmoid(model(x)).numpy()
+            probs[a:a + batch] = model.score(np.stack(rows[a:a + batch]))
+    else:
+        model.eval()
+        with torch.no_grad():
+            for a in range(0, len(rows), batch):
+                x = torch.from_numpy(np.stack(rows[a:a + batch]))
+                probs[a:a + batch] = torch.sigmoid(model(x)).numpy()
     owner, starts = np.array(owner), np.array(starts)
     return [(starts[owner == i], probs[owner == i]) for i in range(len(corpus.mels))]
 
@@ -203,7 +208,7 @@ def load_all(roots: list[str], cache: str, threads: int, kind) -> tuple[Corpus, 
 
 def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, folds: list[int],
               extra_val: list[str] = (), hops: tuple[float, ...] = (1.0,), without: tuple[str, ...] = (),
-              archs: tuple[str, ...] = ()) -> dict:
+              archs: tuple[str, ...] = (), baseline: str | None = None) -> dict:
     """Train one model per fold (per arch in `archs`, the first being fit_cfg.arch) and
     report each arch, and with several archs their ensemble (the mean probability)."""
     archs = tuple(dict.fromkeys((fit_cfg.arch,) + tuple(archs)))
@@ -234,6 +239,11 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
         fold_report = {"voices": list(FOLDS[k]), "train_files": len(train.files), "val_files": len(val.files),
                        "negative_hours": round(hours, 3)}
         scores: dict = {}  # (variant, hop) -> (val windows, negative windows, extra windows)
+        if baseline is not None and k == 0:  # the shipped model never heard fold 0's voices
+            onnx_model = KwsModel(baseline)
+            for h in hops:
+                scores["baseline", h] = (window_scores(onnx_model, val, h), window_scores(onnx_model, neg, h),
+                                         [window_scores(onnx_model, ev, h) for _, ev in evs])
         for arch in archs:
             cfg = replace(fit_cfg, arch=arch, out=str(Path(out) / f"fold{k}{'' if arch == archs[0] else '-' + arch}"),
                           data=tuple(data) + (negatives,))
@@ -253,6 +263,9 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
             rows = val_rows(val, metas, vw)
             t = pooled_threshold([nw], hours, 0.5)
             entry = {**curve(rows, [nw], hours), "threshold_at_0.5": t, **summarise(rows, t)}
+            if variant == "baseline":
+                fold_report[f"baseline_hop_{h}"] = {**entry, "model": baseline}
+                continue
             pool = pooled[variant, h]
             for (name, ev), ew in zip(evs, ews):
                 erows = val_rows(ev, metas, ew)
@@ -289,7 +302,7 @@ def run(args) -> int:
                     lr=args.lr, seed=args.seed, threads=args.threads, cache=args.cache,
                     hard_negatives=args.hard_negatives)
     report = run_folds(args.data, args.negatives, args.out, cfg, args.folds, args.extra_val, tuple(args.hops),
-                       tuple(args.without), tuple(args.also_arch))
+                       tuple(args.without), tuple(args.also_arch), args.baseline)
     summary = {k: {x: v.get(x) for x in ("auc", "at_0.5_fa_per_hour", "threshold_at_0.5")}
                for k, v in report.items() if k.startswith("pooled")}
     print(json.dumps(summary, indent=1))
