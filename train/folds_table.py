@@ -48,8 +48,11 @@ def main(argv=None) -> int:
     ap.add_argument("report")
     ap.add_argument("--variant", default="", help="'' for the first arch, or e.g. 'emb-gru_' or 'ensemble_'")
     ap.add_argument("--hop", default="1.0")
+    ap.add_argument("--conditions", metavar="CACHE", help="also re-score by noise and room, from this feature cache")
     args = ap.parse_args(argv)
     report = json.loads(open(args.report, encoding="utf-8").read())
+    if args.conditions:
+        print(conditions(args.report, args.conditions, float(args.hop)))
     print(folds_table(report, args.variant, args.hop), "\n")
     pooled = report.get(f"pooled_{args.variant}hop_{args.hop}")
     if pooled is None:
@@ -64,6 +67,81 @@ def main(argv=None) -> int:
     print(f"Confusable calls flagged: {pooled['confusables_flagged']:.3f}; texts:",
           "; ".join(pooled["confusables_flagged_texts"][:12]))
     return 0
+
+
+def snr_bin(meta: dict) -> str:
+    snr = meta.get("snr_db")
+    if snr is None:
+        return "no noise"
+    return next(f"{lo}-{hi} dB" for lo, hi in ((0, 5), (5, 10), (10, 20), (20, 31)) if lo <= snr < hi)
+
+
+def conditions(report_path: str, cache: str, hop: float = 1.0) -> str:
+    """Recall at the pooled threshold by noise level and room, re-scored with each fold's
+    checkpoint on its own held-out calls (from the feature cache)."""
+    from pathlib import Path
+
+    from .data import EMBEDDING
+    from .export import load_checkpoint
+    from .folds import fold_of, load_all, subset, window_scores  # noqa: F401 (torch only when asked)
+    report = json.loads(open(report_path, encoding="utf-8").read())
+    threshold = report[f"pooled_hop_{hop}"]["threshold_at_0.5"]
+    calls, metas = load_all(report["data"], cache, 1, EMBEDDING)
+    rows = []
+    for k in report["folds"]:
+        model, _ = load_checkpoint(str(Path(report_path).parent / f"fold{k}" / "ckpt.pt"))
+        val = subset(calls, lambda u, k=int(k): fold_of(metas[u]) == k and metas[u]["label"] == 1)
+        for f, (_, p) in zip(val.files, window_scores(model, val, hop)):
+            rows.append({"score": float(p.max(initial=0.0)), **metas[f.stem]})
+    groups = {
+        "noise": lambda m: snr_bin(m),
+        "room reverberation": lambda m: "yes" if "room" in m else "no",
+        "noise source": lambda m: m.get("noise", "none"),
+        "bench-like (SNR >= 5 dB or none, no room)":
+            lambda m: "yes" if (m.get("snr_db") is None or m["snr_db"] >= 5) and "room" not in m else "no",
+    }
+    out = [plain_speech_curve(report, calls, metas, cache, hop, Path(report_path).parent),
+           f"Positives found at the pooled threshold {threshold:.4f} (hop {hop} s):\n"]
+    for name, key in groups.items():
+        counts: dict = {}
+        for r in rows:
+            g = counts.setdefault(key(r), {"n": 0, "fired": 0})
+            g["n"] += 1
+            g["fired"] += int(r["score"] >= threshold)
+        for g in counts.values():
+            g["rate"] = g["fired"] / g["n"]
+        out.append(rates_table(dict(sorted(counts.items())), name) + "\n")
+    return "\n".join(out)
+
+
+
+def plain_speech_curve(report: dict, calls, metas: dict, cache: str, hop: float, run) -> str:
+    """Pooled FRR at fixed false accepts counted, as the independent bench counts them, on
+    target-free streams without a confusable sentence."""
+    import numpy as np
+
+    from .data import EMBEDDING
+    from .evaluate import file_metrics
+    from .export import load_checkpoint
+    from .folds import fold_of, load_all, pooled_threshold, subset, window_scores
+    neg, neg_metas = load_all([report["negatives"]], cache, 1, EMBEDDING)
+    metas = {**metas, **neg_metas}
+    labels, scores, negs, hours = [], [], [], 0.0
+    for k in report["folds"]:
+        model, _ = load_checkpoint(str(run / f"fold{k}" / "ckpt.pt"))
+        val = subset(calls, lambda u, k=int(k): fold_of(metas[u]) == k)
+        for f, (_, p) in zip(val.files, window_scores(model, val, hop)):
+            labels.append(metas[f.stem]["label"])
+            scores.append(float(p.max(initial=0.0)))
+        plain = subset(neg, lambda u, k=int(k): fold_of(metas[u]) == k and metas[u]["kind"] != "confusable")
+        negs.append(window_scores(model, plain, hop))
+        hours += sum(metas[f.stem]["seconds"] for f in plain.files) / 3600
+    cells = []
+    for rate in FA_RATES:
+        t = pooled_threshold(negs, hours, rate)
+        cells.append(f"{file_metrics(np.array(labels), np.array(scores), t)['frr']:.3f} (threshold {t:.4f})")
+    return (f"False accepts on streams without confusables ({hours:.2f} h), pooled FRR at "
+            + ", ".join(f"{r} FA/h: {c}" for r, c in zip(FA_RATES, cells)) + "\n")
 
 
 if __name__ == "__main__":
