@@ -40,7 +40,8 @@ def strict_json(line):
 
 @pytest.fixture(scope="module")
 def long_wav(tmp_path_factory):
-    """20 minutes of audio with a tone burst every 10 s: seconds of work per file."""
+    """20 minutes of audio with a tone burst every 10 s: several seconds of work per file
+    with the packaged model."""
     path = tmp_path_factory.mktemp("long") / "long.wav"
     sf.write(path, np.tile(burst_signal(10.0, [4.05]), 120).astype(np.float32), 16000, subtype="FLOAT")
     return path
@@ -84,15 +85,23 @@ def test_sighup_does_not_end_a_replay(tmp_path, burst_model):
     assert (tmp_path / "s.csv").exists() and len(out.splitlines()) == 1
 
 
+def wait_for_workers(p, count: int = 2, settle: float = 2.0) -> list[str]:
+    """Wait until the replay's worker processes run, then a little longer."""
+    deadline = time.monotonic() + 60
+    while len(children := children_of(p.pid)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(settle)
+    return children
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_multi_process_replay_stops_within_a_second(tmp_path, long_wav, burst_model, sig):
+def test_multi_process_replay_stops_within_a_second(tmp_path, long_wav, sig):
     small = tmp_path / "small.wav"
     sf.write(small, burst_signal(2.0, []), 16000)
     out = tmp_path / "s.csv"
     p = subprocess.Popen([*CLI, "--file", str(small), str(long_wav), str(long_wav), "--jobs", "2",
-                          "--model", burst_model, "--pub", "none", "--quiet", "--csv", str(out)],
-                         stderr=subprocess.PIPE, text=True)
-    time.sleep(4.0)  # the small file is done, both workers are inside long files
+                          "--pub", "none", "--quiet", "--csv", str(out)], stderr=subprocess.PIPE, text=True)
+    wait_for_workers(p)  # the small file is done, both workers are inside long files
     sent = time.monotonic()
     p.send_signal(sig)
     _, err = p.communicate(timeout=30)
@@ -115,12 +124,11 @@ def children_of(pid: int) -> list[str]:
     return found
 
 
-def test_workers_die_with_a_killed_parent(long_wav, burst_model):
-    p = subprocess.Popen([*CLI, "--file", str(long_wav), str(long_wav), "--jobs", "2", "--model", burst_model,
-                          "--pub", "none", "--quiet"], stderr=subprocess.DEVNULL)
-    time.sleep(4.0)
-    children = children_of(p.pid)
-    assert children
+def test_workers_die_with_a_killed_parent(long_wav):
+    p = subprocess.Popen([*CLI, "--file", str(long_wav), str(long_wav), "--jobs", "2", "--pub", "none", "--quiet"],
+                         stderr=subprocess.DEVNULL)
+    children = wait_for_workers(p, settle=1.0)
+    assert children and p.poll() is None
     p.kill()
     p.wait()
     deadline = time.monotonic() + 3.0
