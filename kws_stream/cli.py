@@ -274,13 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     stop = Stop()
     stop.install()
+    if args.file:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a replay has no model to reload: SIGHUP is ignored
     try:
-        model = KwsModel(args.model)
+        model = KwsModel(args.model, expect_sha256=args.model_sha256)
     except ModelError as e:
         log.error("model %s", e)
-        return EXIT_USAGE
-    if args.model_sha256 and args.model_sha256.lower() != model.sha256:
-        log.error("model %s: SHA-256 is %s, not the pinned %s", model.path, model.sha256, args.model_sha256)
         return EXIT_USAGE
     curve = None
     try:
@@ -298,7 +297,6 @@ def main(argv: list[str] | None = None) -> int:
         publisher.publish(status_event("started", model=model.info.name, model_version=model.info.version,
                                        model_sha256=model.sha256, endpoint=publisher.endpoint))
         if args.file:
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a replay has no model to reload: SIGHUP is ignored
             return run_files(args, model, publisher, stop)
         return run_device(args, model, publisher, stop)
     finally:
@@ -329,7 +327,7 @@ def run_device(args, model: KwsModel, publisher, stop: Stop) -> int:
             print_event(event, args)
 
     daemon = Daemon(model, config, publisher, args.device, stop, status_interval=args.status_interval,
-                    model_path=args.model, echo=echo)
+                    model_path=args.model, echo=echo, model_sha256=args.model_sha256)
     return daemon.run()
 
 

@@ -65,7 +65,8 @@ class Publisher:
         self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscriber's subscription
         if configure is not None:
             configure(self._sock)  # e.g. CURVE server keys, set before bind
-        self._ipc_path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
+        path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
+        self._ipc_path = path if path and path != "*" and not path.startswith("@") else None  # a file we own
         try:
             if self._ipc_path:
                 claim_ipc_path(self._ipc_path)
@@ -160,9 +161,14 @@ def claim_ipc_path(path: str) -> None:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
-    except OSError:
-        os.unlink(path)  # nobody listens: a stale socket file
+    except ConnectionRefusedError:  # nobody listens: a stale socket file
+        try:
+            os.unlink(path)
+        except OSError as e:
+            raise PublishError(f"cannot bind ipc://{path}: stale socket cannot be removed ({e.strerror})") from e
         return
+    except OSError as e:  # e.g. another user's owner-only socket: never remove it
+        raise PublishError(f"cannot bind ipc://{path}: {e.strerror}") from e
     finally:
         probe.close()
     raise PublishError(f"cannot bind ipc://{path}: Address already in use by another process")

@@ -110,7 +110,7 @@ def default_model_path() -> Path:
 class KwsModel:
     """An onnxruntime session over a checked model; `score(batch)` gives probabilities."""
 
-    def __init__(self, path: str | Path | None = None, threads: int = 1):
+    def __init__(self, path: str | Path | None = None, threads: int = 1, expect_sha256: str | None = None):
         path = Path(path) if path is not None else default_model_path()
         self.path = path
         try:
@@ -124,12 +124,19 @@ class KwsModel:
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            data = path.read_bytes()  # read once: the bytes checked are the bytes run
+        except OSError as e:
+            raise ModelError(f"{path}: cannot read ({e.strerror or e})") from e
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        if expect_sha256 is not None and expect_sha256.lower() != self.sha256:
+            raise ModelError(f"{path}: SHA-256 is {self.sha256}, not the pinned {expect_sha256}")
+        try:
+            self._session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own untyped errors for bad files
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelError(f"{path}: not a loadable ONNX model ({reason})") from e
         self.info = self._check(self._session, path)
-        self.sha256 = self._check_weights(self._session, path)
+        self._check_weights(self._session, path, data)
         self.front_end_class = FRONT_ENDS[self.info.front_end]
         try:
             self.front_end_class.load()
@@ -173,19 +180,17 @@ class KwsModel:
                          threshold=threshold, front_end=fe_name, path=str(path))
 
     @staticmethod
-    def _check_weights(session, path: Path) -> str:
-        """Compare the graph's digest with the one stored at export; return the file's SHA-256."""
+    def _check_weights(session, path: Path, data: bytes) -> None:
+        """Compare the graph's digest with the one stored at export."""
         stored = session.get_modelmeta().custom_metadata_map.get("kws.weights_sha256")
         if stored is None:
             raise ModelError(f"{path}: metadata has no 'kws.weights_sha256'; export the model with kws-train export")
-        data = path.read_bytes()
         try:
             actual = weights_sha256(data)
         except ValueError as e:
             raise ModelError(f"{path}: not a readable ONNX file ({e})") from None
         if actual != stored:
             raise ModelError(f"{path}: weights do not match the checksum in the metadata (damaged or altered file)")
-        return hashlib.sha256(data).hexdigest()
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Probabilities for a (batch, feature_size) float32 array."""

@@ -31,9 +31,13 @@ def problem(path: str | Path) -> str | None:
         while pos < size:
             head = f.read(HEADER.size)
             if len(head) < HEADER.size:
+                if ended and not open_streams - ended and head[:4] != CAPTURE[:len(head[:4])]:
+                    return None  # a few bytes after the last stream ended
                 return f"truncated: the last Ogg page is cut off at byte {pos}"
             capture, version, flags, _, serial, _, _, n_segments = HEADER.unpack(head)
             if capture != CAPTURE or version != 0:
+                if ended and not open_streams - ended:  # bytes after the last stream ended (a tag)
+                    return None
                 return f"corrupt: no Ogg page at byte {pos}"
             table = f.read(n_segments)
             body = sum(table)

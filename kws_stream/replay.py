@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .audio import AudioError, iter_file
-from .model import KwsModel
+from .model import KwsModel, ModelError
 from .spotter import Detection, Spotter, SpotterConfig
 
 log = logging.getLogger(__name__)
@@ -84,28 +84,34 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_SECONDS = 0.1  # how often the parent looks at the stop flag while workers score
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """Ask Linux to kill this worker when the process that made it dies, even by SIGKILL."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: workers still end with the pool
         pass
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    if os.getppid() != parent:  # the parent died before prctl took effect (reparented)
         os._exit(1)
 
 
-def _init_worker(model_path: str, config: SpotterConfig) -> None:
-    _die_with_parent()
+def _init_worker(model_path: str, config: SpotterConfig, parent: int, sha256: str | None = None) -> None:
+    _die_with_parent(parent)
     # The parent owns Ctrl-C, SIGTERM and SIGHUP: it stops the pool itself.
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _worker["model"] = KwsModel(model_path)
     _worker["config"] = config
+    try:
+        _worker["model"] = KwsModel(model_path, expect_sha256=sha256)  # the very file the parent checked
+    except ModelError as e:  # a failing initializer would make the pool respawn workers forever
+        _worker["model"] = None
+        _worker["error"] = f"model {e}"
 
 
 def _scan_in_worker(path: str) -> FileResult:
+    if _worker["model"] is None:
+        return FileResult(path=path, error=_worker["error"])
     return scan_file(path, _worker["model"], _worker["config"])
 
 
@@ -125,7 +131,8 @@ def replay(paths: Iterable[str], model: KwsModel, config: SpotterConfig, jobs: i
             yield scan_file(path, model, config, realtime, on_detection, should_stop)
         return
     ctx = multiprocessing.get_context("spawn")  # no forked onnxruntime or ZeroMQ state
-    with ctx.Pool(min(jobs, len(paths)), initializer=_init_worker, initargs=(str(model.path), config)) as pool:
+    with ctx.Pool(min(jobs, len(paths)), initializer=_init_worker,
+                  initargs=(str(model.path), config, os.getpid(), model.sha256)) as pool:
         results = pool.imap(_scan_in_worker, paths)
         for _ in paths:
             while True:  # wait for the next file, but never longer than POLL_SECONDS past a stop

@@ -39,7 +39,10 @@ def generate(out_dir: str | Path, name: str, force: bool = False) -> tuple[Path,
         if os.path.lexists(path):
             if not force:
                 raise KeyMaterialError(f"{path}: exists; give --force to replace it")
-            path.unlink()
+            try:
+                path.unlink()
+            except OSError as e:
+                raise KeyMaterialError(f"{path}: cannot replace ({e.strerror or e})") from e
     public, secret = zmq.curve_keypair()
     _write_new(public_path, _cert(public), 0o644)
     _write_new(secret_path, _cert(public, secret), 0o600)

@@ -53,13 +53,15 @@ class Notifier:
 
 class Daemon:
     def __init__(self, model: KwsModel, config: SpotterConfig, publisher, device: str | None, stop,
-                 status_interval: float = 10.0, model_path: str | None = None, echo=None):
+                 status_interval: float = 10.0, model_path: str | None = None, echo=None,
+                 model_sha256: str | None = None):
         self.model, self.config, self.publisher, self.stop = model, config, publisher, stop
         self.source = MicSource(device)
         self.stream = f"device:{self.source.name}"
         self.spotter = Spotter(model, stream=self.stream, config=config)
         self.status_interval = status_interval
         self.model_path = model_path
+        self.model_sha256 = model_sha256  # a pin holds for reloads too
         self.echo = echo
         self.notifier = Notifier()
         self.device_state = "closed"
@@ -139,7 +141,7 @@ class Daemon:
     def _reload_model(self) -> None:
         self._reload = False
         try:
-            model = KwsModel(self.model_path)
+            model = KwsModel(self.model_path, expect_sha256=self.model_sha256)
             if model.front_end_class is not self.model.front_end_class:
                 raise ModelError(f"{model.path}: front end {model.info.front_end} differs; restart to switch")
         except ModelError as e:

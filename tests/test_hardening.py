@@ -278,3 +278,23 @@ def test_started_event_names_the_model_checksum(tmp_path, burst_model):
     sub.close(linger=0)
     ctx.term()
     assert started["state"] == "started" and started["model_sha256"] == digest
+
+
+def test_a_complete_ogg_file_with_trailing_bytes_is_whole(tmp_path):
+    tagged = tmp_path / "tagged.opus"
+    tagged.write_bytes(DEMO.read_bytes() + b"TAG" + bytes(125))  # an ID3v1-style tag after the last page
+    r = kws("--file", tagged, "--pub", "none")
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_model_pin_holds_in_worker_processes(tmp_path, burst_model):
+    """Workers load the very file the parent checked: a model swapped after start is refused."""
+    import shutil
+    model = tmp_path / "m.onnx"
+    shutil.copy(burst_model, model)
+    from kws_stream.model import KwsModel, ModelError
+    digest = KwsModel(model).sha256
+    other = save_model(tmp_path / "other.onnx", *burst_weights(), threshold=0.3)
+    shutil.copy(other, model)
+    with pytest.raises(ModelError, match="pinned"):
+        KwsModel(model, expect_sha256=digest)

@@ -107,7 +107,8 @@ def test_without_curve_the_wire_is_readable(call, burst_model):
     endpoint = f"tcp://127.0.0.1:{port}"
     sub = start_listener(endpoint)
     try:
-        wire = run_capture(endpoint, port, ["--file", call, "--model", burst_model, "--pub", endpoint, "--quiet"])
+        wire = run_capture(endpoint, port, ["--file", call, "--model", burst_model, "--pub", endpoint, "--quiet",
+                                                 "--realtime"])  # events spread over 12 s: the listener is in
     finally:
         sub.terminate()
         sub.communicate(timeout=10)

@@ -4,7 +4,8 @@ The query is the phrase as the same voice says it alone; the reference is the se
 Both become the seed front end's log-mel frames (10 ms), mean- and variance-normalised
 per utterance. Every path step advances one query frame and zero, one or two sentence
 frames, so all paths have the query's length, their costs compare directly, and the
-phrase inside the sentence may be up to twice as fast or arbitrarily slower than alone.
+phrase inside the sentence may be arbitrarily faster or up to twice as slow as alone
+(the caller rejects matches whose length is off by more than 0.5-1.6 times).
 """
 from __future__ import annotations
 

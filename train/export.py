@@ -126,11 +126,20 @@ def probe_features(front_end: str, n: int = 256, seed: int = 0) -> np.ndarray:
     return rows[rng.choice(len(rows), size=min(n, len(rows)), replace=False)]
 
 
-def threshold_from_folds(path: str, target_fa_per_hour: float = 0.5) -> dict:
+def threshold_from_folds(path: str, target_fa_per_hour: float = 0.5, arch: str | None = None) -> dict:
     """The threshold `kws-train folds` found for the target rate on held-out-voice negatives,
-    pooled over its leave-voices-out models (the recipe's threshold for unseen voices)."""
+    pooled over its leave-voices-out models of this arch ("a+b": their ensemble)."""
     report = json.loads(Path(path).read_text(encoding="utf-8"))
-    pooled = report.get("pooled_hop_1.0")
+    archs = report.get("archs", [report.get("fit", {}).get("arch")])
+    if arch is None or arch == archs[0]:
+        variant = ""
+    elif "+" in arch and sorted(arch.split("+")) == sorted(archs):
+        variant = "ensemble_"
+    elif arch in archs:
+        variant = f"{arch}_"
+    else:
+        raise ExportError(f"{path}: no folds of arch {arch!r} (it has {', '.join(map(str, archs))})")
+    pooled = report.get(f"pooled_{variant}hop_1.0")
     key = f"at_{target_fa_per_hour}_fa_per_hour"
     if pooled is None or key not in pooled:
         raise ExportError(f"{path}: no pooled hop-1.0 result at {target_fa_per_hour} false accepts/h")
@@ -157,7 +166,7 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
         diff = check_parity(model, draft, probe_features(front_end))
         chosen = {"threshold": threshold, "how": "given"}
         if folds_report is not None:
-            chosen = threshold_from_folds(folds_report, target_fa_per_hour)
+            chosen = threshold_from_folds(folds_report, target_fa_per_hour, info["model_args"]["arch"])
         elif threshold is None:
             if not negatives:
                 raise ExportError("give --threshold or --negatives to choose one")

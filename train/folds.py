@@ -201,7 +201,10 @@ def load_all(roots: list[str], cache: str, threads: int, kind) -> tuple[Corpus, 
     metas: dict = {}
     corpora = []
     for root in roots:
-        metas.update(manifest(root))
+        m = manifest(root)
+        if clash := set(m) & set(metas):
+            raise ValueError(f"{root}: call ids also in another corpus (e.g. {min(clash)}); make it with another --seed")
+        metas.update(m)
         corpora.append(load_corpus(root, cache, jobs=threads, kind=kind))
     return merge(corpora), metas
 
@@ -216,13 +219,14 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
     kind = kind_of(ModelConfig(arch=fit_cfg.arch).front_end)
     cache = fit_cfg.cache or str(Path(out) / "cache")
     allcalls, metas = load_all(list(data), cache, fit_cfg.threads, kind)
-    neg_corpus, neg_metas = load_all([negatives], cache, fit_cfg.threads, kind)
-    metas.update(neg_metas)
     extras = []
-    for root in extra_val:
-        corpus, em = load_all([root], cache, fit_cfg.threads, kind)
-        metas.update(em)
+    for root in [negatives, *extra_val]:
+        corpus, more = load_all([root], cache, fit_cfg.threads, kind)
+        if clash := set(more) & set(metas):
+            raise ValueError(f"{root}: call ids also in another corpus (e.g. {min(clash)}); make it with another --seed")
+        metas.update(more)
         extras.append((Path(root).name, corpus))
+    neg_corpus = extras.pop(0)[1]
     variants = list(archs) + (["ensemble"] if len(archs) > 1 else [])
     prefix = {v: "" if v == archs[0] else f"{v}_" for v in variants}  # the first arch reports unprefixed
     report: dict = {"folds": {}, "fit": {k: v for k, v in vars(fit_cfg).items() if k != "data"},
@@ -301,8 +305,12 @@ def run(args) -> int:
     cfg = FitConfig(data=tuple(args.data), out=args.out, arch=args.arch, epochs=args.epochs, batch=args.batch,
                     lr=args.lr, seed=args.seed, threads=args.threads, cache=args.cache,
                     hard_negatives=args.hard_negatives)
-    report = run_folds(args.data, args.negatives, args.out, cfg, args.folds, args.extra_val, tuple(args.hops),
-                       tuple(args.without), tuple(args.also_arch), args.baseline)
+    try:
+        report = run_folds(args.data, args.negatives, args.out, cfg, args.folds, args.extra_val, tuple(args.hops),
+                           tuple(args.without), tuple(args.also_arch), args.baseline)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"kws-train folds: {e}", file=sys.stderr)
+        return 2
     summary = {k: {x: v.get(x) for x in ("auc", "at_0.5_fa_per_hour", "threshold_at_0.5")}
                for k, v in report.items() if k.startswith("pooled")}
     print(json.dumps(summary, indent=1))

@@ -347,6 +347,20 @@ def _init(cfg: SynthConfig) -> None:
     _cfg = cfg
 
 
+def check_same_recipe(cfg: SynthConfig) -> None:
+    """A corpus directory resumes only with the settings it was begun with (jobs, n and
+    fetching aside): DIR/synth.json records them."""
+    record = Path(cfg.out) / "synth.json"
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("out", "n", "jobs", "fetch")}
+    if record.exists():
+        before = json.loads(record.read_text(encoding="utf-8"))
+        if before != recipe:
+            changed = sorted(k for k in set(before) | set(recipe) if before.get(k) != recipe.get(k))
+            raise ValueError(f"{cfg.out} was begun with other settings ({', '.join(changed)}); use a new --out")
+        return
+    record.write_text(json.dumps(recipe, sort_keys=True))
+
+
 def call_uid(cfg: SynthConfig, index: int) -> str:
     return f"{cfg.split}{cfg.seed}-{index:06d}"
 
@@ -355,8 +369,9 @@ def _one(index: int) -> dict:
     """Make call `index`, or read it back when an earlier run finished it: the audio is
     written first and the call's JSON last, each atomically, so a call with its JSON is whole."""
     out = Path(_cfg.out)
-    done = out / "calls" / f"{call_uid(_cfg, index)}.json"
-    if done.exists():
+    uid = call_uid(_cfg, index)
+    done = out / "calls" / f"{uid}.json"
+    if done.exists() and (out / "audio" / f"{uid}.opus").exists():
         return json.loads(done.read_text(encoding="utf-8"))
     data, meta = make_call(_cfg, index)
     for path, payload in ((out / "audio" / f"{meta['uid']}.opus", data),
@@ -377,6 +392,7 @@ def generate(cfg: SynthConfig, progress: bool = True) -> list[dict]:
             log.warning("%s: could not be fetched with apt-get download; calls are made without it", pkg)
     for sub in ("audio", "calls"):
         (Path(cfg.out) / sub).mkdir(parents=True, exist_ok=True)
+    check_same_recipe(cfg)
     ch.room_irs()  # build once before forking workers
     indices = range(cfg.n)
     if cfg.jobs > 1:
@@ -408,7 +424,7 @@ def run(args) -> int:
                       sentence_share=args.sentence_share, pseudo_speakers=args.pseudo_speakers, codecs=args.codecs)
     try:
         metas = generate(cfg)
-    except MissingTool as e:
+    except (MissingTool, ValueError) as e:
         print(f"kws-train synth: {e}", file=sys.stderr)
         return 2
     n_pos = sum(m["label"] for m in metas)
