@@ -146,6 +146,17 @@ def open_publisher(endpoint: str, allow_remote: bool = False, curve=None, drain_
     return Publisher(endpoint, configure=curve.configure, context=curve.context, drain_seconds=drain_seconds)
 
 
+def check_endpoint_syntax(endpoint: str) -> None:
+    """tcp://HOST:PORT with PORT 1..65535 (or * for any), or ipc://PATH."""
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return
+    if not endpoint.startswith("tcp://"):
+        raise PublishError(f"--pub {endpoint}: give tcp://HOST:PORT, ipc://PATH or none")
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    if not host or not (port == "*" or (port.isdigit() and 1 <= int(port) <= 65535)):
+        raise PublishError(f"--pub {endpoint}: the port must be 1..65535 or *")
+
+
 def check_endpoint(endpoint: str, allow_remote: bool) -> None:
     """Bind only to loopback or ipc unless remote subscribers are asked for explicitly."""
     if not endpoint.startswith("tcp://") or allow_remote:
@@ -243,6 +254,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--hop-seconds must be within 0.01..2.5, got {args.hop_seconds}")
     if args.refractory < 0:
         parser.error(f"--refractory must be >= 0, got {args.refractory}")
+    if args.realtime and args.jobs > 1:
+        parser.error("--realtime paces one stream at a time; it cannot be combined with --jobs above 1")
+    if args.pub != "none":
+        try:
+            check_endpoint_syntax(args.pub)
+        except PublishError as e:
+            parser.error(str(e))
     if args.drain_seconds < 0:
         parser.error(f"--drain-seconds must be >= 0, got {args.drain_seconds}")
     if args.status_interval <= 0:

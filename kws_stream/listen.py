@@ -10,7 +10,12 @@ import sys
 
 import zmq
 
-from .events import DEFAULT_ENDPOINT
+from .events import DEFAULT_ENDPOINT, TOPIC_PREFIX
+
+
+def full_topic(topic: str) -> str:
+    """`detection` and `kws.detection` name the same topic."""
+    return topic if not topic or topic.startswith(TOPIC_PREFIX) else TOPIC_PREFIX + topic
 
 
 def subscriber(ctx: zmq.Context, endpoint: str, topics: list[str], configure=None) -> zmq.Socket:
@@ -18,8 +23,12 @@ def subscriber(ctx: zmq.Context, endpoint: str, topics: list[str], configure=Non
     if configure is not None:
         configure(sock)  # e.g. CURVE client keys, before connecting
     for topic in topics or [""]:
-        sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-    sock.connect(endpoint)
+        sock.setsockopt(zmq.SUBSCRIBE, full_topic(topic).encode())
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as e:
+        sock.close(linger=0)
+        raise ValueError(f"cannot connect to {endpoint}: {e.strerror}") from e
     return sock
 
 
@@ -29,7 +38,12 @@ def listen(endpoint: str = DEFAULT_ENDPOINT, topics: list[str] | None = None, co
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.append(True))
     ctx = zmq.Context()
-    sock = subscriber(ctx, endpoint, topics or [], configure)
+    try:
+        sock = subscriber(ctx, endpoint, topics or [], configure)
+    except ValueError as e:
+        print(f"kws-stream listen: error: {e}", file=sys.stderr)
+        ctx.term()
+        return 2
     received = 0
     try:
         while not stopping and (count is None or received < count):

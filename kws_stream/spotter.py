@@ -9,7 +9,7 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -136,6 +136,13 @@ class Spotter:
         if n:
             self._score(n, found)
         return found
+
+    def run(self, chunks) -> Iterator[Detection]:
+        """Every detection of a whole stream: feed each chunk, then finish() at its end.
+        The way to use a Spotter on a file, so the last windows are never forgotten."""
+        for chunk in chunks:
+            yield from self.feed(chunk)
+        yield from self.finish()
 
     def finish(self) -> list[Detection]:
         """End of stream: score the windows that run past its end, padded as the seed does."""

@@ -1,0 +1,58 @@
+"""New-user defects (issue 13, items 2-4 and 9), each through the real CLI or the README itself."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "models" / "demo_positive.opus"
+
+
+def kws(*args):
+    return subprocess.run([sys.executable, "-m", "kws_stream.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_readme_python_api_snippet_finds_what_the_cli_finds():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Python API"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1).replace('"call.opus"', repr(str(DEMO)))
+    api = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert api.returncode == 0, api.stderr
+    cli = kws("--file", DEMO, "--pub", "none", "--hop-seconds", "0.5")
+    n_cli = len([line for line in cli.stdout.splitlines() if '"detection"' in line])
+    n_api = len([line for line in api.stdout.splitlines() if "'detection'" in line])
+    assert n_cli >= 1 and n_api == n_cli
+
+
+def test_realtime_with_jobs_is_a_usage_error():
+    r = kws("--file", DEMO, DEMO, "--realtime", "--jobs", "2", "--pub", "none")
+    assert r.returncode == 2 and "--realtime" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:99999", "tcp://127.0.0.1:0", "tcp://127.0.0.1:port",
+                                      "tcp://127.0.0.1", "udp://127.0.0.1:5556", "ipc://"])
+def test_bad_endpoints_are_usage_errors(endpoint):
+    r = kws("--file", DEMO, "--pub", endpoint)
+    assert r.returncode == 2 and "--pub" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_listen_bad_endpoint_is_one_line():
+    r = kws("listen", "--connect", "bogus", "--count", "1")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "bogus" in r.stderr, r.stderr
+
+
+def test_listen_accepts_short_topic_names(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    sub = subprocess.Popen([sys.executable, "-m", "kws_stream.cli", "listen", "--connect", endpoint, "--topic",
+                            "detection", "--count", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    r = kws("--file", DEMO, "--pub", endpoint, "--realtime", "--quiet")
+    out, err = sub.communicate(timeout=30)
+    assert r.returncode == 0 and sub.returncode == 0, err
+    assert '"type": "detection"' in out
