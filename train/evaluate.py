@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kws_stream.audio import iter_file
+from kws_stream.frontend import SAMPLE_RATE
 from kws_stream.model import KwsModel
 from kws_stream.spotter import Detector, Spotter, SpotterConfig
 
@@ -65,12 +66,21 @@ def score_files(model: str, items: list[tuple[str, int]], jobs: int = 2) -> list
         return pool.map(_score, items, chunksize=8)
 
 
-def false_accepts(scored: list[Scored], threshold: float, refractory_s: float = 2.5, rate: int = 16000) -> int:
+REFRACTORY_SAMPLES = round(SpotterConfig().refractory_seconds * SAMPLE_RATE)  # the daemon's default
+
+
+def window_false_accepts(windows, threshold: float) -> int:
+    """Detections the daemon would make on target-free streams, each given as (window
+    positions in samples, probabilities); the refractory resets per stream."""
     n = 0
-    for s in scored:
-        det = Detector(threshold, int(refractory_s * rate))
-        n += sum(det(p, e) for p, e in zip(s.probs.tolist(), s.ends.tolist()))
+    for positions, probs in windows:
+        det = Detector(threshold, REFRACTORY_SAMPLES)
+        n += sum(det(p, e) for p, e in zip(probs.tolist(), positions.tolist()))
     return n
+
+
+def false_accepts(scored: list[Scored], threshold: float) -> int:
+    return window_false_accepts([(s.ends, s.probs) for s in scored], threshold)
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -93,21 +103,27 @@ def file_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> di
 
 
 def threshold_for_fa_rate(negatives: list[Scored], target_per_hour: float) -> float:
-    """The lowest threshold whose false accepts per hour on `negatives` are <= target.
+    """The lowest threshold whose false accepts per hour on `negatives` are <= target."""
+    return threshold_for_windows([(s.ends, s.probs) for s in negatives], sum(s.seconds for s in negatives) / 3600,
+                                 target_per_hour)
+
+
+def threshold_for_windows(windows, hours: float, target_per_hour: float) -> float:
+    """The lowest threshold whose false accepts per hour on `windows` (as in
+    window_false_accepts, `hours` of audio) are <= target.
 
     Candidates sit just above every window probability seen on the negatives, so the
     answer is exact rather than a grid point. Returns a value above 1.0 when even the
     highest threshold cannot reach the target (a negative window scored 1.0).
     """
-    hours = sum(s.seconds for s in negatives) / 3600
-    probs = np.unique(np.concatenate([s.probs for s in negatives] + [np.zeros(1)]))
+    probs = np.unique(np.concatenate([p for _, p in windows] + [np.zeros(1)]))
     candidates = np.concatenate([[0.0], np.nextafter(probs, 2.0)])
     lo, hi = 0, candidates.size - 1  # false accepts fall as the threshold rises
-    if false_accepts(negatives, candidates[hi]) / hours > target_per_hour:
+    if window_false_accepts(windows, candidates[hi]) / hours > target_per_hour:
         return float(candidates[hi])
     while lo < hi:
         mid = (lo + hi) // 2
-        if false_accepts(negatives, candidates[mid]) / hours <= target_per_hour:
+        if window_false_accepts(windows, candidates[mid]) / hours <= target_per_hour:
             hi = mid
         else:
             lo = mid + 1

@@ -28,10 +28,9 @@ import torch
 
 from kws_stream.frontend import FRAMES_PER_SECOND, SAMPLE_RATE
 from kws_stream.model import KwsModel
-from kws_stream.spotter import Detector
 
 from .data import Corpus, load_corpus
-from .evaluate import auc, file_metrics
+from .evaluate import auc, file_metrics, threshold_for_windows
 from .fit import FitConfig, save, train_model
 from .models import ModelConfig
 from .synth_tts import FOLDS
@@ -39,7 +38,6 @@ from .synth_tts import FOLDS
 log = logging.getLogger(__name__)
 
 FA_RATES = (0.1, 0.5, 1.0, 5.0)
-REFRACTORY_SECONDS = 2.5  # the daemon's default
 
 
 def manifest(root: str | Path) -> dict[str, dict]:
@@ -103,31 +101,12 @@ def window_scores(model: torch.nn.Module, corpus: Corpus, hop_seconds: float = 1
     return [(starts[owner == i], probs[owner == i]) for i in range(len(corpus.mels))]
 
 
-def false_accepts(windows: list[tuple[np.ndarray, np.ndarray]], threshold: float) -> int:
-    n = 0
-    for starts, probs in windows:
-        det = Detector(threshold, int(REFRACTORY_SECONDS * SAMPLE_RATE))
-        n += sum(det(p, s) for p, s in zip(probs.tolist(), starts.tolist()))
-    return n
-
-
 def pooled_threshold(negatives: list[list], hours: float, target: float) -> float:
-    """Lowest threshold whose false accepts, summed over the folds' negatives, stay within
-    target per hour; candidates just above every observed window probability."""
+    """Lowest threshold whose false accepts, summed over the folds' negatives (each fold's
+    windows scored by its own model), stay within target per hour."""
     if hours <= 0:
         return float("nan")  # no negatives: no rate to hold
-    probs = np.unique(np.concatenate([p for neg in negatives for _, p in neg] + [np.zeros(1)]))
-    cands = np.concatenate([[0.0], np.nextafter(probs, 2.0)])
-
-    def ok(t):
-        return sum(false_accepts(neg, t) for neg in negatives) / hours <= target
-    lo, hi = 0, cands.size - 1
-    if not ok(cands[hi]):
-        return float(cands[hi])
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if ok(cands[mid]) else (mid + 1, hi)
-    return float(cands[lo])
+    return threshold_for_windows([w for neg in negatives for w in neg], hours, target)
 
 
 # -- reports ---------------------------------------------------------------------
