@@ -66,6 +66,9 @@ def _folds_parser(sub) -> None:
                         "--pos-fraction 0); other folds' streams are trained on")
     p.add_argument("--extra-val", nargs="*", default=[], metavar="DIR",
                    help="more validation corpora scored per fold (e.g. made with --codecs heldout)")
+    p.add_argument("--train-extra", nargs="*", default=[], metavar="DIR",
+                   help="more corpora (--split all) trained on but not validated on: measures what more data buys "
+                        "against the same validation")
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
     p.add_argument("--hops", nargs="+", type=float, default=[1.0], help="scoring hops to compare, in seconds")
     p.add_argument("--without", nargs="*", default=[], choices=["sentence", "pseudo", "new-codecs", "streams"],

@@ -190,7 +190,7 @@ def load_all(roots: list[str], cache: str, threads: int, kind) -> tuple[Corpus, 
 
 def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, folds: list[int],
               extra_val: list[str] = (), hops: tuple[float, ...] = (1.0,), without: tuple[str, ...] = (),
-              archs: tuple[str, ...] = (), baseline: str | None = None) -> dict:
+              archs: tuple[str, ...] = (), baseline: str | None = None, train_extra: list[str] = ()) -> dict:
     """Train one model per fold (per arch in `archs`, the first being fit_cfg.arch) and
     report each arch, and with several archs their ensemble (the mean probability)."""
     archs = tuple(dict.fromkeys((fit_cfg.arch,) + tuple(archs)))
@@ -206,16 +206,23 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
         metas.update(more)
         extras.append((Path(root).name, corpus))
     neg_corpus = extras.pop(0)[1]
+    more_train = []  # corpora only trained on: their calls by the fold's voices are left out, not validated
+    for root in train_extra:
+        corpus, more = load_all([root], cache, fit_cfg.threads, kind)
+        if clash := set(more) & set(metas):
+            raise ValueError(f"{root}: call ids also in another corpus (e.g. {min(clash)}); make it with another --seed")
+        metas.update(more)
+        more_train.append(corpus)
     variants = list(archs) + (["ensemble"] if len(archs) > 1 else [])
     prefix = {v: "" if v == archs[0] else f"{v}_" for v in variants}  # the first arch reports unprefixed
     report: dict = {"folds": {}, "fit": {k: v for k, v in vars(fit_cfg).items() if k != "data"},
                     "data": list(data), "negatives": negatives, "voices": [list(v) for v in FOLDS],
-                    "without": list(without), "archs": list(archs)}
+                    "without": list(without), "archs": list(archs), "train_extra": list(train_extra)}
     pooled = {(v, h): {"rows": [], "neg": [], "hours": 0.0} for v in variants for h in hops}
     dropped = lambda uid: any(WITHOUT[w](metas[uid]) for w in without)  # noqa: E731
     for k in folds:
         held = lambda uid, k=k: fold_of(metas[uid]) == k  # noqa: E731
-        train = merge([subset(c, lambda u: not held(u) and not dropped(u)) for c in (allcalls, neg_corpus)])
+        train = merge([subset(c, lambda u: not held(u) and not dropped(u)) for c in (allcalls, neg_corpus, *more_train)])
         val, neg = subset(allcalls, held), subset(neg_corpus, held)
         evs = [(name, subset(extra, held)) for name, extra in extras]
         hours = sum(metas[f.stem]["seconds"] for f in neg.files) / 3600
@@ -229,7 +236,7 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
                                          [window_scores(onnx_model, ev, h) for _, ev in evs])
         for arch in archs:
             cfg = replace(fit_cfg, arch=arch, out=str(Path(out) / f"fold{k}{'' if arch == archs[0] else '-' + arch}"),
-                          data=tuple(data) + (negatives,))
+                          data=tuple(data) + (negatives, *train_extra))
             began = time.time()
             model, history = train_model(cfg, train)
             save(cfg, model, history, train)
@@ -286,7 +293,7 @@ def run(args) -> int:
                     hard_negatives=args.hard_negatives)
     try:
         report = run_folds(args.data, args.negatives, args.out, cfg, args.folds, args.extra_val, tuple(args.hops),
-                           tuple(args.without), tuple(args.also_arch), args.baseline)
+                           tuple(args.without), tuple(args.also_arch), args.baseline, args.train_extra)
     except (ValueError, FileNotFoundError) as e:
         print(f"kws-train folds: {e}", file=sys.stderr)
         return 2
