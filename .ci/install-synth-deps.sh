@@ -6,15 +6,22 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 src=/etc/apt/sources.list.d/kws-backports.sources
 if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    # the mirror of the existing bookworm entry (deb822 "URIs:" lines, else one-line "deb" entries)
+    # backports from the mirror this machine already uses for bookworm (deb822 "URIs:" lines,
+    # else one-line "deb" entries); no mirror of our own choosing
     mirror=$(grep -hE "^URIs:" /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security \
              | head -n1 || true)
     if [ -z "$mirror" ]; then
-        mirror=$(grep -hE "^deb " /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | grep -v security | head -n1 || true)
+        mirror=$(grep -hE "^deb .* bookworm( |$)" /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+                 | awk '{print $2}' | grep -v security | head -n1 || true)
+    fi
+    if [ -z "$mirror" ]; then
+        echo "install-synth-deps.sh: no bookworm entry in /etc/apt/sources.list or /etc/apt/sources.list.d/;" \
+             "add one (RHVoice comes from bookworm-backports)" >&2
+        exit 1
     fi
     cat > "$src" <<SRC
 Types: deb
-URIs: ${mirror:-http://deb.debian.org/debian}
+URIs: ${mirror}
 Suites: bookworm-backports
 Components: main contrib non-free
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg

@@ -31,7 +31,7 @@ from pulse import Pulse  # noqa: E402
 
 from kws_stream import KwsModel, Spotter  # noqa: E402
 from kws_stream.audio import Resampler  # noqa: E402
-from kws_stream.frontend import HOP_LENGTH  # noqa: E402
+from kws_stream.frontends import HOP_LENGTH  # noqa: E402
 from kws_stream.mic import DeviceError, MicSource  # noqa: E402
 
 

@@ -24,7 +24,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 from bench_throughput import speech_like  # noqa: E402
 from kws_stream import KwsModel  # noqa: E402
-from kws_stream.frontend import FRAMES_PER_SECOND, HOP_LENGTH  # noqa: E402
+from kws_stream.frontends import FRAMES_PER_SECOND, HOP_LENGTH  # noqa: E402
 from modelkit import save_seed_dnn  # noqa: E402
 
 

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from train.synth import SynthConfig, generate
-from train.synth_tts import CACHE
+from kws_train.synth import SynthConfig, generate
+from kws_train.synth_tts import CACHE
 
 
 def cached() -> int:

@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 
 with atheris.instrument_imports():
-    from kws_stream import config as kws_config
+    from kws_stream import options as kws_options
     from kws_stream import ogg
     from kws_stream.audio import AudioError, iter_file
 
@@ -77,8 +77,8 @@ def config_target(data: bytes) -> None:
     path = TMP / "config.toml"
     path.write_bytes(data)
     try:
-        kws_config.load(path)
-    except kws_config.ConfigError as e:
+        kws_options.read_file(path)
+    except kws_options.OptionError as e:
         assert "\n" not in str(e).strip()
 
 

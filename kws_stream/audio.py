@@ -14,7 +14,7 @@ import soundfile as sf
 import soxr
 
 from . import ogg
-from .frontend import SAMPLE_RATE
+from .frontends import SAMPLE_RATE
 
 BLOCK_SECONDS = 2.0  # decoded per read: bounds memory, and a decode error loses at most this much
 

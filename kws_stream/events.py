@@ -1,8 +1,14 @@
-"""Events over ZeroMQ: multipart [topic, json] on a PUB socket.
+"""Events: their format, and their way out over ZeroMQ.
 
-Topics are `kws.detection`, `kws.status` and `kws.error`; every payload carries
-`"schema": 1` and `"type"`. Publishing never blocks the audio path: the socket has a
-bounded high-water mark, sends are non-blocking, and what cannot be queued is counted.
+This module owns the wire format. Every event is built here, from a typed record the
+core returns (a Detection, a stream's summary, a heartbeat, a replay's totals), and goes
+out as multipart [topic, json] on a PUB socket. Topics are `kws.detection`, `kws.status`
+and `kws.error`; every payload carries `"schema": 1`, `"type"` and `"time"` (UTC, when
+the event was built). Publishing never blocks the audio path: the socket has a bounded
+high-water mark, sends are non-blocking, and what cannot be queued is counted.
+
+The endpoint policy lives here too: which endpoints are well formed, and that only
+loopback and ipc are bound unless remote subscribers are asked for.
 """
 from __future__ import annotations
 
@@ -13,12 +19,18 @@ import os
 import socket
 import stat
 import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Callable
 
 import zmq
 
-from .spotter import EVENT_SCHEMA, utc_now
+if TYPE_CHECKING:
+    from .spotter import Detection
 
 log = logging.getLogger(__name__)
+
+EVENT_SCHEMA = 1
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 TOPIC_PREFIX = "kws."
@@ -32,12 +44,120 @@ class PublishError(Exception):
     """The endpoint cannot be bound (bad address, port in use, no permission)."""
 
 
-def status_event(state: str, **fields) -> dict:
-    return {"schema": EVENT_SCHEMA, "type": "status", "state": state, "time": utc_now(), **fields}
+# -- the records events are built from ------------------------------------------------
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """A stream that ended: a replayed file."""
+    stream: str
+    audio_seconds: float
+    windows: int
+    detections: int
+    max_score: float
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The live daemon's state, every --status-interval seconds and on changes."""
+    state: str  # running, capturing, reloaded, stopped
+    stream: str
+    device_state: str  # open, failed, closed
+    audio_seconds: float
+    detections: int
+    overflows: int
+    queue_drops: int
+    dropped: int
+    model: str
+    model_version: str
+    error: str | None = None  # while the device is failing: why
+
+
+@dataclass(frozen=True)
+class ReplayTotals:
+    """A whole replay, after its last file (or a stop)."""
+    files: int
+    audio_seconds: float
+    detections: int
+    failed: int
+    dropped: int
+    sent: int
+    drain_exhausted: bool
+    interrupted: bool
+
+
+# -- the events ----------------------------------------------------------------------
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _event(kind: str, **fields) -> dict:
+    return {"schema": EVENT_SCHEMA, "type": kind, **fields, "time": utc_now()}
+
+
+def detection_event(d: Detection) -> dict:
+    return {"schema": EVENT_SCHEMA, "type": "detection", "stream": d.stream, "label": d.label,
+            "score": round(d.score, 6), "threshold": d.threshold, "start": round(d.start, 3),
+            "end": round(d.end, 3), "time": utc_now(), "seq": d.seq,
+            "model": {"name": d.model, "version": d.model_version}}
+
+
+def started_event(model: str, model_version: str, model_sha256: str, endpoint: str) -> dict:
+    return _event("status", state="started", model=model, model_version=model_version, model_sha256=model_sha256,
+                  endpoint=endpoint)
+
+
+def stream_end_event(s: StreamSummary) -> dict:
+    return _event("status", state="stream-end", stream=s.stream, audio_seconds=round(s.audio_seconds, 3),
+                  windows=s.windows, detections=s.detections, max_score=round(s.max_score, 6))
+
+
+def heartbeat_event(h: Heartbeat) -> dict:
+    fields = {k: v for k, v in asdict(h).items() if k != "error" or v is not None}
+    fields["audio_seconds"] = round(h.audio_seconds, 3)
+    return _event("status", **fields)
+
+
+def finished_event(t: ReplayTotals) -> dict:
+    fields = asdict(t)
+    fields["audio_seconds"] = round(t.audio_seconds, 3)
+    return _event("status", state="finished", **fields)
 
 
 def error_event(stream: str, message: str) -> dict:
-    return {"schema": EVENT_SCHEMA, "type": "error", "stream": stream, "message": message, "time": utc_now()}
+    return _event("error", stream=stream, message=message)
+
+
+# -- publishing ----------------------------------------------------------------------
+
+def check_endpoint_syntax(endpoint: str) -> None:
+    """tcp://HOST:PORT with PORT 1..65535 (or * for any), ipc://PATH, or none."""
+    if endpoint == "none" or endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return
+    if not endpoint.startswith("tcp://"):
+        raise PublishError(f"{endpoint}: give tcp://HOST:PORT, ipc://PATH or none")
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    if not host or not (port == "*" or (port.isdigit() and 1 <= int(port) <= 65535)):
+        raise PublishError(f"{endpoint}: the port must be 1..65535 or *")
+
+
+def check_endpoint(endpoint: str, allow_remote: bool) -> None:
+    """Bind only to loopback or ipc unless remote subscribers are asked for explicitly."""
+    if not endpoint.startswith("tcp://") or allow_remote:
+        return
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+        raise PublishError(f"{endpoint} is not a loopback address; add --allow-remote to publish on it")
+
+
+def open_publisher(endpoint: str, allow_remote: bool = False, curve=None, drain_seconds: float = 0.0):
+    """The publisher for an endpoint: 'none' publishes nothing."""
+    if endpoint == "none":
+        return NullPublisher()
+    check_endpoint(endpoint, allow_remote)
+    if curve is None:
+        return Publisher(endpoint, drain_seconds=drain_seconds)
+    return Publisher(endpoint, configure=curve.configure, context=curve.context, drain_seconds=drain_seconds)
 
 
 class Publisher:
@@ -45,7 +165,8 @@ class Publisher:
     until subscribers that were already connecting have joined (the slow-joiner problem)."""
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, hwm: int = SEND_HWM, join_seconds: float = JOIN_SECONDS,
-                 context: zmq.Context | None = None, configure=None, drain_seconds: float = 0.0):
+                 context: zmq.Context | None = None, configure: Callable[[zmq.Socket], None] | None = None,
+                 drain_seconds: float = 0.0):
         self.endpoint = endpoint
         self.dropped = 0
         self.sent = 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from typing import Callable, TextIO
 
 import zmq
 
@@ -18,7 +19,10 @@ def full_topic(topic: str) -> str:
     return topic if not topic or topic.startswith(TOPIC_PREFIX) else TOPIC_PREFIX + topic
 
 
-def subscriber(ctx: zmq.Context, endpoint: str, topics: list[str], configure=None) -> zmq.Socket:
+Configure = Callable[[zmq.Socket], None]  # sets socket options before connecting, e.g. CURVE client keys
+
+
+def subscriber(ctx: zmq.Context, endpoint: str, topics: list[str], configure: Configure | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.SUB)
     if configure is not None:
         configure(sock)  # e.g. CURVE client keys, before connecting
@@ -32,8 +36,8 @@ def subscriber(ctx: zmq.Context, endpoint: str, topics: list[str], configure=Non
     return sock
 
 
-def listen(endpoint: str = DEFAULT_ENDPOINT, topics: list[str] | None = None, configure=None, out=sys.stdout,
-           count: int | None = None) -> int:
+def listen(endpoint: str = DEFAULT_ENDPOINT, topics: list[str] | None = None, configure: Configure | None = None,
+           out: TextIO = sys.stdout, count: int | None = None) -> int:
     stopping = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.append(True))

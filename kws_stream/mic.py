@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from .frontend import SAMPLE_RATE
+from .frontends import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,18 @@ def _sounddevice():
 
 def list_devices() -> str:
     return str(_sounddevice().query_devices())
+
+
+def check_input(text: str | None) -> None:
+    """At start-up: DeviceError if PortAudio is missing or no input device matches `text`.
+    (A device that matched once and later vanishes is the daemon's to retry.)"""
+    sd = _sounddevice()
+    try:
+        sd.query_devices(parse_device(text), "input")
+    except (ValueError, sd.PortAudioError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else "not found"
+        raise DeviceError(f"{text or 'default'}: no such input device ({reason}); see kws-stream --list-devices"
+                          ) from None
 
 
 def parse_device(text: str | None):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import embedding, frontend
+from . import frontends
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,6 @@ INPUT_NAME = "features"  # float32 [batch, feature_size]
 OUTPUT_NAME = "prob"  # float32 [batch], the keyword probability in [0, 1]
 DEFAULT_MODEL = "kws-default.onnx"
 
-# Front ends a model may name in its metadata; a second one registers itself here.
-FRONT_ENDS: dict[str, type] = {fe.name: fe for fe in (frontend.SeedFrontEnd, embedding.EmbeddingFrontEnd)}
 
 
 class ModelError(Exception):
@@ -74,9 +72,9 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def metadata_for(*, name: str, version: str, threshold: float, label: str = "не слышу|не слышно",
-                 front_end: str = frontend.SeedFrontEnd.name, training: dict | None = None) -> dict[str, str]:
+                 front_end: str = frontends.SeedFrontEnd.name, training: dict | None = None) -> dict[str, str]:
     """The metadata_props an exported model must carry (strings, as ONNX stores them)."""
-    fe = FRONT_ENDS[front_end]
+    fe = frontends.get(front_end)
     meta = {
         "kws.schema": SCHEMA,
         "kws.name": name,
@@ -137,7 +135,7 @@ class KwsModel:
             raise ModelError(f"{path}: not a loadable ONNX model ({reason})") from e
         self.info = self._check(self._session, path)
         self._check_weights(self._session, path, data)
-        self.front_end_class = FRONT_ENDS[self.info.front_end]
+        self.front_end_class = frontends.get(self.info.front_end)
         try:
             self.front_end_class.load()
         except RuntimeError as e:
@@ -156,9 +154,10 @@ class KwsModel:
         if need("kws.schema") != SCHEMA:
             raise ModelError(f"{path}: metadata schema {meta['kws.schema']!r}, expected {SCHEMA!r}")
         fe_name = need("kws.front_end")
-        if fe_name not in FRONT_ENDS:
-            raise ModelError(f"{path}: unknown front end {fe_name!r}; known: {', '.join(FRONT_ENDS)}")
-        fe = FRONT_ENDS[fe_name]
+        try:
+            fe = frontends.get(fe_name)
+        except KeyError as e:
+            raise ModelError(f"{path}: {e.args[0]}") from None
         for key, expected in (("kws.sample_rate", fe.sample_rate), ("kws.feature_size", fe.feature_size),
                               ("kws.window_frames", fe.window_frames)):
             if need(key) != str(expected):

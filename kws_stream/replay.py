@@ -1,23 +1,28 @@
 """File replay: recordings go through exactly the streaming path, fast or paced.
 
 `scan_file` runs one file through a Spotter; `replay` runs many, in order, in this
-process or in a pool of worker processes whose results are identical.
+process or in worker processes whose results are identical; `run_replay` is the whole
+`kws-stream --file` job: events out, totals, the CSV.
 """
 from __future__ import annotations
 
-import ctypes
+import csv
 import logging
-import multiprocessing
 import os
-import signal
+import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
+
+from . import pool
 from .audio import AudioError, iter_file
+from .events import ReplayTotals, StreamSummary, error_event, finished_event, stream_end_event
 from .model import KwsModel, ModelError
-from .spotter import Detection, Spotter, SpotterConfig
+from .spotter import Detection, OnWindow, Spotter, SpotterConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,30 +32,42 @@ REALTIME_BLOCK_SECONDS = 0.1  # paced replay feeds audio as a device would
 @dataclass
 class FileResult:
     path: str
-    detections: list[dict] = field(default_factory=list)
+    detections: list[Detection] = field(default_factory=list)
     max_score: float | None = None  # the seed's file probability: the highest window score
     audio_seconds: float = 0.0
     windows: int = 0
-    error: str | None = None
+    error: str | None = None  # why the file failed (it may still have detections from before)
+    interrupted: bool = False  # a stop came before the end of the file
+    window_ends: np.ndarray | None = None  # with keep_scores: every window's end, in samples
+    window_probs: np.ndarray | None = None  # and its probability
 
-    @property
-    def stem(self) -> str:
-        return Path(self.path).stem
+    def summary(self) -> StreamSummary:
+        return StreamSummary(self.path, self.audio_seconds, self.windows, len(self.detections),
+                             self.max_score if self.max_score is not None else 0.0)
 
 
 def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool = False,
-              on_detection: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] = lambda: False
-              ) -> FileResult:
-    """Replay one file; detections go to on_detection as they happen and into the result."""
+              on_detection: Callable[[Detection], None] | None = None,
+              should_stop: Callable[[], bool] = lambda: False, on_window: OnWindow | None = None,
+              keep_scores: bool = False) -> FileResult:
+    """Replay one file; detections go to on_detection as they happen and into the result,
+    every window's score to on_window (and into the result with keep_scores)."""
     result = FileResult(path=str(path))
-    spotter = Spotter(model, stream=str(path), config=config)
+    ends: list[float] = []
+    probs: list[float] = []
+    if keep_scores:
+        def on_window(start: float, end: float, prob: float, chained=on_window) -> None:
+            ends.append(end)
+            probs.append(prob)
+            if chained is not None:
+                chained(start, end, prob)
+    spotter = Spotter(model, stream=str(path), config=config, on_window=on_window)
 
     def emit(found: list[Detection]) -> None:
-        for det in found:
-            event = det.event()
-            result.detections.append(event)
-            if on_detection is not None:
-                on_detection(event)
+        result.detections.extend(found)
+        if on_detection is not None:
+            for det in found:
+                on_detection(det)
 
     began = time.monotonic()
     try:
@@ -62,7 +79,7 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
                 if ahead > 0:
                     time.sleep(ahead)
             if should_stop():
-                result.error = "interrupted"
+                result.interrupted = True
                 break
         else:
             emit(spotter.finish())
@@ -72,6 +89,9 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
     result.windows = spotter.windows
     if spotter.windows:
         result.max_score = spotter.max_score
+    if keep_scores:
+        result.window_ends = (np.array(ends) * spotter.sample_rate).round().astype(np.int64)
+        result.window_probs = np.array(probs)
     return result
 
 
@@ -80,28 +100,8 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
 _worker: dict = {}
 
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-POLL_SECONDS = 0.1  # how often the parent looks at the stop flag while workers score
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to kill this worker when the process that made it dies, even by SIGKILL."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: workers still end with the pool
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect (reparented)
-        os._exit(1)
-
-
-def _init_worker(model_path: str, config: SpotterConfig, parent: int, sha256: str | None = None) -> None:
-    _die_with_parent(parent)
-    # The parent owns Ctrl-C, SIGTERM and SIGHUP: it stops the pool itself.
-    for sig in (signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _worker["config"] = config
+def _init_worker(model_path: str, config: SpotterConfig, sha256: str | None, keep_scores: bool) -> None:
+    _worker["config"], _worker["keep_scores"] = config, keep_scores
     try:
         _worker["model"] = KwsModel(model_path, expect_sha256=sha256)  # the very file the parent checked
     except ModelError as e:  # a failing initializer would make the pool respawn workers forever
@@ -112,39 +112,130 @@ def _init_worker(model_path: str, config: SpotterConfig, parent: int, sha256: st
 def _scan_in_worker(path: str) -> FileResult:
     if _worker["model"] is None:
         return FileResult(path=path, error=_worker["error"])
-    return scan_file(path, _worker["model"], _worker["config"])
+    return scan_file(path, _worker["model"], _worker["config"], keep_scores=_worker["keep_scores"])
 
 
 def replay(paths: Iterable[str], model: KwsModel, config: SpotterConfig, jobs: int = 1, realtime: bool = False,
-           on_detection: Callable[[dict], None] | None = None,
-           should_stop: Callable[[], bool] = lambda: False) -> Iterator[FileResult]:
+           on_detection: Callable[[Detection], None] | None = None,
+           should_stop: Callable[[], bool] = lambda: False, keep_scores: bool = False) -> Iterator[FileResult]:
     """Yield one FileResult per path, in input order.
 
     With jobs > 1 files are scored in worker processes and a file's detections are
     delivered when the file is done; the results are the same as with jobs == 1.
     """
-    paths = list(paths)
+    paths = [str(p) for p in paths]
     if jobs <= 1 or len(paths) <= 1:
         for path in paths:
             if should_stop():
                 return
-            yield scan_file(path, model, config, realtime, on_detection, should_stop)
+            yield scan_file(path, model, config, realtime, on_detection, should_stop, keep_scores=keep_scores)
         return
-    ctx = multiprocessing.get_context("spawn")  # no forked onnxruntime or ZeroMQ state
-    with ctx.Pool(min(jobs, len(paths)), initializer=_init_worker,
-                  initargs=(str(model.path), config, os.getpid(), model.sha256)) as pool:
-        results = pool.imap(_scan_in_worker, paths)
-        for _ in paths:
-            while True:  # wait for the next file, but never longer than POLL_SECONDS past a stop
-                if should_stop():
-                    pool.terminate()
-                    return
-                try:
-                    result = results.next(timeout=POLL_SECONDS)
-                    break
-                except multiprocessing.TimeoutError:
-                    continue
-            if on_detection is not None:
-                for event in result.detections:
-                    on_detection(event)
-            yield result
+    for result in pool.imap(_scan_in_worker, paths, jobs, _init_worker,
+                            (str(model.path), config, model.sha256, keep_scores), should_stop):
+        if on_detection is not None:
+            for det in result.detections:
+                on_detection(det)
+        yield result
+
+
+# -- the whole job: events, totals, CSV ---------------------------------------------
+
+def file_ids(paths: list[str]) -> list[str]:
+    """CSV ids: the file's stem, as the seed has it, unless stems collide; then the path
+    relative to the files' common parent (without, then with its suffix)."""
+    stems = [Path(p).stem for p in paths]
+    clash = Counter(stems)
+    if all(n == 1 for n in clash.values()):
+        return stems
+    absolute = [Path(p).resolve() for p in paths]
+    parent = Path(os.path.commonpath([str(a.parent) for a in absolute]))
+    ids = [str(a.relative_to(parent).with_suffix("")) if clash[s] > 1 else s for s, a in zip(stems, absolute)]
+    again = Counter(ids)
+    ids = [str(a.relative_to(parent)) if again[i] > 1 else i for i, a in zip(ids, absolute)]
+    seen: Counter = Counter()
+    out = []
+    for i in ids:  # the same file given twice
+        seen[i] += 1
+        out.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
+    return out
+
+
+def check_csv_target(path: str) -> None:
+    """Raise OSError now if `path` cannot be written, before an hour of audio is scored."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{path}: no such directory {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise PermissionError(f"{path}: permission denied")
+
+
+def write_csv_atomically(path: str, rows: list[tuple[str, int, float]]) -> None:
+    """Write id,label,score rows to a temporary file beside `path`, then rename it."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent if str(target.parent) else ".")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "label", "score"])
+            w.writerows((name, label, f"{score:.6f}") for name, label, score in rows)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class ReplayJob:
+    """`kws-stream --file`: every file through `replay`, its detections to `echo` and the
+    publisher as they are found, one status event per file, the totals at the end."""
+    paths: list[str]
+    model: KwsModel
+    config: SpotterConfig
+    publisher: object  # events.Publisher or NullPublisher
+    jobs: int = 1
+    realtime: bool = False
+    csv: str | None = None
+    echo: Callable[[dict], None] | None = None
+
+    def run(self, should_stop: Callable[[], bool]) -> ReplayTotals:
+        threshold = self.config.threshold_for(self.model)
+        ids = dict(zip(self.paths, file_ids(self.paths)))
+        rows: list[tuple[str, int, float]] = []
+        files = failed = detections = 0
+        seconds = 0.0
+
+        def on_detection(det: Detection) -> None:
+            event = det.event()
+            if self.echo is not None:
+                self.echo(event)
+            self.publisher.publish(event)
+
+        for result in replay(self.paths, self.model, self.config, self.jobs, self.realtime, on_detection,
+                             should_stop):
+            files += 1
+            seconds += result.audio_seconds
+            detections += len(result.detections)
+            if result.interrupted:
+                break
+            if result.error is not None:
+                failed += 1
+                log.error("%s: %s", result.path, result.error)
+                self.publisher.publish(error_event(result.path, result.error))
+                continue
+            rows.append((ids[result.path], int(result.max_score >= threshold), result.max_score))
+            self.publisher.publish(stream_end_event(result.summary()))
+        if self.csv:
+            try:
+                write_csv_atomically(self.csv, rows)
+            except OSError as e:
+                log.error("%s: cannot write CSV (%s)", self.csv, e.strerror or e)
+                failed += 1
+        self.rows = rows
+        pub = self.publisher
+        totals = ReplayTotals(files, seconds, detections, failed, pub.dropped, pub.sent, pub.drain_exhausted,
+                              should_stop())
+        pub.publish(finished_event(totals))
+        return totals

@@ -10,11 +10,12 @@ import os
 import signal
 import socket
 import time
+from typing import Callable
 
 import numpy as np
 
 from .audio import Resampler
-from .events import error_event, status_event
+from .events import Heartbeat, error_event, heartbeat_event
 from .mic import DeviceError, MicSource
 from .model import KwsModel, ModelError
 from .spotter import Spotter, SpotterConfig
@@ -52,9 +53,9 @@ class Notifier:
 
 
 class Daemon:
-    def __init__(self, model: KwsModel, config: SpotterConfig, publisher, device: str | None, stop,
-                 status_interval: float = 10.0, model_path: str | None = None, echo=None,
-                 model_sha256: str | None = None):
+    def __init__(self, model: KwsModel, config: SpotterConfig, publisher, device: str | None,
+                 stop: Callable[[], bool], status_interval: float = 10.0, model_path: str | None = None,
+                 echo: Callable[[dict], None] | None = None, model_sha256: str | None = None):
         self.model, self.config, self.publisher, self.stop = model, config, publisher, stop
         self.source = MicSource(device)
         self.stream = f"device:{self.source.name}"
@@ -65,6 +66,7 @@ class Daemon:
         self.echo = echo
         self.notifier = Notifier()
         self.device_state = "closed"
+        self.device_error: str | None = None
         self.nonfinite_blocks = 0
         self._reload = False
 
@@ -74,9 +76,10 @@ class Daemon:
     def run(self) -> int:
         signal.signal(signal.SIGHUP, self.request_reload)
         self.notifier.send("READY=1\nSTATUS=starting capture")
-        next_status = time.monotonic() + self.status_interval
+        self._next_status = time.monotonic() + self.status_interval
         backoff = BACKOFF_FIRST
         while not self.stop():
+            self._heartbeat_when_due()
             if self.device_state != "open":
                 if not self._open():
                     self._sleep(backoff)
@@ -92,9 +95,6 @@ class Daemon:
                 self._process(block)
             if self._reload:
                 self._reload_model()
-            if time.monotonic() >= next_status:
-                self.heartbeat()
-                next_status = time.monotonic() + self.status_interval
             self.notifier.watchdog()
         self.notifier.send("STOPPING=1")
         self.source.close()
@@ -109,6 +109,7 @@ class Daemon:
             return False
         self.resample = Resampler(self.source.rate)
         self.device_state = "open"
+        self.device_error = None
         self.heartbeat(state="capturing")
         self.notifier.send(f"STATUS=capturing from {self.source.name}")
         return True
@@ -118,13 +119,20 @@ class Daemon:
         self.publisher.publish(error_event(self.stream, message))
         self.source.close()
         self.device_state = "failed"
+        self.device_error = message
         self.notifier.send(f"STATUS={message}")
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while not self.stop() and time.monotonic() < end:
-            time.sleep(min(0.1, end - time.monotonic()))
+            time.sleep(max(0.0, min(0.1, end - time.monotonic())))
             self.notifier.watchdog()
+            self._heartbeat_when_due()  # a failing device still gets heartbeats, which say so
+
+    def _heartbeat_when_due(self) -> None:
+        if time.monotonic() >= self._next_status:
+            self.heartbeat()
+            self._next_status = time.monotonic() + self.status_interval
 
     def _process(self, block: np.ndarray) -> None:
         if not np.isfinite(block).all():
@@ -155,7 +163,7 @@ class Daemon:
 
     def heartbeat(self, state: str = "running") -> None:
         sp = self.spotter
-        self.publisher.publish(status_event(
-            state, stream=self.stream, device_state=self.device_state, audio_seconds=round(sp.audio_seconds, 3),
-            detections=sp.detections, overflows=self.source.overflows, queue_drops=self.source.queue_drops,
-            dropped=self.publisher.dropped, model=self.model.info.name, model_version=self.model.info.version))
+        self.publisher.publish(heartbeat_event(Heartbeat(
+            state, self.stream, self.device_state, sp.audio_seconds, sp.detections, self.source.overflows,
+            self.source.queue_drops, self.publisher.dropped, self.model.info.name, self.model.info.version,
+            self.device_error if self.device_state == "failed" else None)))

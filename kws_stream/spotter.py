@@ -8,16 +8,17 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from .events import detection_event
+from .frontends import windows
 from .model import KwsModel
 
 log = logging.getLogger(__name__)
 
-EVENT_SCHEMA = 1
+OnWindow = Callable[[float, float, float], None]  # (start s, end s, probability) of every scored window
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class SpotterConfig:
     threshold: float | None = None  # None: the model's own threshold
     refractory_seconds: float = 2.5  # no new detection for windows ending this soon after one
     max_batch: int = 64  # windows scored in one model call when audio arrives in big chunks
+
+    def threshold_for(self, model: KwsModel) -> float:
+        """The threshold in force: the one given, else the model's own."""
+        return model.info.threshold if self.threshold is None else self.threshold
 
 
 @dataclass(frozen=True)
@@ -41,23 +46,8 @@ class Detection:
     model_version: str
 
     def event(self) -> dict:
-        return {
-            "schema": EVENT_SCHEMA,
-            "type": "detection",
-            "stream": self.stream,
-            "label": self.label,
-            "score": round(self.score, 6),
-            "threshold": self.threshold,
-            "start": round(self.start, 3),
-            "end": round(self.end, 3),
-            "time": utc_now(),
-            "seq": self.seq,
-            "model": {"name": self.model, "version": self.model_version},
-        }
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        """The detection as the JSON-ready event kws-stream publishes (see events.py)."""
+        return detection_event(self)
 
 
 class Detector:
@@ -87,14 +77,14 @@ class Spotter:
     """
 
     def __init__(self, model: KwsModel, stream: str = "stream", config: SpotterConfig = SpotterConfig(),
-                 on_window: Callable[[float, float, float], None] | None = None):
+                 on_window: OnWindow | None = None):
         self.model, self.stream, self.config, self.on_window = model, stream, config, on_window
         fe_cls = model.front_end_class
         self.sample_rate = fe_cls.sample_rate
         hop_frames = max(1, round(config.hop_seconds * self.sample_rate / fe_cls.hop_length))
         self.front_end = model.front_end(hop_frames)
-        threshold = model.info.threshold if config.threshold is None else config.threshold
-        self.detector = Detector(threshold, round(config.refractory_seconds * self.sample_rate))
+        self.detector = Detector(config.threshold_for(model), round(config.refractory_seconds * self.sample_rate))
+        self._window = np.empty(model.feature_size, dtype=np.float32)
         self._batch = np.empty((config.max_batch, model.feature_size), dtype=np.float32)
         self._starts = np.empty(config.max_batch, dtype=np.int64)
         self.reset()
@@ -113,8 +103,7 @@ class Spotter:
         if model.front_end_class is not self.model.front_end_class:
             raise ValueError("replace_model needs a model with the same front end")
         self.model = model
-        if self.config.threshold is None:
-            self.detector.threshold = model.info.threshold
+        self.detector.threshold = self.config.threshold_for(model)
 
     @property
     def audio_seconds(self) -> float:
@@ -128,16 +117,9 @@ class Spotter:
             raise ValueError("Spotter.feed got NaN or Inf samples")
         if audio.size and np.abs(audio).max() > 1.0:  # over full scale: clip, or the front end overflows
             audio = np.clip(audio, -1.0, 1.0)
-        found: list[Detection] = []
-        pos = n = 0
-        while pos < audio.size:
-            pos += self.front_end.accept(audio[pos:])
-            n = self._take_ready(n, found)
-        if n:
-            self._score(n, found)
-        return found
+        return self._windows(audio)
 
-    def run(self, chunks) -> Iterator[Detection]:
+    def run(self, chunks: Iterable[np.ndarray]) -> Iterator[Detection]:
         """Every detection of a whole stream: feed each chunk, then finish() at its end.
         The way to use a Spotter on a file, so the last windows are never forgotten."""
         for chunk in chunks:
@@ -146,23 +128,22 @@ class Spotter:
 
     def finish(self) -> list[Detection]:
         """End of stream: score the windows that run past its end, padded as the seed does."""
-        found: list[Detection] = []
-        self.front_end.finish()
-        n = self._take_ready(0, found)
-        if n:
-            self._score(n, found)
-        return found
+        return self._windows(None)
 
-    def _take_ready(self, n: int, found: list[Detection]) -> int:
-        """Move every ready window into the batch, scoring whenever it fills up."""
-        fe = self.front_end
-        while fe.ready():
-            self._starts[n] = fe.take(self._batch[n])
+    def _windows(self, audio: np.ndarray | None) -> list[Detection]:
+        """Score the windows `audio` completes (None: the end of the stream), in batches."""
+        found: list[Detection] = []
+        n = 0
+        for start in windows(self.front_end, audio, self._window):
+            self._starts[n] = start
+            self._batch[n] = self._window
             n += 1
             if n == self.config.max_batch:
                 self._score(n, found)
                 n = 0
-        return n
+        if n:
+            self._score(n, found)
+        return found
 
     def _score(self, n: int, found: list[Detection]) -> None:
         probs = self.model.score(self._batch[:n])

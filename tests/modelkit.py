@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from kws_stream import frontend
+from kws_stream.frontends import seed as frontend
 from kws_stream.model import INPUT_NAME, OUTPUT_NAME, metadata_for
 
 TONE_HZ = 1000.0

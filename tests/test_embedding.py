@@ -4,7 +4,7 @@ this front end in its metadata runs through the Spotter."""
 import numpy as np
 import pytest
 
-from kws_stream import embedding as emb
+from kws_stream.frontends import embedding as emb
 from kws_stream.model import KwsModel, ModelError
 from kws_stream.spotter import Spotter, SpotterConfig
 

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from kws_stream import frontend
+from kws_stream.frontends import seed as frontend
 from seed_reference import seed_features, seed_log_mel, seed_mel_filterbank, seed_window_mel
 
 RATE = frontend.SAMPLE_RATE

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from train import synth
-from train.synth_tts import RHVOICE_ALLOWED, RHVOICE_RESERVED, RHVOICE_VAL, Utterance, speech
+from kws_train import synth
+from kws_train.synth_tts import RHVOICE_ALLOWED, RHVOICE_RESERVED, RHVOICE_VAL, Utterance, speech
 
 RATE = 16000
 
@@ -122,7 +122,7 @@ def test_reserved_voices_are_never_used(corpora, tmp_path):
 
 def test_missing_engine_is_one_clear_line(tmp_path):
     env = dict(os.environ, PATH=str(Path(sys.executable).parent))
-    r = subprocess.run([sys.executable, "-m", "train.cli", "synth", "--out", str(tmp_path / "c"), "--n", "1",
+    r = subprocess.run([sys.executable, "-m", "kws_train.cli", "synth", "--out", str(tmp_path / "c"), "--n", "1",
                         "--no-fetch"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "apt-get install" in r.stderr, r.stderr

@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from train import synth, synth_channel as ch, synth_voice
-from train.align import locate
-from train.folds import fold_of
-from train.synth_phrases import TARGETS, confusable_sentence, has_target, target_sentence
-from train.synth_tts import FOLDS, RHVOICE_ALLOWED, Utterance, speech
+from kws_train import synth, synth_channel as ch, synth_voice
+from kws_train.align import locate
+from kws_train.folds import fold_of
+from kws_train.synth_phrases import TARGETS, confusable_sentence, has_target, target_sentence
+from kws_train.synth_tts import FOLDS, RHVOICE_ALLOWED, Utterance, speech
 
 RATE = 16000
 VOICES = (("rhvoice", "anna", 100, 100), ("rhvoice", "pavel", 130, 80), ("espeak", "+m3", 160, 50),
@@ -143,7 +142,7 @@ def test_kws_train_folds_end_to_end(tmp_path):
     synth.generate(synth.SynthConfig(out=str(neg), n=8, seed=6, split="val", holdout_engine="rhvoice",
                                      pos_fraction=0.0, min_seconds=15, max_seconds=20, fetch=False), progress=False)
     run = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "train.cli", "folds", "--data", str(calls), "--negatives", str(neg),
+    r = subprocess.run([sys.executable, "-m", "kws_train.cli", "folds", "--data", str(calls), "--negatives", str(neg),
                         "--out", str(run), "--epochs", "1", "--threads", "1", "--hops", "1.0", "0.5"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -160,7 +159,7 @@ def test_kws_train_folds_end_to_end(tmp_path):
         assert 0.0 <= pooled["auc"] <= 1.0 and pooled["files"] == held
         assert 0.0 < pooled["threshold_at_0.5"] <= np.nextafter(1.0, 2.0)
     onnx_path = run / "m.onnx"
-    r = subprocess.run([sys.executable, "-m", "train.cli", "export", "--ckpt", str(run / "fold0" / "ckpt.pt"),
+    r = subprocess.run([sys.executable, "-m", "kws_train.cli", "export", "--ckpt", str(run / "fold0" / "ckpt.pt"),
                         "--out", str(onnx_path), "--threshold-from", str(run / "folds.json")],
                        capture_output=True, text=True, timeout=300)
     want = report["pooled_hop_1.0"]["at_0.5_fa_per_hour"]["threshold"]

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 
 from kws_stream import KwsModel
-from kws_stream import frontend
+from kws_stream.frontends import EmbeddingFrontEnd, SeedFrontEnd, windows
+from kws_stream.frontends import seed as frontend
 from kws_stream.audio import read_file
-from train import data, export, synth
+from kws_train import data, export, synth
 
 TRAIN_DIR = Path(__file__).resolve().parent.parent / "train"
 
 
 def kws_train(*args, timeout=600):
-    r = subprocess.run([sys.executable, "-m", "train.cli", *map(str, args)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "kws_train.cli", *map(str, args)], capture_output=True, text=True,
                        timeout=timeout)
     assert r.returncode == 0, r.stderr[-2000:]
     return r
@@ -49,14 +50,14 @@ def test_fit_writes_a_self_describing_checkpoint(run):
 
 
 def test_mined_negative_windows_never_hear_the_phrase(corpus):
-    for kind in (data.SEED, data.EMBEDDING):
-        c = data.load_corpus(corpus, kind=kind)
+    for fe in (SeedFrontEnd, EmbeddingFrontEnd):
+        c = data.load_corpus(corpus, front_end=fe)
         pool = data.negative_pool(c)
         assert len(pool) > 0
         for i, s in pool.tolist():
             phrase = data.phrase_frames(c, i)
             if phrase is not None:
-                assert s + kind.window + kind.reach <= phrase[0] or s >= phrase[1]
+                assert s + fe.window_frames + fe.reach <= phrase[0] or s >= phrase[1]
 
 
 def test_seed_dnn_trains_with_the_seed_recipe(corpus, tmp_path):
@@ -101,34 +102,30 @@ def test_eval_reports_through_the_streaming_path(run, corpus, tmp_path):
 
 
 def test_training_features_are_the_runtime_front_end(corpus):
-    assert data.log_mel is frontend.log_mel and data.WindowFeatures is frontend.WindowFeatures
-    for name in ("data", "fit", "models", "export", "evaluate"):
+    assert data.SeedFrontEnd is frontend.SeedFrontEnd  # training's features come from the runtime's front end
+    for name in ("data", "fit", "nets", "export", "evaluate"):
         source = (TRAIN_DIR / f"{name}.py").read_text()
         for token in ("np.fft", "hann_window", "hanning", "mel_filterbank", "1127"):
             assert token not in source, f"{name}.py has front-end code of its own ({token})"
     c = data.load_corpus(corpus)
-    path, mel = c.files[0], c.mels[0]
+    path = c.files[0]
     fe = frontend.SeedFrontEnd()
     out = np.empty(frontend.FEATURE_SIZE, dtype=np.float32)
     x = read_file(path)
-    pos, streamed = 0, []
-    while pos < x.size:
-        pos += fe.accept(x[pos:])
-        while fe.ready():
-            streamed.append((fe.take(out), out.copy()))
+    streamed = [(start, out.copy()) for start in windows(fe, x, out)]
     for start, feats in streamed:
-        ours = frontend.window_features(frontend.window_at(mel, start).astype(np.float64))
+        ours = data.window_of(c, 0, start)
         np.testing.assert_allclose(ours, feats, atol=1e-4)
 
 
 def test_embedding_head_fits_exports_and_scores(corpus, tmp_path):
     """arch emb: features from kws_stream.embedding, exported with that front end in its
     metadata, and the daemon picks the front end from the model file alone."""
-    from kws_stream.embedding import EmbeddingFrontEnd, FEATURE_SIZE
+    from kws_stream.frontends.embedding import FEATURE_SIZE
     kws_train("fit", "--data", corpus, "--val", corpus, "--arch", "emb", "--out", tmp_path / "run", "--epochs", "1",
               "--threads", "1")
-    c = data.load_corpus(corpus, kind=data.EMBEDDING)
-    assert c.mels[0].shape[0] == 96 and data.file_embedding_frames is not None
+    c = data.load_corpus(corpus, front_end=EmbeddingFrontEnd)
+    assert c.mels[0].shape[0] == 96
     onnx_path = tmp_path / "emb.onnx"
     r = kws_train("export", "--ckpt", tmp_path / "run" / "ckpt.pt", "--out", onnx_path, "--threshold", "0.5")
     assert json.loads(r.stdout)["max_abs_diff"] <= 1e-4

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kws_stream.frontend import HOP_LENGTH, log_mel
+from kws_stream.frontends import HOP_LENGTH
+from kws_stream.frontends.seed import log_mel
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import sys
 
 def _synth_parser(sub) -> None:
     p = sub.add_parser("synth", help="generate a synthetic call corpus in the seed's layout")
-    p.set_defaults(module="train.synth")
+    p.set_defaults(module="kws_train.synth")
     p.add_argument("--out", required=True, metavar="DIR", help="corpus directory (audio/, word_bounds.json, manifest.jsonl)")
     p.add_argument("--n", type=int, required=True, help="number of calls")
     p.add_argument("--seed", type=int, default=0, help="the same arguments and seed give the same bytes")
@@ -36,7 +36,7 @@ def _synth_parser(sub) -> None:
 
 def _fit_parser(sub) -> None:
     p = sub.add_parser("fit", help="train a model on a corpus in the seed's layout")
-    p.set_defaults(module="train.fit")
+    p.set_defaults(module="kws_train.fit")
     p.add_argument("--data", required=True, nargs="+", metavar="DIR", help="training corpora")
     p.add_argument("--exclude-engine", choices=["rhvoice", "espeak", "festival"],
                    help="leave this engine's calls out (to validate on it alone)")
@@ -59,7 +59,7 @@ def _fit_parser(sub) -> None:
 
 def _folds_parser(sub) -> None:
     p = sub.add_parser("folds", help="leave-voices-out cross-validation over the twelve allowed RHVoice voices")
-    p.set_defaults(module="train.folds")
+    p.set_defaults(module="kws_train.folds")
     p.add_argument("--data", required=True, nargs="+", metavar="DIR", help="corpora made with --split all")
     p.add_argument("--negatives", required=True, metavar="DIR",
                    help="long target-free calls of all twelve voices (--split val --holdout-engine rhvoice "
@@ -90,7 +90,7 @@ def _folds_parser(sub) -> None:
 
 def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="measure a model through the daemon's streaming code")
-    p.set_defaults(module="train.evaluate")
+    p.set_defaults(module="kws_train.evaluate")
     p.add_argument("--model", required=True, metavar="M.onnx")
     p.add_argument("--data", required=True, metavar="DIR", help="labelled corpus in the seed's layout")
     p.add_argument("--negatives", metavar="DIR", help="long target-free audio for false accepts per hour")
@@ -100,7 +100,7 @@ def _eval_parser(sub) -> None:
 
 def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="write a checkpoint as the ONNX model the daemon loads")
-    p.set_defaults(module="train.export")
+    p.set_defaults(module="kws_train.export")
     p.add_argument("--ckpt", required=True, nargs="+", metavar="RUN/ckpt.pt",
                    help="one checkpoint, or several of one front end exported as their mean probability")
     p.add_argument("--out", required=True, metavar="M.onnx")

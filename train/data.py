@@ -1,8 +1,8 @@
 """Corpora in the seed's layout, their per-file feature frames, and training windows.
 
-Features come from kws_stream's own front ends, so a model sees in training exactly what
-the daemon computes: the seed's log-mel (log_mel, window_at, WindowFeatures) or the
-speech embeddings (file_embeddings, one 96-dim frame per 80 ms).
+Features come from kws_stream's own front ends through their batch view (`file_frames`,
+`features`), so a model sees in training exactly what the daemon computes, and nothing
+here depends on which front end it is.
 """
 from __future__ import annotations
 
@@ -14,41 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-from kws_stream import embedding
 from kws_stream.audio import AudioError, read_file
-from kws_stream.frontend import (FEATURE_SIZE, FRAMES_PER_SECOND, WINDOW_FRAMES, SeedFrontEnd, WindowFeatures, log_mel,
-                                 window_at)
+from kws_stream.frontends import FrontEnd, SeedFrontEnd
+
+from kws_stream.pool import pool_map
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Features:
-    """One front end seen from training: per-file frames and the window grid over them."""
-    front_end: str  # the runtime front end's name, written into the model's metadata
-    rate: float  # frames per second
-    window: int  # frames per window
-    tail: int  # frames a window may run past the last start (seed: half a window of padding)
-    reach: int = 0  # frames of audio past s + window that a window starting at s still hears
-
-
-SEED = Features(front_end=SeedFrontEnd.name, rate=FRAMES_PER_SECOND, window=WINDOW_FRAMES,
-                tail=WINDOW_FRAMES // 2)
-EMBEDDING = Features(front_end=embedding.EmbeddingFrontEnd.name, rate=embedding.EMBEDDINGS_PER_SECOND,
-                     window=embedding.WINDOW_EMBEDDINGS, tail=embedding.WINDOW_EMBEDDINGS - 1,
-                     reach=-(-(embedding.EMB_SPAN - embedding.EMB_HOP) // embedding.EMB_HOP))
-
-
-def kind_of(front_end: str) -> Features:
-    return next(k for k in (SEED, EMBEDDING) if k.front_end == front_end)
 
 
 @dataclass
 class Corpus:
     files: list[Path]
     bounds: dict[str, tuple[float, float]]  # uid -> target span in seconds, positives only
-    mels: list[np.ndarray]  # per file, time on axis 1: seed (48, n_frames); embedding (96, n_embeddings)
-    kind: Features = SEED
+    mels: list[np.ndarray]  # per file, the front end's batch frames, time on axis 1
+    front_end: type[FrontEnd] = SeedFrontEnd
 
     def label(self, i: int) -> int:
         return int(self.files[i].stem in self.bounds)
@@ -68,45 +47,38 @@ def corpus_files(root: str | Path) -> tuple[list[Path], dict[str, tuple[float, f
 
 
 def load_corpus(root: str | Path, cache_dir: str | Path | None = None, jobs: int = 1,
-                kind: Features = SEED) -> Corpus:
+                front_end: type[FrontEnd] = SeedFrontEnd) -> Corpus:
     """Read every file's frames, from one cache file per corpus and front end when it is current."""
     files, bounds = corpus_files(root)
     cache = None
     if cache_dir is not None:
         stamp = hashlib.sha1("".join(f"{f}:{f.stat().st_mtime_ns}" for f in files).encode()).hexdigest()[:16]
-        prefix = "mels" if kind is SEED else kind.front_end
-        cache = Path(cache_dir) / f"{prefix}-{stamp}.npz"
+        cache = Path(cache_dir) / f"{front_end.name}-{stamp}.npz"
         if cache.exists():
             with np.load(cache) as z:
                 flat, offsets = z["mels"], z["offsets"]
-            return Corpus(files, bounds, [flat[:, a:b] for a, b in zip(offsets[:-1], offsets[1:])], kind)
-    read = file_mel if kind is SEED else file_embedding_frames
-    if jobs > 1:
-        import multiprocessing
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            mels = pool.map(read, files, chunksize=16)
-    else:
-        mels = [read(f) for f in files]
+            return Corpus(files, bounds, [flat[:, a:b] for a, b in zip(offsets[:-1], offsets[1:])], front_end)
+    mels = pool_map(file_frames, [(front_end.name, f) for f in files], jobs, chunksize=16)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         offsets = np.cumsum([0] + [m.shape[1] for m in mels])
         np.savez(cache, mels=np.concatenate(mels, axis=1), offsets=offsets)
-    return Corpus(files, bounds, mels, kind)
+    return Corpus(files, bounds, mels, front_end)
 
 
 def load_corpora(roots: list[str], cache_dir: str | Path | None = None, jobs: int = 1,
-                 exclude_engine: str | None = None, kind: Features = SEED) -> Corpus:
+                 exclude_engine: str | None = None, front_end: type[FrontEnd] = SeedFrontEnd) -> Corpus:
     """Several corpora as one; calls made by `exclude_engine` (per manifest.jsonl) left out."""
     files, bounds, mels = [], {}, []
     for root in roots:
-        c = load_corpus(root, cache_dir, jobs, kind)
+        c = load_corpus(root, cache_dir, jobs, front_end)
         skip = engine_calls(root, exclude_engine) if exclude_engine else set()
         for f, m in zip(c.files, c.mels):
             if f.stem not in skip:
                 files.append(f)
                 mels.append(m)
         bounds.update({k: v for k, v in c.bounds.items() if k not in skip})
-    return Corpus(files, bounds, mels, kind)
+    return Corpus(files, bounds, mels, front_end)
 
 
 def engine_calls(root: str | Path, engine: str) -> set[str]:
@@ -117,17 +89,12 @@ def engine_calls(root: str | Path, engine: str) -> set[str]:
             if m.get("engine") == engine}
 
 
-def file_mel(path: Path) -> np.ndarray:
+def file_frames(item: tuple[str, Path]) -> np.ndarray:
+    """A file's batch frames from the named front end, as the daemon's stream computes them."""
+    name, path = item
+    from kws_stream import frontends
     try:
-        return log_mel(read_file(path)).astype(np.float32)
-    except AudioError as e:
-        raise RuntimeError(f"{path}: {e}") from e
-
-
-def file_embedding_frames(path: Path) -> np.ndarray:
-    """(96, n) speech embeddings of a file as the daemon's stream computes them."""
-    try:
-        return np.ascontiguousarray(embedding.file_embeddings(read_file(path)).T)
+        return frontends.get(name).file_frames(read_file(path))
     except AudioError as e:
         raise RuntimeError(f"{path}: {e}") from e
 
@@ -146,28 +113,29 @@ def phrase_frames(corpus: Corpus, i: int) -> tuple[int, int] | None:
     b = corpus.bounds.get(corpus.files[i].stem)
     if b is None:
         return None
-    rate = corpus.kind.rate
+    rate = corpus.front_end.frame_rate
     return int(b[0] * rate), int(np.ceil(b[1] * rate))
 
 
-def seed_starts(rng: np.random.Generator, n_frames: int, phrase: tuple[int, int] | None, k: int) -> list[int]:
+def seed_starts(rng: np.random.Generator, n_frames: int, phrase: tuple[int, int] | None, k: int,
+                width: int) -> list[int]:
     """The notebook's choice: a positive's window centred on its phrase plus random ones."""
-    last = max(n_frames - WINDOW_FRAMES, 0)
+    last = max(n_frames - width, 0)
     starts = [int(rng.integers(0, last + 1)) for _ in range(k)]
     if phrase is not None:
         centre = (phrase[0] + phrase[1]) // 2
-        starts[0] = min(max(0, centre - WINDOW_FRAMES // 2), last)
+        starts[0] = min(max(0, centre - width // 2), last)
     return starts
 
 
 def improved_windows(rng: np.random.Generator, n_frames: int, phrase: tuple[int, int] | None, k: int,
-                     min_cover: float, kind: Features = SEED) -> list[tuple[int, int]]:
+                     min_cover: float, front_end: type[FrontEnd] = SeedFrontEnd) -> list[tuple[int, int]]:
     """(start, label) pairs: for a positive, one window with the whole phrase at a random
     offset and windows clear of it (label 0); for a negative, random windows including
     ones running past the end, as the daemon's last windows do."""
     out = []
-    width = kind.window
-    hi = max(n_frames - kind.tail, 1)
+    width = front_end.window_frames
+    hi = max(n_frames - front_end.tail, 1)
     if phrase is not None:
         a, b = phrase
         lo_s, hi_s = max(0, b - width), min(a, hi - 1)
@@ -179,7 +147,7 @@ def improved_windows(rng: np.random.Generator, n_frames: int, phrase: tuple[int,
             continue
         a, b = phrase
         cover = max(0, min(b, s + width) - max(a, s)) / max(b - a, 1)
-        if clear_of(s, phrase, kind):
+        if clear_of(s, phrase, front_end):
             out.append((s, 0))
         elif cover >= min_cover:
             out.append((s, 1))
@@ -189,60 +157,27 @@ def improved_windows(rng: np.random.Generator, n_frames: int, phrase: tuple[int,
     return out
 
 
-def clear_of(s: int, phrase: tuple[int, int] | None, kind: Features) -> bool:
+def clear_of(s: int, phrase: tuple[int, int] | None, front_end: type[FrontEnd]) -> bool:
     """True when the window starting at s hears nothing of the phrase."""
-    return phrase is None or s + kind.window + kind.reach <= phrase[0] or s >= phrase[1]
+    return phrase is None or s + front_end.window_frames + front_end.reach <= phrase[0] or s >= phrase[1]
 
 
 def negative_pool(corpus: Corpus) -> np.ndarray:
     """(file, start) of every target-free window on a half-second grid: all windows of
     negative files and the windows of positive files clear of the phrase."""
-    kind = corpus.kind
-    step = max(1, int(kind.rate // 2))
+    fe = corpus.front_end
+    step = max(1, int(fe.frame_rate // 2))
     pool = []
     for i, mel in enumerate(corpus.mels):
         phrase = phrase_frames(corpus, i)
-        pool += [(i, s) for s in range(0, max(mel.shape[1] - kind.tail, 1), step) if clear_of(s, phrase, kind)]
+        pool += [(i, s) for s in range(0, max(mel.shape[1] - fe.tail, 1), step) if clear_of(s, phrase, fe)]
     return np.array(pool, dtype=np.int64).reshape(-1, 2)
 
 
-def spec_augment(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
-    w = w.copy()
-    fill = float(w.mean())
-    for _ in range(2):
-        t = int(rng.integers(0, 16))
-        t0 = int(rng.integers(0, WINDOW_FRAMES - t + 1))
-        w[:, t0:t0 + t] = fill
-        f = int(rng.integers(0, 6))
-        f0 = int(rng.integers(0, w.shape[0] - f + 1))
-        w[f0:f0 + f, :] = fill
-    return w
-
-
-def embedding_augment(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
-    """SpecAugment's idea on embedding frames (96, W): mask a few frames and dimensions."""
-    w = w.copy()
-    fill = w.mean(axis=1, keepdims=True)
-    t = int(rng.integers(0, 4))
-    t0 = int(rng.integers(0, w.shape[1] - t + 1))
-    w[:, t0:t0 + t] = fill
-    dims = rng.choice(w.shape[0], size=int(rng.integers(0, 10)), replace=False)
-    w[dims, :] = fill[dims]
-    return w
-
-
-def window_of(corpus: Corpus, i: int, s: int, rng: np.random.Generator | None, feats: WindowFeatures) -> np.ndarray:
-    """Features of the window starting at frame s of file i (augmented when rng is given)."""
-    mel = corpus.mels[i]
-    if corpus.kind is SEED:
-        w = window_at(mel, s).astype(np.float64)
-        if rng is not None:
-            w = spec_augment(rng, w)
-        return feats(w, np.empty(FEATURE_SIZE, dtype=np.float32))
-    w = mel[:, s:s + corpus.kind.window]
-    if rng is not None:
-        w = embedding_augment(rng, w)
-    return np.ascontiguousarray(w.T).reshape(-1)
+def window_of(corpus: Corpus, i: int, s: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Features of the window starting at frame s of file i (masked when rng is given)."""
+    fe = corpus.front_end
+    return fe.features(corpus.mels[i], s, np.empty(fe.feature_size, dtype=np.float32), rng)
 
 
 def epoch_windows(corpus: Corpus, recipe: Recipe, rng: np.random.Generator, indices: np.ndarray | None = None):
@@ -252,22 +187,20 @@ def epoch_windows(corpus: Corpus, recipe: Recipe, rng: np.random.Generator, indi
     improved: X (n_windows, FEATURE_SIZE) and window labels.
     """
     indices = np.arange(len(corpus.files)) if indices is None else indices
-    feats = WindowFeatures()
+    fe = corpus.front_end
     k = recipe.windows_per_file
     if recipe.name == "seed":
-        if corpus.kind is not SEED:
-            raise ValueError("the seed recipe is defined on the seed's features only")
-        x = np.empty((len(indices), k, FEATURE_SIZE), dtype=np.float32)
+        x = np.empty((len(indices), k, fe.feature_size), dtype=np.float32)
         for row, i in enumerate(indices):
             mel = corpus.mels[i]
-            for j, s in enumerate(seed_starts(rng, mel.shape[1], phrase_frames(corpus, i), k)):
-                feats(window_at(mel, s).astype(np.float64), x[row, j])
+            for j, s in enumerate(seed_starts(rng, mel.shape[1], phrase_frames(corpus, i), k, fe.window_frames)):
+                fe.features(mel, s, x[row, j])
         return x, corpus.labels[indices].astype(np.float32)
     xs, ys = [], []
     for i in indices:
         n = corpus.mels[i].shape[1]
-        for s, y in improved_windows(rng, n, phrase_frames(corpus, i), k, recipe.min_cover, corpus.kind):
+        for s, y in improved_windows(rng, n, phrase_frames(corpus, i), k, recipe.min_cover, fe):
             augment = recipe.spec_augment and rng.random() < 0.5
-            xs.append(window_of(corpus, i, s, rng if augment else None, feats))
+            xs.append(window_of(corpus, i, s, rng if augment else None))
             ys.append(y)
     return np.stack(xs), np.array(ys, dtype=np.float32)

@@ -8,21 +8,21 @@ daemon counts detections, refractory included), and FRR at fixed false-accept ra
 from __future__ import annotations
 
 import json
-import multiprocessing
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kws_stream.audio import iter_file
-from kws_stream.frontend import SAMPLE_RATE
+from kws_stream.frontends import SAMPLE_RATE
 from kws_stream.model import KwsModel
-from kws_stream.spotter import Detector, Spotter, SpotterConfig
+from kws_stream.replay import replay
+from kws_stream.spotter import Detector, SpotterConfig
 
 from .data import corpus_files
 
 THRESHOLDS = np.round(np.linspace(0.0, 1.0, 201), 3)
+CONFIG = SpotterConfig()  # the daemon's defaults: hop, refractory
 
 
 @dataclass
@@ -38,35 +38,18 @@ class Scored:
         return float(self.probs.max()) if self.probs.size else 0.0
 
 
-_model: KwsModel | None = None
-
-
-def _load(path: str) -> None:
-    global _model
-    _model = KwsModel(path)
-
-
-def _score(item: tuple[str, int]) -> Scored:
-    path, label = item
-    ends, probs = [], []
-    sp = Spotter(_model, config=SpotterConfig(), on_window=lambda s, e, p: (ends.append(e), probs.append(p)))
-    for chunk in iter_file(path):
-        sp.feed(chunk)
-    sp.finish()
-    rate = sp.sample_rate
-    return Scored(Path(path).stem, label, sp.audio_seconds, (np.array(ends) * rate).round().astype(np.int64),
-                  np.array(probs))
-
-
 def score_files(model: str, items: list[tuple[str, int]], jobs: int = 2) -> list[Scored]:
-    if jobs <= 1:
-        _load(model)
-        return [_score(i) for i in items]
-    with multiprocessing.get_context("spawn").Pool(jobs, initializer=_load, initargs=(model,)) as pool:
-        return pool.map(_score, items, chunksize=8)
+    """Every window score of every file, through the daemon's own replay (kws-stream --file)."""
+    labels = dict(items)
+    out = []
+    for r in replay([p for p, _ in items], KwsModel(model), CONFIG, jobs=jobs, keep_scores=True):
+        if r.error is not None:
+            raise RuntimeError(f"{r.path}: {r.error}")
+        out.append(Scored(Path(r.path).stem, labels[r.path], r.audio_seconds, r.window_ends, r.window_probs))
+    return out
 
 
-REFRACTORY_SAMPLES = round(SpotterConfig().refractory_seconds * SAMPLE_RATE)  # the daemon's default
+REFRACTORY_SAMPLES = round(CONFIG.refractory_seconds * SAMPLE_RATE)  # the daemon's default
 
 
 def window_false_accepts(windows, threshold: float) -> int:

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kws_stream.model import FRONT_ENDS, INPUT_NAME, OUTPUT_NAME, KwsModel, metadata_for
+from kws_stream import frontends
+from kws_stream.model import INPUT_NAME, OUTPUT_NAME, KwsModel, metadata_for
 
-from .models import ModelConfig, build
+from .nets import ModelConfig, build
 
 TOLERANCE = 1e-4
 
@@ -65,7 +66,7 @@ def load_checkpoints(paths: list[str]) -> tuple[torch.nn.Module, dict]:
     loaded = [load_checkpoint(p) for p in paths]
     if len(loaded) == 1:
         return loaded[0]
-    fronts = {ModelConfig(arch=info["model_args"]["arch"]).front_end for _, info in loaded}
+    fronts = {ModelConfig(arch=info["model_args"]["arch"]).front_end.name for _, info in loaded}
     if len(fronts) != 1:
         raise ExportError("an ensemble's checkpoints must read the same front end")
     info = dict(loaded[0][1])
@@ -76,7 +77,7 @@ def load_checkpoints(paths: list[str]) -> tuple[torch.nn.Module, dict]:
 def write_onnx(model: torch.nn.Module, path: Path, meta: dict[str, str]) -> None:
     import onnx
     wrapped = WithSigmoid(model).eval()
-    size = FRONT_ENDS[meta["kws.front_end"]].feature_size
+    size = frontends.get(meta["kws.front_end"]).feature_size
     torch.onnx.export(wrapped, (torch.zeros(2, size),), str(path), input_names=[INPUT_NAME],
                       output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                       opset_version=17, dynamo=False)
@@ -109,20 +110,13 @@ def check_parity(model: torch.nn.Module, path: Path, features: np.ndarray) -> fl
 def probe_features(front_end: str, n: int = 256, seed: int = 0) -> np.ndarray:
     """Real front-end features of varied synthetic audio, to compare runtimes on: the
     front end's own windows, every 80 ms of 30 s of a warbling, pulsing tone in noise."""
-    fe_cls = FRONT_ENDS[front_end]
+    fe_cls = frontends.get(front_end)
     rng = np.random.default_rng(seed)
     t = np.arange(fe_cls.sample_rate * 30) / fe_cls.sample_rate
     x = 0.1 * np.sin(2 * np.pi * (200 + 100 * np.sin(t)) * t) * (1 + np.sin(2 * np.pi * 3 * t)) + \
         rng.normal(0, 0.02, t.size)
-    fe = fe_cls(hop_frames=8)
-    rows, pos = [], 0
-    while pos < x.size:
-        pos += fe.accept(x[pos:])
-        while fe.ready():
-            out = np.empty(fe_cls.feature_size, dtype=np.float32)
-            fe.take(out)
-            rows.append(out)
-    rows = np.stack(rows)
+    fe, out = fe_cls(hop_frames=8), np.empty(fe_cls.feature_size, dtype=np.float32)
+    rows = np.stack([out.copy() for _ in frontends.windows(fe, x, out)])
     return rows[rng.choice(len(rows), size=min(n, len(rows)), replace=False)]
 
 
@@ -157,7 +151,7 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
     training = {"arch": info["model_args"]["arch"], "data": info["config"]["data"],
                 "files": info.get("train_files"), "positives": info.get("train_positives"),
                 "epochs": info["config"]["epochs"], "recipe": info["config"]["recipe"]}
-    front_end = ModelConfig(arch=info["model_args"]["arch"].split("+")[0]).front_end
+    front_end = ModelConfig(arch=info["model_args"]["arch"]).front_end.name
     out_path = Path(out)
     with tempfile.TemporaryDirectory() as tmp:
         draft = Path(tmp) / "draft.onnx"

@@ -17,10 +17,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import (SEED, Recipe, WindowFeatures, epoch_windows, kind_of, load_corpora, load_corpus, negative_pool,
-                   window_of)
+from kws_stream.frontends import FRAMES_PER_SECOND, HOP_LENGTH
+from kws_stream.model import KwsModel
+
+from .data import Corpus, Recipe, epoch_windows, load_corpora, load_corpus, negative_pool, window_of
 from .evaluate import file_metrics
-from .models import ModelConfig, build, parameter_count
+from .nets import ModelConfig, build, parameter_count
 
 log = logging.getLogger(__name__)
 
@@ -43,39 +45,51 @@ class FitConfig:
     hard_negatives: float = 0.0  # from epoch 2, add this share (of the epoch's windows) of the hardest negatives
 
 
-def file_scores(model: nn.Module, corpus, batch: int = 512) -> np.ndarray:
-    """The seed's file probability on windows every second (max over windows), computed
-    in batch from the cached frames: quick validation during training."""
-    feats = WindowFeatures()
-    kind = corpus.kind
-    rows, owner = [], []
+def window_scores(model: nn.Module | KwsModel, corpus: Corpus, hop_seconds: float = 1.0,
+                  batch: int = 4096) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per file, (window start in samples, probability) of the windows the daemon scores
+    every hop_seconds, computed in batch from the cached frames: window k starts at the
+    frame grid point at or before k * hop. A torch network or an exported model."""
+    fe = corpus.front_end
+    hop_frames = int(round(hop_seconds * FRAMES_PER_SECOND))
+    hops_per_frame = FRAMES_PER_SECOND / fe.frame_rate  # 10 ms hops per batch frame
+    rows, owner, starts = [], [], []
     for i, mel in enumerate(corpus.mels):
-        # seed: windows start up to the last frame (padded past it); embedding: the padding is in the frames
-        last = mel.shape[1] if kind is SEED else mel.shape[1] - kind.window + 1
-        for k in range(int(np.ceil(last / kind.rate))):
-            rows.append(window_of(corpus, i, int(k * kind.rate), None, feats))
+        k = 0
+        while (s := int(k * hop_frames // hops_per_frame)) < max(fe.start_limit(mel.shape[1]), 1):
+            rows.append(window_of(corpus, i, s))
             owner.append(i)
-    x = torch.from_numpy(np.stack(rows))
-    model.eval()
-    with torch.no_grad():
-        p = torch.cat([torch.sigmoid(model(x[i:i + batch])) for i in range(0, len(x), batch)]).numpy()
-    best = np.zeros(len(corpus.mels))
-    np.maximum.at(best, np.array(owner), p)
-    return best
+            starts.append(int(s * hops_per_frame) * HOP_LENGTH)
+            k += 1
+    probs = np.empty(len(rows), dtype=np.float64)
+    if isinstance(model, KwsModel):  # an exported model: score through onnxruntime
+        for a in range(0, len(rows), batch):
+            probs[a:a + batch] = model.score(np.stack(rows[a:a + batch]))
+    else:
+        model.eval()
+        with torch.no_grad():
+            for a in range(0, len(rows), batch):
+                probs[a:a + batch] = torch.sigmoid(model(torch.from_numpy(np.stack(rows[a:a + batch])))).numpy()
+    owner, starts = np.array(owner), np.array(starts)
+    return [(starts[owner == i], probs[owner == i]) for i in range(len(corpus.mels))]
+
+
+def file_scores(model: nn.Module, corpus: Corpus) -> np.ndarray:
+    """The seed's file probability (the best window, one every second): quick validation."""
+    return np.array([p.max(initial=0.0) for _, p in window_scores(model, corpus)])
 
 
 def hardest_negatives(model: nn.Module, corpus, pool: np.ndarray, k: int, batch: int = 2048):
     """Features of the k target-free windows the model scores highest, and the pool's
     highest score: hard-negative mining over every negative window of the corpus."""
-    feats = WindowFeatures()
     scores = np.empty(len(pool), dtype=np.float32)
     model.eval()
     with torch.no_grad():
         for a in range(0, len(pool), batch):
-            x = np.stack([window_of(corpus, i, s, None, feats) for i, s in pool[a:a + batch]])
+            x = np.stack([window_of(corpus, i, s) for i, s in pool[a:a + batch]])
             scores[a:a + batch] = model(torch.from_numpy(x)).numpy()
     top = np.argsort(scores)[-k:]
-    x = np.stack([window_of(corpus, i, s, None, feats) for i, s in pool[top]])
+    x = np.stack([window_of(corpus, i, s) for i, s in pool[top]])
     return x, float(scores[top[-1]])
 
 
@@ -85,10 +99,10 @@ def best_on_grid(labels: np.ndarray, scores: np.ndarray) -> dict:
 
 def fit(cfg: FitConfig) -> dict:
     """Load the corpora named by cfg, train, and write RUN/ckpt.pt and RUN/metrics.json."""
-    kind = kind_of(ModelConfig(arch=cfg.arch).front_end)
+    fe = ModelConfig(arch=cfg.arch).front_end
     cache = cfg.cache or str(Path(cfg.out) / "cache")
-    train = load_corpora(list(cfg.data), cache, jobs=cfg.threads, exclude_engine=cfg.exclude_engine, kind=kind)
-    val = load_corpus(cfg.val, cache, jobs=cfg.threads, kind=kind) if cfg.val else None
+    train = load_corpora(list(cfg.data), cache, jobs=cfg.threads, exclude_engine=cfg.exclude_engine, front_end=fe)
+    val = load_corpus(cfg.val, cache, jobs=cfg.threads, front_end=fe) if cfg.val else None
     model, history = train_model(cfg, train, val)
     save(cfg, model, history, train)
     return {"history": history}
@@ -161,8 +175,8 @@ def save(cfg: FitConfig, model: nn.Module, history: list[dict], train) -> Path:
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    cfg = FitConfig(data=tuple(args.data), exclude_engine=args.exclude_engine, out=args.out, val=args.val, arch=args.arch, recipe=args.recipe,
-                    epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
+    cfg = FitConfig(data=tuple(args.data), exclude_engine=args.exclude_engine, out=args.out, val=args.val,
+                    arch=args.arch, recipe=args.recipe, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                     cache=args.cache, hard_negatives=args.hard_negatives)
     fit(cfg)
     return 0

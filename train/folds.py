@@ -24,15 +24,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from kws_stream.frontend import FRAMES_PER_SECOND, SAMPLE_RATE
+from kws_stream.frontends import FrontEnd
 from kws_stream.model import KwsModel
 
 from .data import Corpus, load_corpus
 from .evaluate import auc, file_metrics, threshold_for_windows
-from .fit import FitConfig, save, train_model
-from .models import ModelConfig
+from .fit import FitConfig, save, train_model, window_scores
+from .nets import ModelConfig
 from .synth_tts import FOLDS
 
 log = logging.getLogger(__name__)
@@ -61,45 +60,15 @@ def subset(corpus: Corpus, keep) -> Corpus:
     files = [corpus.files[i] for i in idx]
     stems = {f.stem for f in files}
     return Corpus(files, {k: v for k, v in corpus.bounds.items() if k in stems}, [corpus.mels[i] for i in idx],
-                  corpus.kind)
+                  corpus.front_end)
 
 
 def merge(corpora: list[Corpus]) -> Corpus:
     return Corpus([f for c in corpora for f in c.files], {k: v for c in corpora for k, v in c.bounds.items()},
-                  [m for c in corpora for m in c.mels], corpora[0].kind)
+                  [m for c in corpora for m in c.mels], corpora[0].front_end)
 
 
-# -- scoring from cached frames --------------------------------------------------
-
-def window_scores(model: torch.nn.Module, corpus: Corpus, hop_seconds: float = 1.0,
-                  batch: int = 4096) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per file, (window start in samples, probability) of the windows the daemon scores
-    every hop_seconds: window k starts at the frame grid point at or before k * hop."""
-    kind = corpus.kind
-    hop_frames = int(round(hop_seconds * FRAMES_PER_SECOND))
-    frames_per_unit = FRAMES_PER_SECOND / kind.rate  # mel frames per corpus frame
-    rows, owner, starts = [], [], []
-    for i, mel in enumerate(corpus.mels):
-        last = mel.shape[1] - kind.window + 1
-        k = 0
-        while (s := int(k * hop_frames // frames_per_unit)) < max(last, 1):
-            rows.append(np.ascontiguousarray(mel[:, s:s + kind.window].T).reshape(-1))
-            owner.append(i)
-            starts.append(int(s * frames_per_unit * SAMPLE_RATE / FRAMES_PER_SECOND))
-            k += 1
-    probs = np.empty(len(rows), dtype=np.float64)
-    if isinstance(model, KwsModel):  # an exported model: score through onnxruntime
-        for a in range(0, len(rows), batch):
-            probs[a:a + batch] = model.score(np.stack(rows[a:a + batch]))
-    else:
-        model.eval()
-        with torch.no_grad():
-            for a in range(0, len(rows), batch):
-                x = torch.from_numpy(np.stack(rows[a:a + batch]))
-                probs[a:a + batch] = torch.sigmoid(model(x)).numpy()
-    owner, starts = np.array(owner), np.array(starts)
-    return [(starts[owner == i], probs[owner == i]) for i in range(len(corpus.mels))]
-
+# -- scoring -------------------------------------------------------------------------
 
 def pooled_threshold(negatives: list[list], hours: float, target: float) -> float:
     """Lowest threshold whose false accepts, summed over the folds' negatives (each fold's
@@ -176,7 +145,7 @@ WITHOUT = {
 }
 
 
-def load_all(roots: list[str], cache: str, threads: int, kind) -> tuple[Corpus, dict]:
+def load_all(roots: list[str], cache: str, threads: int, front_end: type[FrontEnd]) -> tuple[Corpus, dict]:
     metas: dict = {}
     corpora = []
     for root in roots:
@@ -184,7 +153,7 @@ def load_all(roots: list[str], cache: str, threads: int, kind) -> tuple[Corpus, 
         if clash := set(m) & set(metas):
             raise ValueError(f"{root}: call ids also in another corpus (e.g. {min(clash)}); make it with another --seed")
         metas.update(m)
-        corpora.append(load_corpus(root, cache, jobs=threads, kind=kind))
+        corpora.append(load_corpus(root, cache, jobs=threads, front_end=front_end))
     return merge(corpora), metas
 
 
@@ -194,13 +163,12 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
     """Train one model per fold (per arch in `archs`, the first being fit_cfg.arch) and
     report each arch, and with several archs their ensemble (the mean probability)."""
     archs = tuple(dict.fromkeys((fit_cfg.arch,) + tuple(archs)))
-    from .data import kind_of
-    kind = kind_of(ModelConfig(arch=fit_cfg.arch).front_end)
+    fe = ModelConfig(arch=fit_cfg.arch).front_end
     cache = fit_cfg.cache or str(Path(out) / "cache")
-    allcalls, metas = load_all(list(data), cache, fit_cfg.threads, kind)
+    allcalls, metas = load_all(list(data), cache, fit_cfg.threads, fe)
     extras = []
     for root in [negatives, *extra_val]:
-        corpus, more = load_all([root], cache, fit_cfg.threads, kind)
+        corpus, more = load_all([root], cache, fit_cfg.threads, fe)
         if clash := set(more) & set(metas):
             raise ValueError(f"{root}: call ids also in another corpus (e.g. {min(clash)}); make it with another --seed")
         metas.update(more)
@@ -208,7 +176,7 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
     neg_corpus = extras.pop(0)[1]
     more_train = []  # corpora only trained on: their calls by the fold's voices are left out, not validated
     for root in train_extra:
-        corpus, more = load_all([root], cache, fit_cfg.threads, kind)
+        corpus, more = load_all([root], cache, fit_cfg.threads, fe)
         if clash := set(more) & set(metas):
             raise ValueError(f"{root}: call ids also in another corpus (e.g. {min(clash)}); make it with another --seed")
         metas.update(more)

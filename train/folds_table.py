@@ -1,6 +1,6 @@
 """Markdown tables of a `kws-train folds` report, as the model card shows them.
 
-    python -m train.folds_table runs/folds/folds.json [--variant ensemble_] [--hop 1.0]
+    python -m kws_train.folds_table runs/folds/folds.json [--variant ensemble_] [--hop 1.0]
 """
 from __future__ import annotations
 
@@ -81,18 +81,23 @@ def conditions(report_path: str, cache: str, hop: float = 1.0) -> str:
     checkpoint on its own held-out calls (from the feature cache)."""
     from pathlib import Path
 
-    from .data import EMBEDDING
     from .export import load_checkpoint
-    from .folds import fold_of, load_all, subset, window_scores  # noqa: F401 (torch only when asked)
+    from .fit import window_scores
+    from .folds import fold_of, load_all, subset
+    from .nets import ModelConfig
     report = json.loads(open(report_path, encoding="utf-8").read())
     threshold = report[f"pooled_hop_{hop}"]["threshold_at_0.5"]
-    calls, metas = load_all(report["data"], cache, 1, EMBEDDING)
-    rows = []
+    front_end = ModelConfig(arch=report.get("archs", ["emb"])[0]).front_end
+    calls, metas = load_all(report["data"], cache, 1, front_end)
+    neg, neg_metas = load_all([report["negatives"]], cache, 1, front_end)
+    metas = {**metas, **neg_metas}
+    folds = []  # per fold: its model, and (uid, best window) of each of its held-out calls, scored once
     for k in report["folds"]:
         model, _ = load_checkpoint(str(Path(report_path).parent / f"fold{k}" / "ckpt.pt"))
-        val = subset(calls, lambda u, k=int(k): fold_of(metas[u]) == k and metas[u]["label"] == 1)
-        for f, (_, p) in zip(val.files, window_scores(model, val, hop)):
-            rows.append({"score": float(p.max(initial=0.0)), **metas[f.stem]})
+        val = subset(calls, lambda u, k=int(k): fold_of(metas[u]) == k)
+        best = [(f.stem, float(p.max(initial=0.0))) for f, (_, p) in zip(val.files, window_scores(model, val, hop))]
+        folds.append((int(k), model, best))
+    rows = [{"score": score, **metas[uid]} for _, _, best in folds for uid, score in best if metas[uid]["label"] == 1]
     groups = {
         "noise": lambda m: snr_bin(m),
         "room reverberation": lambda m: "yes" if "room" in m else "no",
@@ -100,7 +105,7 @@ def conditions(report_path: str, cache: str, hop: float = 1.0) -> str:
         "bench-like (SNR >= 5 dB or none, no room)":
             lambda m: "yes" if (m.get("snr_db") is None or m["snr_db"] >= 5) and "room" not in m else "no",
     }
-    out = [plain_speech_curve(report, calls, metas, cache, hop, Path(report_path).parent),
+    out = [plain_speech_curve(folds, neg, metas, hop),
            f"Positives found at the pooled threshold {threshold:.4f} (hop {hop} s):\n"]
     for name, key in groups.items():
         counts: dict = {}
@@ -114,26 +119,19 @@ def conditions(report_path: str, cache: str, hop: float = 1.0) -> str:
     return "\n".join(out)
 
 
-
-def plain_speech_curve(report: dict, calls, metas: dict, cache: str, hop: float, run) -> str:
+def plain_speech_curve(folds: list, neg, metas: dict, hop: float) -> str:
     """Pooled FRR at fixed false accepts counted, as the independent bench counts them, on
     target-free streams without a confusable sentence."""
     import numpy as np
 
-    from .data import EMBEDDING
     from .evaluate import file_metrics
-    from .export import load_checkpoint
-    from .folds import fold_of, load_all, pooled_threshold, subset, window_scores
-    neg, neg_metas = load_all([report["negatives"]], cache, 1, EMBEDDING)
-    metas = {**metas, **neg_metas}
-    labels, scores, negs, hours = [], [], [], 0.0
-    for k in report["folds"]:
-        model, _ = load_checkpoint(str(run / f"fold{k}" / "ckpt.pt"))
-        val = subset(calls, lambda u, k=int(k): fold_of(metas[u]) == k)
-        for f, (_, p) in zip(val.files, window_scores(model, val, hop)):
-            labels.append(metas[f.stem]["label"])
-            scores.append(float(p.max(initial=0.0)))
-        plain = subset(neg, lambda u, k=int(k): fold_of(metas[u]) == k and metas[u]["kind"] != "confusable")
+    from .fit import window_scores
+    from .folds import fold_of, pooled_threshold, subset
+    labels = [metas[uid]["label"] for _, _, best in folds for uid, _ in best]
+    scores = [score for _, _, best in folds for _, score in best]
+    negs, hours = [], 0.0
+    for k, model, _ in folds:
+        plain = subset(neg, lambda u, k=k: fold_of(metas[u]) == k and metas[u]["kind"] != "confusable")
         negs.append(window_scores(model, plain, hop))
         hours += sum(metas[f.stem]["seconds"] for f in plain.files) / 3600
     cells = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import multiprocessing
 import os
 import re
 import sys
@@ -21,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from kws_stream.frontend import SAMPLE_RATE
+from kws_stream.frontends import SAMPLE_RATE
+from kws_stream.pool import imap
 
 from . import synth_channel as ch
 from . import synth_voice
@@ -33,9 +33,10 @@ from .synth_tts import (ENGINES, ESPEAK_VARIANTS, RHVOICE_ALLOWED, RHVOICE_TRAIN
 log = logging.getLogger(__name__)
 
 # Targets alone, between carrier words synthesised separately (the glued form).
-CARRIERS = (("", ""), ("алло, я вас", ""), ("я вас", ""), ("алло, алло,", ""), ("вас", ""), ("ничего", ""),
-            ("совсем", ""), ("говорите громче,", ""), ("", "вас"), ("", "ничего"), ("алло,", ""), ("что?", ""),
-            ("я вас совсем", ""), ("", "перезвоните"), ("простите,", ""), ("", "говорите громче"))
+CARRIERS = (("", ""), ("алло, я вас", ""), ("я вас", ""), ("алло, алло,", ""), ("вас", ""),
+            ("ничего", ""), ("совсем", ""), ("говорите громче,", ""), ("", "вас"), ("", "ничего"),
+            ("алло,", ""), ("что?", ""), ("я вас совсем", ""), ("", "перезвоните"), ("простите,", ""),
+            ("", "говорите громче"))
 SENTENCE_POOL = 6000  # filler sentences, de-duplicated; bounded so the TTS cache is reused across corpora
 FESTIVAL_POOL = 250  # Festival reloads its voice per utterance (1.7 s); a smaller pool keeps it cheap
 
@@ -86,6 +87,13 @@ def pick_voice(rng: np.random.Generator, cfg: SynthConfig, engine: str) -> dict:
     return {"voice": "msu_ru_nsh_clunits", "rate": 100, "pitch": 100}
 
 
+def speakable(s: str) -> bool:
+    """A plain Russian sentence of three words or more that a TTS voice reads as it is
+    written: no abbreviations (a dot inside), digits or Latin letters."""
+    plain = re.fullmatch(r"[А-Яа-яЁё ,.!?:;—-]+", s) is not None
+    return plain and 15 <= len(s) <= 110 and s.count(" ") >= 2 and not re.search(r"\.\S", s)
+
+
 @lru_cache(maxsize=1)
 def sentences() -> tuple[str, ...]:
     """Natural Russian sentences from fortunes-ru, de-duplicated, without any form of «слыш»."""
@@ -95,8 +103,7 @@ def sentences() -> tuple[str, ...]:
         for block in text.split("\n%\n"):
             for s in re.split(r"(?<=[.!?])\s+", " ".join(block.split())):
                 key = " ".join(re.findall(r"\w+", s.lower().replace("ё", "е")))
-                if 15 <= len(s) <= 110 and s.count(" ") >= 2 and not re.search(r"\.\S", s) and \
-                        re.fullmatch(r"[А-Яа-яЁё ,.!?:;—-]+", s) and "слыш" not in key and key not in seen:
+                if speakable(s) and "слыш" not in key and key not in seen:
                     seen.add(key)
                     found.append(s.strip(" -—"))
     if not found:
@@ -394,13 +401,8 @@ def generate(cfg: SynthConfig, progress: bool = True) -> list[dict]:
         (Path(cfg.out) / sub).mkdir(parents=True, exist_ok=True)
     check_same_recipe(cfg)
     ch.room_irs()  # build once before forking workers
-    indices = range(cfg.n)
-    if cfg.jobs > 1:
-        with multiprocessing.get_context("fork").Pool(cfg.jobs, initializer=_init, initargs=(cfg,)) as pool:
-            metas = list(_progress(pool.imap(_one, indices, chunksize=4), cfg.n, progress))
-    else:
-        _init(cfg)
-        metas = list(_progress(map(_one, indices), cfg.n, progress))
+    calls = imap(_one, range(cfg.n), cfg.jobs, _init, (cfg,), start="fork", chunksize=4)  # forked: IRs shared
+    metas = list(_progress(calls, cfg.n, progress))
     out = Path(cfg.out)
     bounds = {m["uid"]: m["bounds"] for m in metas if "bounds" in m}
     (out / "word_bounds.json").write_text(json.dumps(bounds, ensure_ascii=False, indent=1, sort_keys=True))
@@ -442,4 +444,4 @@ def used_voices(manifest: Path) -> set[tuple[str, str]]:
     return pairs
 
 
-__all__ = ["SynthConfig", "generate", "run", "used_voices", "asdict"]
+__all__ = ["SynthConfig", "generate", "run", "used_voices"]

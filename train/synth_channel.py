@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from kws_stream.frontend import SAMPLE_RATE
+from kws_stream.frontends import SAMPLE_RATE
 
 from .synth_tts import CACHE
 

@@ -2,7 +2,7 @@
 whole sentences, and the pool of ordinary sentences.
 
 A sentence is synthesised as one utterance, so the target is heard with the
-coarticulation, reduction and prosody of the words around it; `train.align` then finds
+coarticulation, reduction and prosody of the words around it; `kws_train.align` then finds
 its bounds. Texts are drawn from a seeded generator and never from the filler pool, which
 holds no form of «слыш» / «слуш».
 """

@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from kws_stream.frontend import SAMPLE_RATE
+from kws_stream.frontends import SAMPLE_RATE
 
 CACHE = Path(os.environ.get("KWS_CACHE", Path.home() / ".cache" / "kws-stream"))
 

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from kws_stream.frontend import SAMPLE_RATE
+from kws_stream.frontends import SAMPLE_RATE
 
 FRAME_MS = 5.0
 

@@ -1,7 +1,7 @@
 """The seed's log-mel front end: a batch function and an incremental extractor.
 
-Every number here is the seed notebook's (see SEED.md); the rest of the package
-derives from these constants and never repeats them.
+Every number here is the seed notebook's (see SEED.md). The sample rate, hop and window
+length are shared by all front ends and live in `base`.
 """
 from __future__ import annotations
 
@@ -10,24 +10,21 @@ from functools import lru_cache
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from .base import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, WINDOW_HOPS
+
 WINDOW_MS = 25.0
-HOP_MS = 10.0
 N_MELS = 48
 F_MIN = 50.0
 F_MAX = 7800.0
 LOG_EPS = 1e-12
 NORM_EPS = 1e-5
-SEGMENT_SECONDS = 2.5
 POOL_BINS = 50
 N_CHANNELS = 3  # mel, delta, delta-delta
 
 FRAME_LENGTH = int(SAMPLE_RATE * WINDOW_MS / 1000)  # 400 samples
-HOP_LENGTH = int(SAMPLE_RATE * HOP_MS / 1000)  # 160 samples
 N_FFT = 2 ** (int(math.floor(math.log2(FRAME_LENGTH))) + 1)  # 512
 N_BINS = N_FFT // 2 + 1  # 257
-FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
-WINDOW_FRAMES = int(round(SEGMENT_SECONDS * FRAMES_PER_SECOND))  # 250
+WINDOW_FRAMES = WINDOW_HOPS  # 250 mel frames, one per hop
 FEATURE_SHAPE = (N_CHANNELS, N_MELS, POOL_BINS)
 FEATURE_SIZE = N_CHANNELS * N_MELS * POOL_BINS  # 7200
 
@@ -175,6 +172,26 @@ class WindowFeatures:
         return out
 
 
+@lru_cache(maxsize=1)
+def _shared_features() -> WindowFeatures:
+    return WindowFeatures()
+
+
+def _mask(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
+    """SpecAugment on a (N_MELS, WINDOW_FRAMES) window: twice, up to 15 frames and up to 5
+    mel bands set to the window's mean."""
+    w = w.copy()
+    fill = float(w.mean())
+    for _ in range(2):
+        t = int(rng.integers(0, 16))
+        t0 = int(rng.integers(0, WINDOW_FRAMES - t + 1))
+        w[:, t0:t0 + t] = fill
+        f = int(rng.integers(0, 6))
+        f0 = int(rng.integers(0, w.shape[0] - f + 1))
+        w[f0:f0 + f, :] = fill
+    return w
+
+
 def window_features(mel_window: np.ndarray) -> np.ndarray:
     """Convenience form of WindowFeatures for one window: (FEATURE_SIZE,) float32."""
     out = np.empty(FEATURE_SIZE, dtype=np.float32)
@@ -197,14 +214,39 @@ class SeedFrontEnd:
 
     name = "seed-logmel-v1"
     feature_size = FEATURE_SIZE
+    feature_shape = FEATURE_SHAPE
     sample_rate = SAMPLE_RATE
     hop_length = HOP_LENGTH
     window_frames = WINDOW_FRAMES
     window_samples = (WINDOW_FRAMES - 1) * HOP_LENGTH + FRAME_LENGTH
+    frame_rate = FRAMES_PER_SECOND
+    tail = WINDOW_FRAMES // 2  # the seed scores windows starting up to half a window before the end
+    reach = 0
 
     @staticmethod
     def load() -> None:
         """Nothing to load: the seed's front end is plain numpy."""
+
+    # -- batch view -------------------------------------------------------------
+
+    @classmethod
+    def file_frames(cls, signal: np.ndarray) -> np.ndarray:
+        """(N_MELS, n_frames) float32 log-mel of a whole signal."""
+        return log_mel(signal).astype(np.float32)
+
+    @classmethod
+    def features(cls, frames: np.ndarray, start: int, out: np.ndarray,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+        """The window at `start` of file_frames' output, padded like the seed's window_mel;
+        with rng, two time and two mel bands are masked first (SpecAugment)."""
+        w = window_at(frames, start).astype(np.float64)
+        if rng is not None:
+            w = _mask(rng, w)
+        return _shared_features()(w, out)
+
+    @classmethod
+    def start_limit(cls, n_frames: int) -> int:
+        return n_frames  # every window starting inside the stream, padded past its end
 
     def __init__(self, hop_frames: int = FRAMES_PER_SECOND, batch_frames: int = FRAMES_PER_SECOND):
         if not 1 <= hop_frames <= WINDOW_FRAMES:

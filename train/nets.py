@@ -1,14 +1,17 @@
-"""Keyword models, built from a config: over the seed's (3, 48, 50) window features
-(dnn, cnn) or over a window of speech embeddings (emb)."""
+"""Keyword networks, built from a config: over the seed's (3, 48, 50) window features
+(dnn, cnn) or over a window of speech embeddings (emb, emb-gru). Each arch reads one
+front end, and takes its input's shape from that front end's class."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from kws_stream import embedding
-from kws_stream.frontend import FEATURE_SHAPE, FEATURE_SIZE, SeedFrontEnd
+from kws_stream.frontends import EmbeddingFrontEnd, FrontEnd, SeedFrontEnd
+
+SEED_SHAPE = SeedFrontEnd.feature_shape  # (channels, mel bands, time bins)
+EMB_WINDOW, EMB_DIM = EmbeddingFrontEnd.feature_shape  # (embeddings per window, dimensions), time-major
 
 
 @dataclass(frozen=True)
@@ -21,8 +24,8 @@ class ModelConfig:
     gru_hidden: int = 64  # emb-gru: hidden units per direction
 
     @property
-    def front_end(self) -> str:
-        return embedding.EmbeddingFrontEnd.name if self.arch.startswith("emb") else SeedFrontEnd.name
+    def front_end(self) -> type[FrontEnd]:
+        return ARCH_FRONT_END[self.arch.split("+")[0]]
 
 
 class SeedDNN(nn.Module):
@@ -30,8 +33,8 @@ class SeedDNN(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        layers: list[nn.Module] = [nn.LayerNorm(FEATURE_SIZE)]
-        width = FEATURE_SIZE
+        layers: list[nn.Module] = [nn.LayerNorm(SeedFrontEnd.feature_size)]
+        width = SeedFrontEnd.feature_size
         for h in cfg.hidden:
             layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(cfg.dropout)]
             width = h
@@ -52,7 +55,7 @@ class SmallCNN(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         blocks: list[nn.Module] = []
-        width = FEATURE_SHAPE[0]
+        width = SEED_SHAPE[0]
         for i, c in enumerate(cfg.channels):
             blocks += [nn.Conv2d(width, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
             if i < len(cfg.channels) - 1:
@@ -63,7 +66,7 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(width, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(x.reshape(-1, *FEATURE_SHAPE))  # (B, C, mel, time)
+        h = self.features(x.reshape(-1, *SEED_SHAPE))  # (B, C, mel, time)
         h = h.mean(dim=2).amax(dim=2)  # average over frequency, max over time
         return self.head(self.dropout(h)).squeeze(-1)
 
@@ -78,18 +81,18 @@ class EmbeddingHead(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         blocks: list[nn.Module] = []
-        width = embedding.EMB_DIM
+        width = EMB_DIM
         for i, c in enumerate(cfg.emb_channels):
             d = 2 ** i
             blocks += [nn.Conv1d(width, c, 3, padding=d, dilation=d, bias=False), nn.BatchNorm1d(c), nn.ReLU()]
             width = c
-        self.norm = nn.LayerNorm(embedding.EMB_DIM)
+        self.norm = nn.LayerNorm(EMB_DIM)
         self.features = nn.Sequential(*blocks)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(width, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm(x.reshape(-1, embedding.WINDOW_EMBEDDINGS, embedding.EMB_DIM))
+        h = self.norm(x.reshape(-1, EMB_WINDOW, EMB_DIM))
         h = self.features(h.transpose(1, 2)).amax(dim=2)  # (B, C): max over time
         return self.head(self.dropout(h)).squeeze(-1)
 
@@ -100,25 +103,23 @@ class EmbeddingGRU(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm = nn.LayerNorm(embedding.EMB_DIM)
-        self.gru = nn.GRU(embedding.EMB_DIM, cfg.gru_hidden, batch_first=True, bidirectional=True)
+        self.norm = nn.LayerNorm(EMB_DIM)
+        self.gru = nn.GRU(EMB_DIM, cfg.gru_hidden, batch_first=True, bidirectional=True)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(2 * cfg.gru_hidden, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, _ = self.gru(self.norm(x.reshape(-1, embedding.WINDOW_EMBEDDINGS, embedding.EMB_DIM)))
+        h, _ = self.gru(self.norm(x.reshape(-1, EMB_WINDOW, EMB_DIM)))
         return self.head(self.dropout(h.amax(dim=1))).squeeze(-1)
 
 
 ARCHS = {"dnn": SeedDNN, "cnn": SmallCNN, "emb": EmbeddingHead, "emb-gru": EmbeddingGRU}
+ARCH_FRONT_END: dict[str, type[FrontEnd]] = {"dnn": SeedFrontEnd, "cnn": SeedFrontEnd, "emb": EmbeddingFrontEnd,
+                                             "emb-gru": EmbeddingFrontEnd}
 
 
 def build(cfg: ModelConfig) -> nn.Module:
     return ARCHS[cfg.arch](cfg)
-
-
-def config_dict(cfg: ModelConfig) -> dict:
-    return asdict(cfg)
 
 
 def parameter_count(model: nn.Module) -> int:

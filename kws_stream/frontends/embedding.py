@@ -19,7 +19,7 @@ from importlib import resources
 
 import numpy as np
 
-from .frontend import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, WINDOW_FRAMES  # noqa: F401 (SAMPLE_RATE re-exported)
+from .base import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, WINDOW_HOPS
 
 PCM_SCALE = 32768.0  # openWakeWord feeds 16-bit-range floats to the mel model
 MEL_FRAME = 512  # samples per mel frame
@@ -30,7 +30,7 @@ EMB_STRIDE = 8  # mel frames between embeddings
 EMB_DIM = 96
 EMB_HOP = EMB_STRIDE * MEL_HOP  # 1280 samples, 80 ms
 EMB_SPAN = (EMB_FRAMES - 1) * MEL_HOP + MEL_FRAME  # 12,512 samples under one embedding
-WINDOW_EMBEDDINGS = (WINDOW_FRAMES - EMB_FRAMES) // EMB_STRIDE + 1  # 22: the most that fit in 2.5 s
+WINDOW_EMBEDDINGS = (WINDOW_HOPS - EMB_FRAMES) // EMB_STRIDE + 1  # 22: the most that fit in 2.5 s
 WINDOW_SAMPLES = (WINDOW_EMBEDDINGS - 1) * EMB_HOP + EMB_SPAN  # 39,392
 FEATURE_SIZE = WINDOW_EMBEDDINGS * EMB_DIM  # 2112
 EMBEDDINGS_PER_SECOND = SAMPLE_RATE / EMB_HOP  # 12.5
@@ -110,6 +110,18 @@ def window_start(k: int, hop_frames: int) -> int:
     return (k * hop_frames) // EMB_STRIDE
 
 
+def _mask(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
+    """SpecAugment's idea on embedding frames (EMB_DIM, W): mask a few frames and dimensions."""
+    w = w.copy()
+    fill = w.mean(axis=1, keepdims=True)
+    t = int(rng.integers(0, 4))
+    t0 = int(rng.integers(0, w.shape[1] - t + 1))
+    w[:, t0:t0 + t] = fill
+    dims = rng.choice(w.shape[0], size=int(rng.integers(0, 10)), replace=False)
+    w[dims, :] = fill[dims]
+    return w
+
+
 class EmbeddingFrontEnd:
     """Incremental speech-embedding windows, with the interface of SeedFrontEnd.
 
@@ -123,22 +135,48 @@ class EmbeddingFrontEnd:
 
     name = "oww-embedding-v1"
     feature_size = FEATURE_SIZE
+    feature_shape = (WINDOW_EMBEDDINGS, EMB_DIM)  # time-major
     sample_rate = SAMPLE_RATE
     hop_length = MEL_HOP
     window_frames = WINDOW_EMBEDDINGS
     window_samples = WINDOW_SAMPLES
+    frame_rate = EMBEDDINGS_PER_SECOND
+    tail = WINDOW_EMBEDDINGS - 1  # windows starting inside the stream run on into silence
+    reach = -(-(EMB_SPAN - EMB_HOP) // EMB_HOP)  # an embedding hears 0.78 s: past its 80 ms slot
 
     @staticmethod
     def load() -> None:
         """Load and check the networks once (raises RuntimeError naming a damaged file)."""
         shared_nets()
 
+    # -- batch view -------------------------------------------------------------
+
+    @classmethod
+    def file_frames(cls, signal: np.ndarray) -> np.ndarray:
+        """(EMB_DIM, n) embeddings of a whole signal, as a stream computes them."""
+        return np.ascontiguousarray(file_embeddings(signal).T)
+
+    @classmethod
+    def features(cls, frames: np.ndarray, start: int, out: np.ndarray,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+        """The WINDOW_EMBEDDINGS embeddings from `start`, flattened time-major; with rng, up
+        to 3 embeddings and 9 dimensions are first set to their mean over the window."""
+        w = frames[:, start:start + WINDOW_EMBEDDINGS]
+        if rng is not None:
+            w = _mask(rng, w)
+        out[:] = np.ascontiguousarray(w.T).reshape(-1)
+        return out
+
+    @classmethod
+    def start_limit(cls, n_frames: int) -> int:
+        return n_frames - WINDOW_EMBEDDINGS + 1  # file_frames already holds the silence after the stream
+
     def __init__(self, hop_frames: int = FRAMES_PER_SECOND, nets: EmbeddingNets | None = None):
-        if not 1 <= hop_frames <= WINDOW_FRAMES:
-            raise ValueError(f"hop_frames must be in 1..{WINDOW_FRAMES}, got {hop_frames}")
+        if not 1 <= hop_frames <= WINDOW_HOPS:
+            raise ValueError(f"hop_frames must be in 1..{WINDOW_HOPS}, got {hop_frames}")
         self.hop_frames = max(hop_frames, EMB_STRIDE)  # finer hops would repeat windows: 80 ms is the grid
         self.nets = nets or shared_nets()
-        self._pcm = np.zeros(WINDOW_SAMPLES + WINDOW_FRAMES * MEL_HOP, dtype=np.float64)
+        self._pcm = np.zeros(WINDOW_SAMPLES + WINDOW_HOPS * MEL_HOP, dtype=np.float64)
         # every frame of a full PCM buffer plus the fewer than EMB_FRAMES an embedding still waits on
         self._mel = np.zeros((self._pcm.size // MEL_HOP + EMB_FRAMES + EMB_STRIDE, N_BANDS), dtype=np.float32)
         # mirrored ring: embedding e at rows e % W and e % W + W, so a window is a view

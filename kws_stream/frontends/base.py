@@ -1,0 +1,86 @@
+"""What every front end shares: the audio it takes, the 10 ms hop, the 2.5 s window, and
+the contract a front end meets.
+
+These constants are the seed's (SEED.md). Everything that needs the sample rate or the
+hop imports it from here, never from a particular front end.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Iterator, Protocol
+
+import numpy as np
+
+SAMPLE_RATE = 16000  # Hz, mono
+HOP_MS = 10.0
+HOP_LENGTH = int(SAMPLE_RATE * HOP_MS / 1000)  # 160 samples: audio arrives and is framed in these hops
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
+SEGMENT_SECONDS = 2.5  # the rolling window a model scores
+WINDOW_HOPS = int(round(SEGMENT_SECONDS * FRAMES_PER_SECOND))  # 250 hops in a window
+
+
+class FrontEnd(Protocol):
+    """Audio to model features, in two views that give the same numbers.
+
+    Streaming: `accept(audio)` takes samples up to the next due window and returns how
+    many it took; while `ready()`, `take(out)` writes one window's features and returns
+    the window's start in hops of `hop_length` samples; `finish()` ends the stream.
+    `windows()` below drives this loop; nothing else should.
+
+    Batch (training, evaluation): `file_frames(signal)` gives a whole signal's frames,
+    (frame_dim, n) at `frame_rate` per second; `features(frames, start, out, rng)` turns
+    the `window_frames` frames from `start` into one window's features, masking some of
+    them when a random generator is given (training augmentation).
+    """
+
+    name: ClassVar[str]  # written into a model's metadata; the registry key
+    sample_rate: ClassVar[int]
+    hop_length: ClassVar[int]  # samples per unit of a window's start
+    window_frames: ClassVar[int]  # batch frames per window
+    window_samples: ClassVar[int]  # audio samples one window hears
+    feature_size: ClassVar[int]
+    feature_shape: ClassVar[tuple[int, ...]]  # how a model may view the flat features
+    frame_rate: ClassVar[float]  # batch frames per second
+    tail: ClassVar[int]  # frames a window may run past the last start (end-of-stream padding)
+    reach: ClassVar[int]  # frames past start + window_frames that a window still hears
+
+    def __init__(self, hop_frames: int = ...) -> None: ...
+
+    @staticmethod
+    def load() -> None:
+        """Load and check what the front end needs once; RuntimeError names a damaged file."""
+
+    def reset(self) -> None: ...
+
+    def accept(self, audio: np.ndarray) -> int: ...
+
+    def ready(self) -> bool: ...
+
+    def take(self, out: np.ndarray) -> int: ...
+
+    def finish(self) -> None: ...
+
+    @classmethod
+    def file_frames(cls, signal: np.ndarray) -> np.ndarray: ...
+
+    @classmethod
+    def features(cls, frames: np.ndarray, start: int, out: np.ndarray,
+                 rng: np.random.Generator | None = None) -> np.ndarray: ...
+
+    @classmethod
+    def start_limit(cls, n_frames: int) -> int:
+        """Windows of a stream whose file_frames has n_frames start before this frame."""
+
+
+def windows(fe: FrontEnd, audio: np.ndarray | None, out: np.ndarray) -> Iterator[int]:
+    """Feed `audio` to a streaming front end (None: the stream has ended) and yield the
+    start of every window it completes, its features just written into `out`."""
+    if audio is None:
+        fe.finish()
+    else:
+        pos = 0
+        while pos < audio.size:
+            pos += fe.accept(audio[pos:])
+            while fe.ready():
+                yield fe.take(out)
+    while fe.ready():
+        yield fe.take(out)

@@ -1,0 +1,269 @@
+"""Every option of `kws-stream`, declared once.
+
+The command-line parser, the TOML file check and the README's option table all follow
+from OPTIONS. Values from the file and from the command line are merged first (the
+command line wins) and then validated once, by the same code, so an option is accepted
+or refused the same way wherever it was given; an error names where the value came from
+(`--jobs` or `/etc/kws-stream/config.toml: jobs`).
+
+    # /etc/kws-stream/config.toml
+    device = "pulse"
+    model = "/var/lib/kws-stream/model.onnx"
+    pub = "ipc:///run/kws-stream/events"
+    hop_seconds = 0.5
+    status_interval = 10
+
+Keys use underscores (`hop_seconds` for `--hop-seconds`).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .events import DEFAULT_ENDPOINT, PublishError, check_endpoint_syntax
+from .spotter import SpotterConfig
+
+DEFAULT_CONFIG = Path("/etc/kws-stream/config.toml")
+
+
+class OptionError(Exception):
+    """A value that breaks its option's rule; the message names the option and its source."""
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str  # the TOML key; the flag is --key with dashes
+    type: type  # str, int, float or bool (a flag, with --no-KEY to turn it off)
+    default: Any
+    help: str
+    group: str  # source, detection, output
+    metavar: str | None = None
+    low: float | None = None  # inclusive bounds
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    many: bool = False  # a list: several values after the flag, a TOML array
+    check: Callable[[Any], None] | None = None  # further rule: raises ValueError(reason)
+    in_file: bool = True  # False: command line only
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    def from_text(self, text: str) -> Any:
+        """A command-line string as this option's type; ValueError names the reason."""
+        if self.type is int:
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(f"must be a whole number, got {text!r}") from None
+        if self.type is float:
+            try:
+                return float(text)
+            except ValueError:
+                raise ValueError(f"must be a number, got {text!r}") from None
+        return text
+
+    def check_type(self, value: Any) -> Any:
+        """A TOML value as this option's type (ints pass as floats; devices may be indices)."""
+        if self.many:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"must be a list of strings, got {value!r}")
+            return value
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"must be true or false, got {value!r}")
+            return value
+        if self.type is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"must be a whole number, got {value!r}")
+        if self.type is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"must be a number, got {value!r}")
+            return float(value)
+        if self.type is str:
+            if self.key == "device" and isinstance(value, int) and not isinstance(value, bool):
+                return str(value)
+            if not isinstance(value, str):
+                raise ValueError(f"must be a string, got {value!r}")
+        return value
+
+    def validate(self, value: Any) -> None:
+        """Range, choices and the option's own rule; ValueError names the reason."""
+        if value is None or self.type is bool:
+            return
+        if self.type in (int, float):
+            if not math.isfinite(value):
+                raise ValueError(f"must be a finite number, got {value}")
+            if self.low is not None and value < self.low or self.high is not None and value > self.high:
+                raise ValueError(f"must be within {_bounds(self)}, got {value}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"must be one of {', '.join(self.choices)}, got {value!r}")
+        if self.check is not None:
+            self.check(value)
+
+
+def _bounds(o: Option) -> str:
+    if o.high is None:
+        return f"{o.low:g}.." if o.type is float else f"{o.low}.."
+    return f"{o.low:g}..{o.high:g}"
+
+
+def _endpoint(value: str) -> None:
+    try:
+        check_endpoint_syntax(value)
+    except PublishError as e:
+        raise ValueError(str(e).split(": ", 1)[1]) from None
+
+
+def _sha256(value: str) -> None:
+    if len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
+        raise ValueError(f"must be 64 hexadecimal digits, got {value!r}")
+
+
+_S = SpotterConfig()
+OPTIONS: tuple[Option, ...] = (
+    # source
+    Option("device", str, None, "capture from this PortAudio input (`pulse`, `default`, `hw:1,0`, `3`); opened at "
+           "16 kHz, or at its own rate and resampled (default: the default input)", "source", "NAME|INDEX"),
+    Option("file", str, None, "replay recordings (any format libsndfile reads, any rate, any channel count) "
+           "through the streaming path, as fast as possible", "source", "PATH", many=True, in_file=False),
+    Option("list_devices", bool, False, "list audio devices and exit", "source", in_file=False),
+    Option("realtime", bool, False, "pace file replay at real time (one file at a time: not with --jobs above 1)",
+           "source"),
+    Option("jobs", int, 1, "score files in N worker processes; results identical to 1", "source", "N", low=1,
+           high=256),
+    Option("status_interval", float, 10.0, "seconds between heartbeat status events of the live daemon",
+           "source", "S", low=0.1, high=3600),
+    # detection
+    Option("model", str, None, "ONNX model (default: the packaged kws-default.onnx)", "detection", "PATH"),
+    Option("model_sha256", str, None, "refuse to start unless the model file has this SHA-256 (the started event "
+           "reports it)", "detection", "HEX", check=_sha256),
+    Option("threshold", float, None, "detection threshold (default: the one stored in the model)", "detection",
+           "X", low=0.0, high=1.0),
+    Option("hop_seconds", float, _S.hop_seconds, "score a window every S seconds of audio", "detection", "S",
+           low=0.01, high=2.5),
+    Option("refractory", float, _S.refractory_seconds, "seconds of audio after a detection in which no new one "
+           "fires", "detection", "S", low=0.0, high=3600),
+    # output
+    Option("pub", str, None, f"ZeroMQ PUB endpoint, tcp://HOST:PORT or ipc://PATH, or none (default: "
+           f"{DEFAULT_ENDPOINT} live; a file replay publishes only when this is given)", "output", "ENDPOINT",
+           check=_endpoint),
+    Option("curve_secret", str, None, "encrypt and authenticate events with CurveZMQ using this server key pair "
+           "(with --curve-clients)", "output", "SERVER.key_secret"),
+    Option("curve_clients", str, None, "directory of the public keys (*.key) of the subscribers allowed in",
+           "output", "DIR"),
+    Option("allow_remote", bool, False, "allow --pub on a non-loopback tcp address (default: loopback and ipc only)",
+           "output"),
+    Option("drain_seconds", float, 5.0, "file replay: wait up to S seconds in all for slow subscribers instead of "
+           "dropping their events, and as long at exit for queued events to leave", "output", "S", low=0.0,
+           high=3600),
+    Option("csv", str, None, "write id,label,score per file (file replay): the file's stem (its path when stems "
+           "collide), 0/1 as in the seed's submission, the highest window probability", "output", "OUT"),
+    Option("quiet", bool, False, "do not print detections on stdout", "output"),
+    Option("log_level", str, "info", "how much goes to stderr", "output", "LEVEL",
+           choices=("debug", "info", "warning", "error")),
+)
+BY_KEY = {o.key: o for o in OPTIONS}
+GROUPS = {"source": "source (default: the default input device, as a daemon)", "detection": "detection",
+          "output": "output"}
+
+
+def add_to_parser(parser: argparse.ArgumentParser) -> None:
+    """Every option as a flag. Defaults are left out (SUPPRESS), so the namespace holds
+    only what the command line gave, to be merged over the file and the defaults."""
+    groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
+    for o in OPTIONS:
+        notes = [_bounds(o)] if o.low is not None else []
+        notes += [f"default {o.default}"] if o.default not in (None, False) and not o.many else []
+        help_text = o.help + (f" ({', '.join(notes)})" if notes else "")
+        kw: dict[str, Any] = {"dest": o.key, "default": argparse.SUPPRESS, "help": help_text.replace("%", "%%")}
+        if o.type is bool:
+            kw["action"] = argparse.BooleanOptionalAction if o.in_file else "store_true"
+        else:
+            kw["metavar"] = o.metavar
+            if o.many:
+                kw["nargs"] = "+"
+        groups[o.group].add_argument(o.flag, **kw)
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """A config file's values, typed; OptionError with one line on any problem."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OptionError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise OptionError(f"{path}: cannot read ({e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise OptionError(f"{path}: not valid TOML ({e})") from None
+    known = sorted(o.key for o in OPTIONS if o.in_file)
+    out = {}
+    for key, value in data.items():
+        o = BY_KEY.get(key)
+        if o is None or not o.in_file:
+            raise OptionError(f"{path}: unknown key {key!r}; known: {', '.join(known)}")
+        try:
+            out[key] = o.check_type(value)
+        except ValueError as e:
+            raise OptionError(f"{path}: {key} {e}") from None
+    return out
+
+
+def merge(cli: dict[str, Any], file_values: dict[str, Any], file_path: str | Path | None) -> argparse.Namespace:
+    """Defaults, then the file, then the command line; every value validated once, with
+    its source named in the error."""
+    values = {o.key: o.default for o in OPTIONS}
+    sources = {}
+    for key, value in file_values.items():
+        values[key], sources[key] = value, f"{file_path}: {key}"
+    for key, value in cli.items():
+        o = BY_KEY[key]
+        if not o.many and o.type in (int, float):
+            try:
+                value = o.from_text(value)
+            except ValueError as e:
+                raise OptionError(f"{o.flag} {e}") from None
+        values[key], sources[key] = value, o.flag
+    for o in OPTIONS:
+        try:
+            o.validate(values[o.key])
+        except ValueError as e:
+            raise OptionError(f"{sources.get(o.key, o.flag)} {e}") from None
+    return argparse.Namespace(**values)
+
+
+def check_together(args: argparse.Namespace) -> None:
+    """Rules that involve more than one option."""
+    if args.file and args.device:
+        raise OptionError("give --file or --device, not both")
+    if args.realtime and args.jobs > 1:
+        raise OptionError("--realtime paces one stream at a time; it cannot be combined with --jobs above 1")
+    if bool(args.curve_secret) != bool(args.curve_clients):
+        raise OptionError("--curve-secret and --curve-clients go together")
+
+
+def markdown_table() -> str:
+    """The README's option table."""
+    rows = ["| option | file key | meaning |", "|---|---|---|"]
+    for o in OPTIONS:
+        flag = o.flag if o.type is bool else f"{o.flag} {o.metavar}{' ...' if o.many else ''}"
+        if o.type is bool and o.in_file:
+            flag += f"`, `--no-{o.flag[2:]}"
+        key = f"`{o.key}`" if o.in_file else "(command line only)"
+        meaning = o.help
+        if o.low is not None:
+            meaning += f"; {_bounds(o)}"
+        if o.choices:
+            meaning += f"; one of {', '.join(o.choices)}"
+        if o.default not in (None, False):
+            meaning += f"; default {o.default}"
+        rows.append(f"| `{flag.replace('|', chr(92) + '|')}` | {key} | {meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,169 @@
+"""One options model: the command line and the TOML file are checked by the same rules,
+the README's table is the declaration's, and `kws_train` is what `pip install` installs."""
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from kws_stream import cli, options
+from modelkit import burst_signal
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def toml_value(value) -> str:
+    return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+
+def bad_values(o: options.Option) -> list[str]:
+    """Values that break o's rule, as command-line text (the file gets the same value)."""
+    if o.type is bool:
+        return []
+    out = []
+    if o.type in (int, float):
+        out.append("many")
+        if o.low is not None:
+            out.append(str(o.low - 1))
+        if o.high is not None:
+            out.append(str(o.high + 1))
+        if o.type is float:
+            out.append("nan")
+    if o.choices:
+        out.append("loud")
+    if o.check is not None:
+        out += ["zz", "tcp://127.0.0.1:99999"]
+    return out
+
+
+def as_file_value(o: options.Option, text: str):
+    """The TOML value a user would write for the same text."""
+    if o.type is int and text.lstrip("-").isdigit():
+        return int(text)
+    if o.type is float:
+        try:
+            value = float(text)
+        except ValueError:
+            return text
+        return value if value == value else text  # TOML has nan, json.dumps would not write it
+    return text
+
+
+def error_of(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as stop:
+        cli.parse_args(argv)
+    assert stop.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    return line
+
+
+CASES = [(o, text) for o in options.OPTIONS if o.in_file for text in bad_values(o)]
+
+
+@pytest.mark.parametrize("option,text", CASES, ids=[f"{o.key}={t}" for o, t in CASES])
+def test_every_option_is_refused_the_same_way_from_the_command_line_and_the_file(option, text, tmp_path, capsys):
+    from_cli = error_of([option.flag, text], capsys)
+    config = tmp_path / "config.toml"
+    value = as_file_value(option, text)
+    config.write_text(f"{option.key} = {'nan' if text == 'nan' else toml_value(value)}\n")
+    from_file = error_of(["--config", str(config)], capsys)
+    prefix_cli, prefix_file = f"kws-stream: error: {option.flag} ", f"kws-stream: error: {config}: {option.key} "
+    assert from_cli.startswith(prefix_cli) and from_file.startswith(prefix_file), (from_cli, from_file)
+    reason_cli, reason_file = from_cli[len(prefix_cli):], from_file[len(prefix_file):]
+    if option.type in (int, float) and text == "many":  # the file holds a string, the command line a word
+        assert reason_cli.startswith("must be ") and reason_file.startswith("must be ")
+    else:
+        assert reason_cli == reason_file
+
+
+def test_every_option_has_a_rule_or_is_free_text():
+    """No numeric option without bounds: each has the range it is checked against."""
+    for o in options.OPTIONS:
+        if o.type in (int, float):
+            assert o.low is not None and o.high is not None, o.key
+
+
+GOOD = {"device": "pulse", "realtime": False, "jobs": "3", "status_interval": "2.5", "model": "m.onnx",
+        "model_sha256": "ab" * 32, "threshold": "0.7", "hop_seconds": "0.5", "refractory": "1", "pub": "ipc:///tmp/x",
+        "curve_secret": "s.key_secret", "curve_clients": "keys", "allow_remote": True, "drain_seconds": "2",
+        "csv": "out.csv", "quiet": True, "log_level": "debug"}
+
+
+def test_good_values_mean_the_same_from_the_command_line_and_the_file(tmp_path):
+    assert set(GOOD) == {o.key for o in options.OPTIONS if o.in_file}
+    argv, lines = [], []
+    for key, text in GOOD.items():
+        o = options.BY_KEY[key]
+        argv += [o.flag if text else f"--no-{o.flag[2:]}"] if o.type is bool else [o.flag, text]
+        lines.append(f"{key} = {toml_value(as_file_value(o, text) if o.type is not bool else text)}")
+    config = tmp_path / "config.toml"
+    config.write_text("\n".join(lines) + "\n")
+    from_cli, from_file = vars(cli.parse_args(argv)), vars(cli.parse_args(["--config", str(config)]))
+    assert from_cli == from_file
+    assert from_cli["jobs"] == 3 and from_cli["hop_seconds"] == 0.5 and from_cli["quiet"] is True
+
+
+def test_flags_set_in_the_file_can_be_turned_off(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("quiet = true\nrealtime = true\nallow_remote = true\n")
+    args = cli.parse_args(["--config", str(config), "--no-quiet", "--no-realtime", "--no-allow-remote"])
+    assert (args.quiet, args.realtime, args.allow_remote) == (False, False, False)
+    args = cli.parse_args(["--config", str(config)])
+    assert (args.quiet, args.realtime, args.allow_remote) == (True, True, True)
+
+
+def test_the_readme_table_is_the_declaration():
+    assert options.markdown_table() in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_help_lists_the_commands():
+    r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "listen" in r.stdout and "keys" in r.stdout and "--no-quiet" in r.stdout
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "kws_stream.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_a_config_file_value_out_of_range_names_the_file_and_key(tmp_path, burst_model):
+    wav = tmp_path / "b.wav"
+    sf.write(wav, burst_signal(6.0, [2.05]), 16000)
+    config = tmp_path / "config.toml"
+    for text, reason in (("threshold = 7.5", "threshold must be within 0..1, got 7.5"),
+                         ("jobs = -3", "jobs must be within 1..256, got -3")):
+        config.write_text(text + "\n")
+        r = run("--config", config, "--file", wav, "--model", burst_model)
+        assert r.returncode == 2 and r.stderr.strip() == f"kws-stream: error: {config}: {reason}", r.stderr
+
+
+def test_config_file_and_overrides(tmp_path, burst_model):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'model = "{burst_model}"\npub = "none"\nthreshold = 1.0\nquiet = false\n')
+    wav = tmp_path / "b.wav"
+    sf.write(wav, burst_signal(6.0, [2.05]), 16000)
+    assert run("--config", cfg, "--file", wav).stdout == ""  # threshold 1.0 from the file
+    assert '"detection"' in run("--config", cfg, "--file", wav, "--threshold", "0.5").stdout  # CLI wins
+    for text, message in (('hop = 1\n', "unknown key 'hop'"), ('threshold = "high"\n', "threshold must be"),
+                          ('model = [\n', "not valid TOML")):
+        cfg.write_text(text)
+        r = run("--config", cfg, "--file", wav)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run("--config", tmp_path / "missing.toml", "--file", wav)
+    assert r.returncode == 2 and "no such config file" in r.stderr
+
+
+def test_the_wheel_installs_kws_train_and_no_top_level_train(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = tmp_path.glob("kws_stream-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert "kws_train" in tops and "kws_stream" in tops and "train" not in tops, tops
+    assert "kws_train/nets.py" in zipfile.ZipFile(wheel).namelist()
+    assert "kws_train/cli:main" in "".join(zipfile.ZipFile(wheel).read(n).decode() for n in
+                                           zipfile.ZipFile(wheel).namelist() if n.endswith("entry_points.txt")
+                                           ).replace(".cli:", "/cli:")
