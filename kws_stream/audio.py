@@ -1,13 +1,17 @@
-"""Audio files in: any format libsndfile reads, any rate, any channel count.
+"""Audio files in: any format libsndfile reads, any rate, any channel count; and stdin.
 
 Files are read in blocks, averaged to mono in float64 (as the seed does) and resampled
 to 16 kHz with a streaming soxr resampler, so a 10-hour recording needs bounded memory.
+Stdin (`-`) carries a WAV stream or raw mono PCM, read as it arrives.
 """
 from __future__ import annotations
 
 import os
+import sys
+import wave
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -56,7 +60,7 @@ def _open(path: Path) -> sf.SoundFile:
     if not path.exists():
         raise AudioError("no such file")
     if path.is_dir():
-        raise AudioError("is a directory, not an audio file")
+        raise AudioError("is a directory with no audio files in it")
     if not os.access(path, os.R_OK):
         raise AudioError("permission denied")
     if path.stat().st_size == 0:
@@ -104,6 +108,104 @@ def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterato
         if 0 < f.frames < 2**62 and frames_read < f.frames * 0.99:
             raise AudioError(f"truncated: the header promises {f.frames / f.samplerate:.2f} s, "
                              f"the data holds {frames_read / f.samplerate:.2f} s")
+
+
+STDIN = "-"
+RAW_DTYPES = {"s16le": ("<i2", 32768.0), "s32le": ("<i4", 2147483648.0), "f32le": ("<f4", 1.0)}
+WAV_DTYPES = {1: ("u1", 128.0), 2: ("<i2", 32768.0), 4: ("<i4", 2147483648.0)}  # sample width -> dtype, scale
+
+
+@dataclass(frozen=True)
+class StdinFormat:
+    format: str = "auto"  # auto, wav, or a RAW_DTYPES key
+    rate: int = SAMPLE_RATE  # of raw PCM
+
+
+def iter_input(path: str, stdin: StdinFormat = StdinFormat(), block_seconds: float = BLOCK_SECONDS
+               ) -> Iterator[np.ndarray]:
+    """A file's blocks, or stdin's for the path `-`."""
+    if path == STDIN:
+        return iter_stdin(sys.stdin.buffer, stdin, block_seconds)
+    return iter_file(path, block_seconds)
+
+
+def iter_stdin(stream: BinaryIO, fmt: StdinFormat, block_seconds: float = 0.1) -> Iterator[np.ndarray]:
+    """Float64 mono 16 kHz blocks of a WAV stream or raw mono PCM, as they arrive (a pipe
+    is read `block_seconds` at a time). Raises AudioError."""
+    head = stream.read(4)
+    kind = fmt.format if fmt.format != "auto" else ("wav" if head == b"RIFF" else "s16le")
+    if kind == "wav":
+        yield from _wav_blocks(head, stream, block_seconds)
+        return
+    if head[:4] == b"RIFF":
+        raise AudioError(f"stdin holds a WAV header but --format is {kind}; use --format wav or auto")
+    dtype, scale = RAW_DTYPES[kind]
+    yield from _pcm_blocks(head, stream, np.dtype(dtype), scale, fmt.rate, 1, block_seconds)
+
+
+def _wav_blocks(head: bytes, stream: BinaryIO, block_seconds: float) -> Iterator[np.ndarray]:
+    try:
+        w = wave.open(_Prefixed(head, stream), "rb")
+    except (wave.Error, EOFError) as e:
+        raise AudioError(f"not a PCM WAV stream ({str(e) or 'the header is cut short'})") from None
+    if w.getsampwidth() not in WAV_DTYPES:
+        raise AudioError(f"WAV with {8 * w.getsampwidth()}-bit samples; send 8, 16 or 32-bit PCM or raw f32le")
+    dtype, scale = WAV_DTYPES[w.getsampwidth()]
+    yield from _pcm_blocks(b"", _WaveFrames(w), np.dtype(dtype), scale, w.getframerate(), w.getnchannels(),
+                           block_seconds, offset=128.0 if dtype == "u1" else 0.0)
+
+
+def _pcm_blocks(head: bytes, stream, dtype: np.dtype, scale: float, rate: int, channels: int,
+                block_seconds: float, offset: float = 0.0) -> Iterator[np.ndarray]:
+    resample = Resampler(rate)
+    frame = dtype.itemsize * channels
+    want = max(1, int(block_seconds * rate)) * frame
+    pending, out_seconds, done = head, 0.0, False
+    while not done:
+        data = stream.read(want - len(pending)) if len(pending) < want else b""
+        done = not data
+        pending += data
+        whole = len(pending) // frame * frame
+        if not whole and not done:
+            continue
+        x = np.frombuffer(pending[:whole], dtype=dtype).astype(np.float64).reshape(-1, channels)
+        pending = pending[whole:]
+        y = resample(to_mono((x - offset) / scale), last=done)
+        if y.size:
+            check_finite(y, out_seconds)
+            np.clip(y, -1.0, 1.0, out=y)
+            out_seconds += y.size / SAMPLE_RATE
+            yield y
+    if out_seconds == 0.0:
+        raise AudioError("no audio samples on stdin")
+    if pending:
+        raise AudioError(f"truncated: {len(pending)} bytes after the last whole sample ({out_seconds:.2f} s read)")
+
+
+class _Prefixed:
+    """A stream with bytes already read put back in front (for the wave module)."""
+
+    def __init__(self, head: bytes, stream: BinaryIO):
+        self._head, self._stream = head, stream
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._head:
+            return self._stream.read(n)
+        if n < 0:
+            out, self._head = self._head + self._stream.read(), b""
+            return out
+        out, self._head = self._head[:n], self._head[n:]
+        return out + (self._stream.read(n - len(out)) if len(out) < n else b"")
+
+
+class _WaveFrames:
+    """A wave reader's frames as a byte stream."""
+
+    def __init__(self, w: wave.Wave_read):
+        self._w = w
+
+    def read(self, n: int) -> bytes:
+        return self._w.readframes(max(1, n // (self._w.getsampwidth() * self._w.getnchannels())))
 
 
 def read_file(path: str | Path) -> np.ndarray:

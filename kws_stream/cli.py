@@ -12,13 +12,15 @@ import logging
 import os
 import signal
 import sys
+import time
 
-from . import __version__, options, security
+from . import __version__, options, plot, security
+from .audio import StdinFormat
 from .events import DEFAULT_ENDPOINT, PublishError, open_publisher, started_event
 from .listen import listen
 from .mic import DeviceError, check_input, list_devices
 from .model import KwsModel, ModelError
-from .replay import ReplayJob, check_csv_target
+from .replay import InputError, ReplayJob, check_writable, expand_inputs
 from .spotter import SpotterConfig
 
 log = logging.getLogger("kws_stream")
@@ -98,16 +100,24 @@ class Stop:
         self.signal = signum
 
 
-class Printer:
-    """One JSON line per event on stdout, unless quiet; a closed stdout (`| head -1`)
-    turns printing off, once."""
+class Outlet:
+    """Where events go: published, and the chosen types also printed on stdout as JSON
+    lines. A closed stdout (`| head -1`) turns printing off, once; publishing goes on."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, publisher, quiet: bool, which: str = "detections"):
+        self.publisher = publisher
         self.quiet = quiet
+        self.printed = {"detection"} if which == "detections" else {"detection", "status", "error"}
 
-    def __call__(self, event: dict) -> None:
-        if self.quiet:
-            return
+    def __getattr__(self, name: str):  # dropped, sent, drain_exhausted, endpoint: the publisher's
+        return getattr(self.publisher, name)
+
+    def publish(self, event: dict) -> bool:
+        if not self.quiet and event["type"] in self.printed:
+            self._print(event)
+        return self.publisher.publish(event)
+
+    def _print(self, event: dict) -> None:
         try:
             print(json.dumps(event, ensure_ascii=False), flush=True)
         except BrokenPipeError:
@@ -116,6 +126,35 @@ class Printer:
             os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail
             os.close(devnull)
             log.warning("stdout was closed; detections are no longer printed (events and --csv go on)")
+
+
+class Progress:
+    """A progress bar on stderr while a replay runs, only on a terminal and only when tqdm
+    is installed: files done, audio hours, times real time, and the ETA."""
+
+    def __init__(self, total: int):
+        self.total, self._bar, self._audio, self._began = total, None, 0.0, time.monotonic()
+
+    def __enter__(self) -> Progress:
+        if sys.stderr.isatty() and self.total > 1:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return self
+            self._bar = tqdm(total=self.total, unit="file", file=sys.stderr, dynamic_ncols=True, leave=False)
+        return self
+
+    def update(self, result) -> None:
+        if self._bar is None:
+            return
+        self._audio += result.audio_seconds
+        speed = self._audio / max(time.monotonic() - self._began, 1e-9)
+        self._bar.set_postfix_str(f"{self._audio / 3600:.2f} h audio, {speed:.0f}x real time", refresh=False)
+        self._bar.update(1)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -154,12 +193,17 @@ def main(argv: list[str] | None = None) -> int:
     stop.install()
     if args.file:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a replay has no model to reload: SIGHUP is ignored
-        if args.csv:
-            try:
-                check_csv_target(args.csv)
-            except OSError as e:
-                log.error("--csv %s", e)
-                return EXIT_USAGE
+        try:
+            args.file = expand_inputs(args.file)
+            for flag, path, folder in (("--csv", args.csv, False), ("--scores", args.scores, False),
+                                       ("--plot", args.plot, True)):
+                if path:
+                    check_writable(path, folder)
+            if args.plot:
+                plot.require()
+        except (InputError, OSError, plot.PlotError) as e:
+            log.error("%s", e)
+            return EXIT_USAGE
     try:
         model = KwsModel(args.model, expect_sha256=args.model_sha256)
     except ModelError as e:
@@ -170,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.curve_secret:
             curve = security.CurveServer(args.curve_secret, args.curve_clients)
-        publisher = open_publisher(endpoint, args.allow_remote, curve, args.drain_seconds if args.file else 0.0)
+        publisher = Outlet(open_publisher(endpoint, args.allow_remote, curve, args.drain_seconds if args.file else 0.0),
+                           args.quiet, args.events)
     except (PublishError, security.KeyMaterialError) as e:
         log.error("%s", e)
         if curve is not None:
@@ -189,8 +234,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_files(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop) -> int:
-    job = ReplayJob(args.file, model, config, publisher, args.jobs, args.realtime, args.csv, Printer(args.quiet))
-    totals = job.run(stop)
+    job = ReplayJob(args.file, model, config, publisher, args.jobs, args.realtime, args.csv, args.scores, args.plot,
+                    StdinFormat(args.format, args.rate))
+    began = time.monotonic()
+    with Progress(len(args.file)) as progress:
+        totals = job.run(stop, progress.update)
+    wall = time.monotonic() - began
+    log.info("files %d, audio %.2f h, detections %d, failed %d, %.0fx real time (%.1f s)", totals.files,
+             totals.audio_seconds / 3600, totals.detections, totals.failed, totals.audio_seconds / max(wall, 1e-9),
+             wall)
     if stop.requested:
         log.warning("interrupted after %d finished files%s", len(job.rows),
                     f"; {args.csv} holds them" if args.csv else "")
@@ -206,7 +258,7 @@ def run_device(args, model: KwsModel, config: SpotterConfig, publisher, stop: St
         log.error("%s", e)
         return EXIT_USAGE
     daemon = Daemon(model, config, publisher, args.device, stop, status_interval=args.status_interval,
-                    model_path=args.model, echo=Printer(args.quiet), model_sha256=args.model_sha256)
+                    model_path=args.model, model_sha256=args.model_sha256)
     return daemon.run()
 
 

@@ -56,6 +56,17 @@ class StreamSummary:
     max_score: float
 
 
+@dataclass
+class RtpStats:
+    """What an RTP stream's packets were like; counted as they arrive."""
+    packets: int = 0
+    lost: int = 0  # never arrived (concealed with silence)
+    reordered: int = 0  # arrived after a later one, put back in order
+    duplicates_or_late: int = 0  # a copy, or too late to be played
+    unknown_payload: int = 0  # a payload type that is not configured
+    undecodable: int = 0
+
+
 @dataclass(frozen=True)
 class Heartbeat:
     """The live daemon's state, every --status-interval seconds and on changes."""
@@ -70,6 +81,7 @@ class Heartbeat:
     model: str
     model_version: str
     error: str | None = None  # while the device is failing: why
+    rtp: dict | None = None  # the RTP source's counters: streams, ended, packets, malformed, refused
 
 
 @dataclass(frozen=True)
@@ -107,13 +119,20 @@ def started_event(model: str, model_version: str, model_sha256: str, endpoint: s
                   endpoint=endpoint)
 
 
-def stream_end_event(s: StreamSummary) -> dict:
+def stream_start_event(stream: str, codec: str, rate: int, payload_type: int) -> dict:
+    return _event("status", state="stream-start", stream=stream, codec=codec, rate=rate, payload_type=payload_type)
+
+
+def stream_end_event(s: StreamSummary, reason: str | None = None, rtp: RtpStats | None = None) -> dict:
+    extra = {} if reason is None else {"reason": reason}
+    if rtp is not None:
+        extra["rtp"] = asdict(rtp)
     return _event("status", state="stream-end", stream=s.stream, audio_seconds=round(s.audio_seconds, 3),
-                  windows=s.windows, detections=s.detections, max_score=round(s.max_score, 6))
+                  windows=s.windows, detections=s.detections, max_score=round(s.max_score, 6), **extra)
 
 
 def heartbeat_event(h: Heartbeat) -> dict:
-    fields = {k: v for k, v in asdict(h).items() if k != "error" or v is not None}
+    fields = {k: v for k, v in asdict(h).items() if k not in ("error", "rtp") or v is not None}
     fields["audio_seconds"] = round(h.audio_seconds, 3)
     return _event("status", **fields)
 

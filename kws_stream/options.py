@@ -129,7 +129,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("device", str, None, "capture from this PortAudio input (`pulse`, `default`, `hw:1,0`, `3`); opened at "
            "16 kHz, or at its own rate and resampled (default: the default input)", "source", "NAME|INDEX"),
     Option("file", str, None, "replay recordings (any format libsndfile reads, any rate, any channel count) "
-           "through the streaming path, as fast as possible", "source", "PATH", many=True, in_file=False),
+           "through the streaming path, as fast as possible; a directory is searched recursively for audio, "
+           "@LIST reads paths from a file (one per line), - reads WAV or raw PCM from stdin", "source", "PATH",
+           many=True, in_file=False),
+    Option("format", str, "auto", "--file -: what stdin holds: wav, raw s16le, s32le or f32le (auto: WAV if it "
+           "starts with a RIFF header, else s16le)", "source", "FMT", choices=("auto", "wav", "s16le", "s32le",
+                                                                                 "f32le")),
+    Option("rate", int, 16000, "--file -: sample rate of raw PCM on stdin, mono", "source", "HZ", low=4000,
+           high=192000),
     Option("list_devices", bool, False, "list audio devices and exit", "source", in_file=False),
     Option("realtime", bool, False, "pace file replay at real time (one file at a time: not with --jobs above 1)",
            "source"),
@@ -162,6 +169,12 @@ OPTIONS: tuple[Option, ...] = (
            high=3600),
     Option("csv", str, None, "write id,label,score per file (file replay): the file's stem (its path when stems "
            "collide), 0/1 as in the seed's submission, the highest window probability", "output", "OUT"),
+    Option("scores", str, None, "write every scored window as a JSON line: stream, start, end, score (file "
+           "replay)", "output", "OUT.jsonl"),
+    Option("plot", str, None, "write one PNG per file into DIR: the score over time, the threshold and the "
+           "detections over the waveform (file replay; needs the plot extra)", "output", "DIR"),
+    Option("events", str, "detections", "what is printed on stdout: detections, or all events (status and errors "
+           "too)", "output", "WHICH", choices=("detections", "all")),
     Option("quiet", bool, False, "do not print detections on stdout", "output"),
     Option("log_level", str, "info", "how much goes to stderr", "output", "LEVEL",
            choices=("debug", "info", "warning", "error")),

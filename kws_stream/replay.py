@@ -7,6 +7,7 @@ process or in worker processes whose results are identical; `run_replay` is the 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import tempfile
@@ -19,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from . import pool
-from .audio import AudioError, iter_file
+from .audio import STDIN, AudioError, StdinFormat, iter_input
 from .events import ReplayTotals, StreamSummary, error_event, finished_event, stream_end_event
 from .model import KwsModel, ModelError
 from .spotter import Detection, OnWindow, Spotter, SpotterConfig
@@ -38,7 +39,8 @@ class FileResult:
     windows: int = 0
     error: str | None = None  # why the file failed (it may still have detections from before)
     interrupted: bool = False  # a stop came before the end of the file
-    window_ends: np.ndarray | None = None  # with keep_scores: every window's end, in samples
+    window_starts: np.ndarray | None = None  # with keep_scores: every window's start and end, in samples,
+    window_ends: np.ndarray | None = None
     window_probs: np.ndarray | None = None  # and its probability
 
     def summary(self) -> StreamSummary:
@@ -49,19 +51,21 @@ class FileResult:
 def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool = False,
               on_detection: Callable[[Detection], None] | None = None,
               should_stop: Callable[[], bool] = lambda: False, on_window: OnWindow | None = None,
-              keep_scores: bool = False) -> FileResult:
-    """Replay one file; detections go to on_detection as they happen and into the result,
-    every window's score to on_window (and into the result with keep_scores)."""
+              keep_scores: bool = False, stdin: StdinFormat = StdinFormat()) -> FileResult:
+    """Replay one file (`-`: stdin); detections go to on_detection as they happen and into
+    the result, every window's score to on_window (and into the result with keep_scores)."""
     result = FileResult(path=str(path))
+    starts: list[float] = []
     ends: list[float] = []
     probs: list[float] = []
     if keep_scores:
         def on_window(start: float, end: float, prob: float, chained=on_window) -> None:
+            starts.append(start)
             ends.append(end)
             probs.append(prob)
             if chained is not None:
                 chained(start, end, prob)
-    spotter = Spotter(model, stream=str(path), config=config, on_window=on_window)
+    spotter = Spotter(model, stream="stdin" if path == STDIN else str(path), config=config, on_window=on_window)
 
     def emit(found: list[Detection]) -> None:
         result.detections.extend(found)
@@ -72,7 +76,7 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
     began = time.monotonic()
     try:
         block = REALTIME_BLOCK_SECONDS if realtime else None
-        for chunk in iter_file(path, **({"block_seconds": block} if block else {})):
+        for chunk in iter_input(str(path), stdin, **({"block_seconds": block} if block else {})):
             emit(spotter.feed(chunk))
             if realtime:
                 ahead = spotter.audio_seconds - (time.monotonic() - began)
@@ -90,6 +94,7 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
     if spotter.windows:
         result.max_score = spotter.max_score
     if keep_scores:
+        result.window_starts = (np.array(starts) * spotter.sample_rate).round().astype(np.int64)
         result.window_ends = (np.array(ends) * spotter.sample_rate).round().astype(np.int64)
         result.window_probs = np.array(probs)
     return result
@@ -117,7 +122,8 @@ def _scan_in_worker(path: str) -> FileResult:
 
 def replay(paths: Iterable[str], model: KwsModel, config: SpotterConfig, jobs: int = 1, realtime: bool = False,
            on_detection: Callable[[Detection], None] | None = None,
-           should_stop: Callable[[], bool] = lambda: False, keep_scores: bool = False) -> Iterator[FileResult]:
+           should_stop: Callable[[], bool] = lambda: False, keep_scores: bool = False,
+           stdin: StdinFormat = StdinFormat()) -> Iterator[FileResult]:
     """Yield one FileResult per path, in input order.
 
     With jobs > 1 files are scored in worker processes and a file's detections are
@@ -128,7 +134,8 @@ def replay(paths: Iterable[str], model: KwsModel, config: SpotterConfig, jobs: i
         for path in paths:
             if should_stop():
                 return
-            yield scan_file(path, model, config, realtime, on_detection, should_stop, keep_scores=keep_scores)
+            yield scan_file(path, model, config, realtime, on_detection, should_stop, keep_scores=keep_scores,
+                            stdin=stdin)
         return
     for result in pool.imap(_scan_in_worker, paths, jobs, _init_worker,
                             (str(model.path), config, model.sha256, keep_scores), should_stop):
@@ -138,12 +145,43 @@ def replay(paths: Iterable[str], model: KwsModel, config: SpotterConfig, jobs: i
         yield result
 
 
-# -- the whole job: events, totals, CSV ---------------------------------------------
+# -- the whole job: inputs, events, totals, CSV, scores, plots ------------------------
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"}
+
+
+class InputError(Exception):
+    """An input argument that cannot be expanded: a list file that cannot be read."""
+
+
+def expand_inputs(items: list[str]) -> list[str]:
+    """Paths to replay: a directory is searched recursively for audio files (sorted; one
+    without any is kept, to fail as an input),
+    @LIST is a file of paths (one per line; blank lines and # comments skipped), `-` is
+    stdin and must come alone, anything else is a file (checked when it is read)."""
+    paths: list[str] = []
+    for item in items:
+        if item.startswith("@") and len(item) > 1:
+            try:
+                lines = Path(item[1:]).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as e:
+                raise InputError(f"{item[1:]}: cannot read the list of files ({getattr(e, 'strerror', None) or e})"
+                                 ) from None
+            paths += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        elif Path(item).is_dir():
+            found = sorted(str(p) for p in Path(item).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            paths += found or [item]  # a folder without audio fails as an input, like a bad file
+        else:
+            paths.append(item)
+    if STDIN in paths and len(paths) > 1:
+        raise InputError("--file - (stdin) must be the only input")
+    return paths
+
 
 def file_ids(paths: list[str]) -> list[str]:
     """CSV ids: the file's stem, as the seed has it, unless stems collide; then the path
     relative to the files' common parent (without, then with its suffix)."""
-    stems = [Path(p).stem for p in paths]
+    stems = ["stdin" if p == STDIN else Path(p).stem for p in paths]
     clash = Counter(stems)
     if all(n == 1 for n in clash.values()):
         return stems
@@ -160,15 +198,23 @@ def file_ids(paths: list[str]) -> list[str]:
     return out
 
 
-def check_csv_target(path: str) -> None:
-    """Raise OSError now if `path` cannot be written, before an hour of audio is scored."""
+def check_writable(path: str, folder: bool = False) -> None:
+    """Raise OSError now if `path` (a file, or a folder to write into) cannot be written,
+    before an hour of audio is scored."""
     target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
+    if folder:
+        if target.exists() and not target.is_dir():
+            raise NotADirectoryError(f"{path}: not a directory")
+        target.mkdir(parents=True, exist_ok=True)
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise PermissionError(f"{path}: permission denied")
+        return
+    parent = target.parent if str(target.parent) else Path(".")
     if target.is_dir():
         raise IsADirectoryError(f"{path}: is a directory")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{path}: no such directory {folder}")
-    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{path}: no such directory {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise PermissionError(f"{path}: permission denied")
 
 
@@ -187,53 +233,73 @@ def write_csv_atomically(path: str, rows: list[tuple[str, int, float]]) -> None:
         raise
 
 
+def score_lines(result: FileResult, stream: str, rate: int) -> Iterator[str]:
+    """--scores: one JSON line per scored window."""
+    for a, b, p in zip(result.window_starts.tolist(), result.window_ends.tolist(), result.window_probs.tolist()):
+        yield json.dumps({"stream": stream, "start": round(a / rate, 3), "end": round(b / rate, 3),
+                          "score": round(p, 6)}, ensure_ascii=False) + "\n"
+
+
 @dataclass
 class ReplayJob:
-    """`kws-stream --file`: every file through `replay`, its detections to `echo` and the
-    publisher as they are found, one status event per file, the totals at the end."""
+    """`kws-stream --file`: every file through `replay`; its detections to the publisher as
+    they are found, one status event per file, the totals at the end; and the CSV, the
+    window scores and the plots when asked for."""
     paths: list[str]
     model: KwsModel
     config: SpotterConfig
-    publisher: object  # events.Publisher or NullPublisher
+    publisher: object  # anything with publish(event), dropped, sent, drain_exhausted
     jobs: int = 1
     realtime: bool = False
     csv: str | None = None
-    echo: Callable[[dict], None] | None = None
+    scores: str | None = None
+    plot: str | None = None
+    stdin: StdinFormat = StdinFormat()
+    rows: list[tuple[str, int, float]] = field(default_factory=list)
 
-    def run(self, should_stop: Callable[[], bool]) -> ReplayTotals:
+    def run(self, should_stop: Callable[[], bool],
+            on_result: Callable[[FileResult], None] | None = None) -> ReplayTotals:
         threshold = self.config.threshold_for(self.model)
         ids = dict(zip(self.paths, file_ids(self.paths)))
-        rows: list[tuple[str, int, float]] = []
         files = failed = detections = 0
         seconds = 0.0
-
-        def on_detection(det: Detection) -> None:
-            event = det.event()
-            if self.echo is not None:
-                self.echo(event)
-            self.publisher.publish(event)
-
-        for result in replay(self.paths, self.model, self.config, self.jobs, self.realtime, on_detection,
-                             should_stop):
-            files += 1
-            seconds += result.audio_seconds
-            detections += len(result.detections)
-            if result.interrupted:
-                break
-            if result.error is not None:
-                failed += 1
-                log.error("%s: %s", result.path, result.error)
-                self.publisher.publish(error_event(result.path, result.error))
-                continue
-            rows.append((ids[result.path], int(result.max_score >= threshold), result.max_score))
-            self.publisher.publish(stream_end_event(result.summary()))
+        keep = bool(self.scores or self.plot)
+        scores = open(self.scores, "w", encoding="utf-8") if self.scores else None
+        try:
+            for result in replay(self.paths, self.model, self.config, self.jobs, self.realtime,
+                                 lambda det: self.publisher.publish(det.event()), should_stop, keep, self.stdin):
+                files += 1
+                seconds += result.audio_seconds
+                detections += len(result.detections)
+                if keep and result.window_probs is not None:
+                    stream = "stdin" if result.path == STDIN else result.path
+                    if scores is not None:
+                        scores.writelines(score_lines(result, stream, self.model.front_end_class.sample_rate))
+                        scores.flush()
+                    if self.plot:
+                        from .plot import plot_file
+                        plot_file(result, threshold, Path(self.plot) / f"{ids[result.path].replace('/', '_')}.png",
+                                  self.model.front_end_class.sample_rate)
+                if on_result is not None:
+                    on_result(result)
+                if result.interrupted:
+                    break
+                if result.error is not None:
+                    failed += 1
+                    log.error("%s: %s", result.path, result.error)
+                    self.publisher.publish(error_event(result.path, result.error))
+                    continue
+                self.rows.append((ids[result.path], int(result.max_score >= threshold), result.max_score))
+                self.publisher.publish(stream_end_event(result.summary()))
+        finally:
+            if scores is not None:
+                scores.close()
         if self.csv:
             try:
-                write_csv_atomically(self.csv, rows)
+                write_csv_atomically(self.csv, self.rows)
             except OSError as e:
                 log.error("%s: cannot write CSV (%s)", self.csv, e.strerror or e)
                 failed += 1
-        self.rows = rows
         pub = self.publisher
         totals = ReplayTotals(files, seconds, detections, failed, pub.dropped, pub.sent, pub.drain_exhausted,
                               should_stop())

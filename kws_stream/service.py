@@ -55,7 +55,7 @@ class Notifier:
 class Daemon:
     def __init__(self, model: KwsModel, config: SpotterConfig, publisher, device: str | None,
                  stop: Callable[[], bool], status_interval: float = 10.0, model_path: str | None = None,
-                 echo: Callable[[dict], None] | None = None, model_sha256: str | None = None):
+                 model_sha256: str | None = None):
         self.model, self.config, self.publisher, self.stop = model, config, publisher, stop
         self.source = MicSource(device)
         self.stream = f"device:{self.source.name}"
@@ -63,7 +63,6 @@ class Daemon:
         self.status_interval = status_interval
         self.model_path = model_path
         self.model_sha256 = model_sha256  # a pin holds for reloads too
-        self.echo = echo
         self.notifier = Notifier()
         self.device_state = "closed"
         self.device_error: str | None = None
@@ -141,10 +140,7 @@ class Daemon:
                 self.publisher.publish(error_event(self.stream, "NaN or Inf samples from the device; zeroed"))
             block = np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)
         for det in self.spotter.feed(self.resample(block.astype(np.float64))):
-            event = det.event()
-            if self.echo is not None:
-                self.echo(event)
-            self.publisher.publish(event)
+            self.publisher.publish(det.event())
 
     def _reload_model(self) -> None:
         self._reload = False

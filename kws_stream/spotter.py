@@ -92,6 +92,7 @@ class Spotter:
     def reset(self) -> None:
         self.front_end.reset()
         self.detector.reset()
+        self._waiting: list[tuple[int, np.ndarray]] = []  # queued windows: (start, features)
         self.windows = 0
         self.detections = 0
         self.nonfinite_scores = 0
@@ -111,13 +112,23 @@ class Spotter:
 
     def feed(self, audio: np.ndarray) -> list[Detection]:
         """Take the next samples (a float numpy array, mono, 16 kHz); return the detections they complete."""
-        if audio.ndim != 1:
-            raise ValueError(f"Spotter.feed expects mono audio of shape (n,), got {audio.shape}")
-        if audio.size and not np.isfinite(audio).all():
-            raise ValueError("Spotter.feed got NaN or Inf samples")
-        if audio.size and np.abs(audio).max() > 1.0:  # over full scale: clip, or the front end overflows
-            audio = np.clip(audio, -1.0, 1.0)
-        return self._windows(audio)
+        return self._windows(_checked(audio))
+
+    def queue(self, audio: np.ndarray | None) -> int:
+        """Like feed (None: like finish), but keep the windows the audio completes unscored,
+        for `score_together` to score many streams' windows in one model call. Returns how
+        many windows wait."""
+        for start in windows(self.front_end, None if audio is None else _checked(audio), self._window):
+            self._waiting.append((start, self._window.copy()))
+        return len(self._waiting)
+
+    def deliver(self, probs: np.ndarray) -> list[Detection]:
+        """Apply the probabilities of the waiting windows, in order; return the detections."""
+        found: list[Detection] = []
+        starts = [s for s, _ in self._waiting]
+        self._waiting.clear()
+        self._apply(starts, np.asarray(probs, dtype=np.float64), found)
+        return found
 
     def run(self, chunks: Iterable[np.ndarray]) -> Iterator[Detection]:
         """Every detection of a whole stream: feed each chunk, then finish() at its end.
@@ -146,14 +157,16 @@ class Spotter:
         return found
 
     def _score(self, n: int, found: list[Detection]) -> None:
-        probs = self.model.score(self._batch[:n])
+        self._apply(self._starts[:n].tolist(), self.model.score(self._batch[:n]), found)
+
+    def _apply(self, starts: list[int], probs: np.ndarray, found: list[Detection]) -> None:
         if not np.isfinite(probs).all():  # a broken model: never let a non-finite score out
             if not self.nonfinite_scores:
                 log.warning("%s: the model gave a non-finite score; counted as 0", self.model.path)
             self.nonfinite_scores += int((~np.isfinite(probs)).sum())
             probs = np.nan_to_num(probs, nan=0.0, posinf=0.0, neginf=0.0)
         fe = self.front_end
-        for start_frame, prob in zip(self._starts[:n].tolist(), probs.tolist()):
+        for start_frame, prob in zip(starts, probs.tolist()):
             start = start_frame * fe.hop_length
             end = start + fe.window_samples
             self.windows += 1
@@ -166,3 +179,29 @@ class Spotter:
                 found.append(Detection(self.stream, info.label, prob, self.detector.threshold,
                                        start / self.sample_rate, end / self.sample_rate,
                                        self.detections, info.name, info.version))
+
+
+def _checked(audio: np.ndarray) -> np.ndarray:
+    if audio.ndim != 1:
+        raise ValueError(f"Spotter.feed expects mono audio of shape (n,), got {audio.shape}")
+    if audio.size and not np.isfinite(audio).all():
+        raise ValueError("Spotter.feed got NaN or Inf samples")
+    if audio.size and np.abs(audio).max() > 1.0:  # over full scale: clip, or the front end overflows
+        audio = np.clip(audio, -1.0, 1.0)
+    return audio
+
+
+def score_together(spotters: Iterable[Spotter]) -> list[tuple[Spotter, list[Detection]]]:
+    """Score every queued window of many streams that share one model in one model call;
+    each stream's detections, for the streams that had windows waiting."""
+    ready = [s for s in spotters if s._waiting]
+    if not ready:
+        return []
+    model = ready[0].model
+    probs = model.score(np.stack([w for s in ready for _, w in s._waiting]))
+    out, a = [], 0
+    for s in ready:
+        k = len(s._waiting)
+        out.append((s, s.deliver(probs[a:a + k])))
+        a += k
+    return out

@@ -1,0 +1,78 @@
+"""`--plot DIR`: one picture per replayed file, what a person looks at when a call was or
+was not flagged. Needs matplotlib (the `plot` extra); the daemon never imports it.
+
+The figure is 1000 x 400 pixels: the waveform's envelope on top, the window scores below
+(each drawn at its window's end, when the daemon decides), the threshold as a dashed red
+line and every detection as an orange band over the window it scored. Both strips share
+the time axis, which spans the whole file and the last windows, which run past its end.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .audio import STDIN, AudioError, read_file
+
+if TYPE_CHECKING:
+    from .replay import FileResult
+
+SIZE = (10.0, 4.0)  # inches, at DPI: 1000 x 400 pixels
+DPI = 100
+LEFT, WIDTH = 0.07, 0.9  # both strips' horizontal place, as fractions of the figure
+WAVE_BOX = (LEFT, 0.70, WIDTH, 0.22)
+SCORE_BOX = (LEFT, 0.12, WIDTH, 0.52)
+SCORE_COLOR, THRESHOLD_COLOR, DETECTION_COLOR, WAVE_COLOR = "#1f5fbf", "#e00000", "#ff9900", "#777777"
+ENVELOPE_STEP = 160  # samples per envelope column: 10 ms
+
+
+class PlotError(Exception):
+    """matplotlib is missing."""
+
+
+def require() -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        raise PlotError("--plot needs matplotlib: pip install 'kws-stream[plot]'")
+
+
+def plot_file(result: FileResult, threshold: float, out: Path, rate: int) -> Path:
+    """Draw one replayed file's scores (needs keep_scores) into `out`."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ends = result.window_ends / rate
+    duration = max(result.audio_seconds, float(ends.max(initial=0.0)), 1e-3)  # the last windows run past the end
+    fig = plt.figure(figsize=SIZE, dpi=DPI)
+    wave_ax, score_ax = fig.add_axes(WAVE_BOX), fig.add_axes(SCORE_BOX)
+    audio = None
+    if result.path != STDIN:
+        try:
+            audio = read_file(result.path)
+        except AudioError:
+            audio = None  # a file that failed part-way: the scores alone
+    if audio is not None and audio.size:
+        n = audio.size // ENVELOPE_STEP * ENVELOPE_STEP
+        blocks = audio[:n].reshape(-1, ENVELOPE_STEP) if n else audio.reshape(1, -1)
+        t = (np.arange(len(blocks)) + 0.5) * blocks.shape[1] / rate
+        wave_ax.fill_between(t, blocks.min(axis=1), blocks.max(axis=1), color=WAVE_COLOR, linewidth=0)
+    wave_ax.set_xlim(0, duration)
+    wave_ax.set_ylim(-1, 1)
+    wave_ax.set_xticks([])
+    wave_ax.set_yticks([])
+    wave_ax.set_title(result.path if result.path != STDIN else "stdin", fontsize=9)
+    for det in result.detections:
+        score_ax.axvspan(det.start, det.end, color=DETECTION_COLOR, alpha=0.35, linewidth=0)
+    score_ax.plot(ends, result.window_probs, color=SCORE_COLOR, linewidth=1.5, marker="o", markersize=2.5)
+    score_ax.axhline(threshold, color=THRESHOLD_COLOR, linestyle="--", linewidth=1.2)
+    score_ax.set_xlim(0, duration)
+    score_ax.set_ylim(-0.02, 1.02)
+    score_ax.set_xlabel("seconds of audio", fontsize=8)
+    score_ax.set_ylabel("score", fontsize=8)
+    score_ax.tick_params(labelsize=7)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI)
+    plt.close(fig)
+    return out
