@@ -16,7 +16,7 @@ import time
 
 from . import __version__, options, plot, security
 from .audio import StdinFormat
-from .events import DEFAULT_ENDPOINT, PublishError, open_publisher, started_event
+from .events import DEFAULT_ENDPOINT, PublishError, is_loopback, open_publisher, started_event
 from .listen import listen
 from .mic import DeviceError, check_input, list_devices
 from .model import KwsModel, ModelError
@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         publisher.publish(started_event(model.info.name, model.info.version, model.sha256, publisher.endpoint))
         if args.file:
             return run_files(args, model, config, publisher, stop)
+        if args.rtp:
+            return run_rtp(args, model, config, publisher, stop)
         return run_device(args, model, config, publisher, stop)
     finally:
         publisher.close()
@@ -260,6 +262,25 @@ def run_device(args, model: KwsModel, config: SpotterConfig, publisher, stop: St
     daemon = Daemon(model, config, publisher, args.device, stop, status_interval=args.status_interval,
                     model_path=args.model, model_sha256=args.model_sha256)
     return daemon.run()
+
+
+def run_rtp(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop) -> int:
+    from .rtp import RtpService
+    from .service import Notifier
+    host, _, port = args.rtp.rpartition(":")
+    host = host.strip("[]")
+    if not args.allow_remote and not is_loopback(host):
+        log.error("--rtp %s is not a loopback address; add --allow-remote to take calls from the network", args.rtp)
+        return EXIT_USAGE
+    try:
+        service = RtpService(model, config, publisher, host, int(port), stop, timeout=args.rtp_timeout,
+                             max_streams=args.max_streams, l16=args.rtp_l16, opus=args.rtp_opus,
+                             status_interval=args.status_interval, notifier=Notifier())
+    except (OSError, RuntimeError) as e:
+        log.error("%s", e)
+        return EXIT_USAGE
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return service.run()
 
 
 def run_listen(args) -> int:

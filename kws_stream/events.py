@@ -160,12 +160,16 @@ def check_endpoint_syntax(endpoint: str) -> None:
         raise PublishError(f"{endpoint}: the port must be 1..65535 or *")
 
 
+def is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
 def check_endpoint(endpoint: str, allow_remote: bool) -> None:
     """Bind only to loopback or ipc unless remote subscribers are asked for explicitly."""
     if not endpoint.startswith("tcp://") or allow_remote:
         return
     host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-    if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+    if not is_loopback(host):
         raise PublishError(f"{endpoint} is not a loopback address; add --allow-remote to publish on it")
 
 

@@ -94,6 +94,11 @@ class Option:
         """Range, choices and the option's own rule; ValueError names the reason."""
         if value is None or self.type is bool:
             return
+        if self.many:
+            if self.check is not None:
+                for item in value:
+                    self.check(item)
+            return
         if self.type in (int, float):
             if not math.isfinite(value):
                 raise ValueError(f"must be a finite number, got {value}")
@@ -118,6 +123,17 @@ def _endpoint(value: str) -> None:
         raise ValueError(str(e).split(": ", 1)[1]) from None
 
 
+def _host_port(value: str) -> None:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65534:
+        raise ValueError(f"must be HOST:PORT with PORT 1..65534 (RTCP takes PORT+1), got {value!r}")
+
+
+def _payload_type(value: str) -> None:
+    from .rtp import parse_payload_spec
+    parse_payload_spec(value)
+
+
 def _sha256(value: str) -> None:
     if len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
         raise ValueError(f"must be 64 hexadecimal digits, got {value!r}")
@@ -138,6 +154,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("rate", int, 16000, "--file -: sample rate of raw PCM on stdin, mono", "source", "HZ", low=4000,
            high=192000),
     Option("list_devices", bool, False, "list audio devices and exit", "source", in_file=False),
+    Option("rtp", str, None, "watch calls arriving as RTP over UDP on HOST:PORT (RTCP on PORT+1), each sender "
+           "(address and SSRC) its own stream; loopback unless --allow-remote", "source", "HOST:PORT",
+           check=_host_port),
+    Option("rtp_timeout", float, 5.0, "--rtp: a stream ends after this many seconds without packets (or on an "
+           "RTCP BYE)", "source", "S", low=0.2, high=3600),
+    Option("max_streams", int, 200, "--rtp: streams watched at once; new senders past it are refused with an "
+           "error event", "source", "N", low=1, high=10000),
+    Option("rtp_l16", str, [], "--rtp: dynamic payload types carrying L16 (16-bit big-endian PCM), as PT or "
+           "PT/RATE (default rate 8000)", "source", "PT", many=True, check=_payload_type),
+    Option("rtp_opus", str, [], "--rtp: dynamic payload types carrying Opus", "source", "PT", many=True,
+           check=_payload_type),
     Option("realtime", bool, False, "pace file replay at real time (one file at a time: not with --jobs above 1)",
            "source"),
     Option("jobs", int, 1, "score files in N worker processes; results identical to 1", "source", "N", low=1,
@@ -251,8 +278,8 @@ def merge(cli: dict[str, Any], file_values: dict[str, Any], file_path: str | Pat
 
 def check_together(args: argparse.Namespace) -> None:
     """Rules that involve more than one option."""
-    if args.file and args.device:
-        raise OptionError("give --file or --device, not both")
+    if sum(bool(x) for x in (args.file, args.device, args.rtp)) > 1:
+        raise OptionError("give one source: --file, --device or --rtp")
     if args.realtime and args.jobs > 1:
         raise OptionError("--realtime paces one stream at a time; it cannot be combined with --jobs above 1")
     if bool(args.curve_secret) != bool(args.curve_clients):
@@ -272,7 +299,7 @@ def markdown_table() -> str:
             meaning += f"; {_bounds(o)}"
         if o.choices:
             meaning += f"; one of {', '.join(o.choices)}"
-        if o.default not in (None, False):
+        if o.default not in (None, False, []):
             meaning += f"; default {o.default}"
         rows.append(f"| `{flag.replace('|', chr(92) + '|')}` | {key} | {meaning} |")
     return "\n".join(rows)
