@@ -297,6 +297,8 @@ class RtpService:
                 if self.notifier is not None:
                     self.notifier.watchdog()
         finally:
+            if self.notifier is not None:
+                self.notifier.send("STOPPING=1")
             self.receiver.close()
             self._drain(wait=0.0)
             for key in list(self.streams):

@@ -190,20 +190,21 @@ def test_sd_notify_ready_watchdog_stopping(pulse, burst_model, tmp_path):
             d.stop()
 
 
-def test_systemd_unit_verifies_and_is_hardened(tmp_path):
+@pytest.mark.parametrize("unit_file", [UNIT, UNIT.with_name("kws-stream-rtp.service")], ids=["device", "rtp"])
+def test_systemd_unit_verifies_and_is_hardened(tmp_path, unit_file):
     exe = shutil.which("kws-stream", path=str(Path(sys.executable).parent)) or shutil.which("kws-stream")
     assert exe, "the kws-stream console script is not installed (pip install the package)"
-    unit = tmp_path / "kws-stream.service"
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/kws-stream", exe))
+    unit = tmp_path / unit_file.name
+    unit.write_text(unit_file.read_text().replace("/usr/local/bin/kws-stream", exe))
     r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(UNIT)], capture_output=True,
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit_file)], capture_output=True,
                        text=True, timeout=60)
     exposure = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", r.stdout).group(1))
     assert exposure <= 2.5, r.stdout[-2000:]
-    text = UNIT.read_text()
-    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "SupplementaryGroups=audio",
-                 "StartLimitBurst=", "RestartPreventExitStatus=2"):
+    text = unit_file.read_text()
+    needed = ["Type=notify", "WatchdogSec=", "Restart=on-failure", "StartLimitBurst=", "RestartPreventExitStatus=2"]
+    for line in needed + (["SupplementaryGroups=audio"] if unit_file == UNIT else []):
         assert line in text
 
 
