@@ -109,3 +109,20 @@ def save_seed_dnn(path, seed: int = 0, threshold: float = 0.5) -> str:
                                    "kws.weights_sha256": graph_sha256(model)})
     onnx.save(model, str(path))
     return str(path)
+
+
+def pulsed_tone_wav(path, seconds: float) -> None:
+    """A 1 kHz tone switched on and off at 0.4 Hz: the burst model fires in most windows."""
+    import soundfile as sf
+    t = np.arange(int(16000 * seconds)) / 16000
+    sf.write(path, 0.3 * np.sin(2 * np.pi * 1000 * t) * (np.sin(2 * np.pi * 0.4 * t) > 0), 16000)
+
+
+def small_queue_subscriber(ctx, endpoint: str, hwm: int, prefix: bytes = b""):
+    """A SUB socket with a receive queue of `hwm` messages, subscribed to `prefix`, connected."""
+    import zmq
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.SUBSCRIBE, prefix)
+    sock.connect(endpoint)
+    return sock

@@ -8,7 +8,7 @@ import time
 import soundfile as sf
 import zmq
 
-from modelkit import burst_signal
+from modelkit import burst_signal, pulsed_tone_wav, small_queue_subscriber
 
 
 def free_port():
@@ -58,16 +58,11 @@ def test_subscriber_killed_and_restarted_mid_stream(tmp_path, burst_model):
 def test_a_stalled_subscriber_never_blocks_detection(tmp_path, burst_model):
     """A subscriber that never reads: tens of thousands of events still go out at full
     speed, and the publisher's memory stays bounded by the high-water mark."""
-    import numpy as np
-    t = np.arange(16000 * 300) / 16000  # 30,000 windows, each one a detection: beyond the HWM
     wav = tmp_path / "tones.wav"
-    sf.write(wav, 0.3 * np.sin(2 * np.pi * 1000 * t) * (np.sin(2 * np.pi * 0.4 * t) > 0), 16000)
+    pulsed_tone_wav(wav, 300)  # 30,000 windows, each one a detection: beyond the HWM
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     ctx = zmq.Context()
-    stalled = ctx.socket(zmq.SUB)
-    stalled.setsockopt(zmq.RCVHWM, 10)
-    stalled.setsockopt(zmq.SUBSCRIBE, b"")
-    stalled.connect(endpoint)
+    stalled = small_queue_subscriber(ctx, endpoint, 10)
     try:
         began = time.monotonic()
         p = subprocess.Popen([sys.executable, "-m", "kws_stream.cli", "--file", str(wav), "--model", burst_model,

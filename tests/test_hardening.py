@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import zmq
 
-from modelkit import burst_signal, burst_weights, save_model
+from modelkit import burst_signal, burst_weights, pulsed_tone_wav, save_model, small_queue_subscriber
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "demo_positive.opus"
 CLI = [sys.executable, "-m", "kws_stream.cli"]
@@ -214,14 +214,10 @@ def test_a_slow_subscriber_gets_every_event_of_a_replay(tmp_path, burst_model):
     """A subscriber slower than the replay, with a small queue, still gets every message,
     and can check its count against `sent` in the finished status."""
     path = tmp_path / "c.wav"
-    t = np.arange(16000 * 20) / 16000
-    sf.write(path, 0.3 * np.sin(2 * np.pi * 1000 * t) * (np.sin(2 * np.pi * 0.4 * t) > 0), 16000)
+    pulsed_tone_wav(path, 20)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, 20)
-    sub.setsockopt(zmq.SUBSCRIBE, b"kws.")
-    sub.connect(endpoint)
+    sub = small_queue_subscriber(ctx, endpoint, 20, b"kws.")
     p = subprocess.Popen([*CLI, "--file", str(path), "--model", burst_model, "--pub", endpoint, "--quiet",
                           "--hop-seconds", "0.05", "--refractory", "0", "--threshold", "0.0", "--drain-seconds", "30"],
                          stderr=subprocess.PIPE, text=True)
