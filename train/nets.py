@@ -21,6 +21,7 @@ class ModelConfig:
     channels: tuple[int, ...] = (16, 32, 48)  # cnn conv widths
     dropout: float = 0.1
     emb_channels: tuple[int, ...] = (96, 96)  # emb: temporal conv widths
+    deep_channels: tuple[int, ...] = (128, 128, 128)  # emb-deep: wider, and dilations 1, 2, 4 (1.9 s of context)
     gru_hidden: int = 64  # emb-gru: hidden units per direction
 
     @property
@@ -82,7 +83,7 @@ class EmbeddingHead(nn.Module):
         super().__init__()
         blocks: list[nn.Module] = []
         width = EMB_DIM
-        for i, c in enumerate(cfg.emb_channels):
+        for i, c in enumerate(cfg.deep_channels if cfg.arch == "emb-deep" else cfg.emb_channels):
             d = 2 ** i
             blocks += [nn.Conv1d(width, c, 3, padding=d, dilation=d, bias=False), nn.BatchNorm1d(c), nn.ReLU()]
             width = c
@@ -113,9 +114,9 @@ class EmbeddingGRU(nn.Module):
         return self.head(self.dropout(h.amax(dim=1))).squeeze(-1)
 
 
-ARCHS = {"dnn": SeedDNN, "cnn": SmallCNN, "emb": EmbeddingHead, "emb-gru": EmbeddingGRU}
+ARCHS = {"dnn": SeedDNN, "cnn": SmallCNN, "emb": EmbeddingHead, "emb-deep": EmbeddingHead, "emb-gru": EmbeddingGRU}
 ARCH_FRONT_END: dict[str, type[FrontEnd]] = {"dnn": SeedFrontEnd, "cnn": SeedFrontEnd, "emb": EmbeddingFrontEnd,
-                                             "emb-gru": EmbeddingFrontEnd}
+                                             "emb-deep": EmbeddingFrontEnd, "emb-gru": EmbeddingFrontEnd}
 
 
 def build(cfg: ModelConfig) -> nn.Module:
