@@ -13,14 +13,14 @@ import os
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from . import pool
-from .audio import STDIN, AudioError, StdinFormat, iter_input
+from .audio import BLOCK_SECONDS, STDIN, AudioError, StdinFormat, iter_input
 from .events import ReplayTotals, StreamSummary, error_event, finished_event, stream_end_event
 from .model import KwsModel, ModelError
 from .spotter import Detection, OnWindow, Spotter, SpotterConfig
@@ -28,6 +28,7 @@ from .spotter import Detection, OnWindow, Spotter, SpotterConfig
 log = logging.getLogger(__name__)
 
 REALTIME_BLOCK_SECONDS = 0.1  # paced replay feeds audio as a device would
+LOOKAHEAD_SECONDS = 20.0  # a fast replay computes features this far ahead in one go
 
 
 @dataclass
@@ -65,6 +66,8 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
             probs.append(prob)
             if chained is not None:
                 chained(start, end, prob)
+    if not realtime and path != STDIN:
+        config = replace(config, lookahead_seconds=max(config.lookahead_seconds, LOOKAHEAD_SECONDS))
     spotter = Spotter(model, stream="stdin" if path == STDIN else str(path), config=config, on_window=on_window)
 
     def emit(found: list[Detection]) -> None:
@@ -75,8 +78,8 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
 
     began = time.monotonic()
     try:
-        block = REALTIME_BLOCK_SECONDS if realtime else None
-        for chunk in iter_input(str(path), stdin, **({"block_seconds": block} if block else {})):
+        block = REALTIME_BLOCK_SECONDS if realtime else 0.1 if path == STDIN else BLOCK_SECONDS
+        for chunk in iter_input(str(path), stdin, block):
             emit(spotter.feed(chunk))
             if realtime:
                 ahead = spotter.audio_seconds - (time.monotonic() - began)

@@ -67,7 +67,7 @@ CASES = [(o, text) for o in options.OPTIONS if o.in_file for text in bad_values(
 def test_every_option_is_refused_the_same_way_from_the_command_line_and_the_file(option, text, tmp_path, capsys):
     from_cli = error_of([option.flag, text], capsys)
     config = tmp_path / "config.toml"
-    value = as_file_value(option, text)
+    value = [text] if option.many else as_file_value(option, text)
     config.write_text(f"{option.key} = {'nan' if text == 'nan' else toml_value(value)}\n")
     from_file = error_of(["--config", str(config)], capsys)
     prefix_cli, prefix_file = f"kws-stream: error: {option.flag} ", f"kws-stream: error: {config}: {option.key} "
@@ -90,21 +90,29 @@ GOOD = {"device": "pulse", "realtime": False, "jobs": "3", "status_interval": "2
         "model_sha256": "ab" * 32, "threshold": "0.7", "hop_seconds": "0.5", "refractory": "1", "pub": "ipc:///tmp/x",
         "curve_secret": "s.key_secret", "curve_clients": "keys", "allow_remote": True, "drain_seconds": "2",
         "csv": "out.csv", "quiet": True, "log_level": "debug", "format": "f32le", "rate": "8000",
-        "scores": "s.jsonl", "plot": "plots", "events": "all"}
+        "scores": "s.jsonl", "plot": "plots", "events": "all", "rtp": "127.0.0.1:40000", "rtp_timeout": "2",
+        "max_streams": "50", "rtp_l16": ["96/16000", "97"], "rtp_opus": ["111"]}
+TOGETHER = {"curve_secret": {"curve_clients": "keys"}, "curve_clients": {"curve_secret": "s.key_secret"}}
 
 
 def test_good_values_mean_the_same_from_the_command_line_and_the_file(tmp_path):
     assert set(GOOD) == {o.key for o in options.OPTIONS if o.in_file}
-    argv, lines = [], []
     for key, text in GOOD.items():
         o = options.BY_KEY[key]
-        argv += [o.flag if text else f"--no-{o.flag[2:]}"] if o.type is bool else [o.flag, text]
-        lines.append(f"{key} = {toml_value(as_file_value(o, text) if o.type is not bool else text)}")
-    config = tmp_path / "config.toml"
-    config.write_text("\n".join(lines) + "\n")
-    from_cli, from_file = vars(cli.parse_args(argv)), vars(cli.parse_args(["--config", str(config)]))
-    assert from_cli == from_file
-    assert from_cli["jobs"] == 3 and from_cli["hop_seconds"] == 0.5 and from_cli["quiet"] is True
+        given = {key: text, **TOGETHER.get(key, {})}
+        argv, lines = [], []
+        for k, v in given.items():
+            ok = options.BY_KEY[k]
+            if ok.type is bool:
+                argv.append(ok.flag if v else f"--no-{ok.flag[2:]}")
+            else:
+                argv += [ok.flag, *(v if ok.many else [v])]
+            lines.append(f"{k} = {toml_value(as_file_value(ok, v) if ok.type is not bool and not ok.many else v)}")
+        config = tmp_path / f"{key}.toml"
+        config.write_text("\n".join(lines) + "\n")
+        from_cli, from_file = vars(cli.parse_args(argv)), vars(cli.parse_args(["--config", str(config)]))
+        assert from_cli == from_file, key
+        assert from_cli[key] == (o.from_text(text) if o.type in (int, float) else text), key
 
 
 def test_flags_set_in_the_file_can_be_turned_off(tmp_path):

@@ -171,16 +171,22 @@ class EmbeddingFrontEnd:
     def start_limit(cls, n_frames: int) -> int:
         return n_frames - WINDOW_EMBEDDINGS + 1  # file_frames already holds the silence after the stream
 
-    def __init__(self, hop_frames: int = FRAMES_PER_SECOND, nets: EmbeddingNets | None = None):
+    def __init__(self, hop_frames: int = FRAMES_PER_SECOND, nets: EmbeddingNets | None = None,
+                 lookahead_seconds: float = 0.0):
         if not 1 <= hop_frames <= WINDOW_HOPS:
             raise ValueError(f"hop_frames must be in 1..{WINDOW_HOPS}, got {hop_frames}")
         self.hop_frames = max(hop_frames, EMB_STRIDE)  # finer hops would repeat windows: 80 ms is the grid
         self.nets = nets or shared_nets()
-        self._pcm = np.zeros(WINDOW_SAMPLES + WINDOW_HOPS * MEL_HOP, dtype=np.float64)
+        # Lookahead (file replay): when the pending window lacks audio, take this much more and
+        # run both networks over it in one go, so each embedding's 76-frame context is paid
+        # once per stretch rather than once per window. The values are the same either way.
+        self._ahead = int(np.ceil(lookahead_seconds * EMBEDDINGS_PER_SECOND))  # embeddings
+        self._slots = WINDOW_EMBEDDINGS + self._ahead  # ring rows: the pending window and the lookahead
+        self._pcm = np.zeros(WINDOW_SAMPLES + WINDOW_HOPS * MEL_HOP + self._ahead * EMB_HOP, dtype=np.float64)
         # every frame of a full PCM buffer plus the fewer than EMB_FRAMES an embedding still waits on
         self._mel = np.zeros((self._pcm.size // MEL_HOP + EMB_FRAMES + EMB_STRIDE, N_BANDS), dtype=np.float32)
-        # mirrored ring: embedding e at rows e % W and e % W + W, so a window is a view
-        self._ring = np.zeros((2 * WINDOW_EMBEDDINGS, EMB_DIM), dtype=np.float32)
+        # mirrored ring: embedding e at rows e % S and e % S + S, so a window is a view
+        self._ring = np.zeros((2 * self._slots, EMB_DIM), dtype=np.float32)
         self.reset()
 
     def reset(self) -> None:
@@ -216,10 +222,11 @@ class EmbeddingFrontEnd:
         return n
 
     def _fill(self, audio: np.ndarray | None) -> int:
-        """Append samples (zeros if audio is None) up to what the pending window needs,
-        never more: then no embedding past the window's last one is computed and the
-        ring of one window suffices."""
-        want = max(self._need_samples() - (self._pcm_first + self._n_pcm), 0)
+        """Append samples (zeros if audio is None) up to what the pending window needs plus
+        the lookahead (audio only); never more, so that no embedding past the ring's reach
+        is computed."""
+        ahead = self._ahead * EMB_HOP if audio is not None else 0
+        want = max(self._need_samples() + ahead - (self._pcm_first + self._n_pcm), 0)
         n = min(want if audio is None else min(audio.size, want), self._pcm.size - self._n_pcm)
         self._pcm[self._n_pcm:self._n_pcm + n] = 0.0 if audio is None else audio[:n]
         self._n_pcm += n
@@ -243,8 +250,8 @@ class EmbeddingFrontEnd:
         if count > 0:
             emb = self.nets.embed(self._mel, first, count)
             for e in range(count):
-                row = (self.embeddings + e) % WINDOW_EMBEDDINGS
-                self._ring[row] = self._ring[row + WINDOW_EMBEDDINGS] = emb[e]
+                row = (self.embeddings + e) % self._slots
+                self._ring[row] = self._ring[row + self._slots] = emb[e]
             self.embeddings += count
         drop = self.embeddings * EMB_STRIDE - self._mel_first  # frames no later embedding reads
         if drop > 0:
@@ -260,8 +267,11 @@ class EmbeddingFrontEnd:
         if self.total_samples is not None:  # the silence after the stream
             while self._fill(None):
                 pass
-        if self._pcm_first + self._n_pcm < self._need_samples():
+        have = self._pcm_first + self._n_pcm
+        if have < self._need_samples():
             return False
+        if self.total_samples is None and have < self._need_samples() + self._ahead * EMB_HOP:
+            return False  # still gathering the lookahead: its windows come with it, or at finish()
         if self.embeddings < self._first_embedding() + WINDOW_EMBEDDINGS:
             self._advance()
         return self.embeddings >= self._first_embedding() + WINDOW_EMBEDDINGS
@@ -269,7 +279,7 @@ class EmbeddingFrontEnd:
     def take(self, out: np.ndarray) -> int:
         """Write the next window's features into out; return its start in mel frames."""
         first = self._first_embedding()
-        row = first % WINDOW_EMBEDDINGS
+        row = first % self._slots
         out[:] = self._ring[row:row + WINDOW_EMBEDDINGS].reshape(-1)
         self.window += 1
         return first * EMB_STRIDE
