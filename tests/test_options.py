@@ -156,6 +156,9 @@ def test_config_file_and_overrides(tmp_path, burst_model):
     sf.write(wav, burst_signal(6.0, [2.05]), 16000)
     assert run("--config", cfg, "--file", wav).stdout == ""  # threshold 1.0 from the file
     assert '"detection"' in run("--config", cfg, "--file", wav, "--threshold", "0.5").stdout  # CLI wins
+    cfg.write_text(f'model = "{burst_model}"\nthreshold = 0.5\nquiet = true\n')
+    assert run("--config", cfg, "--file", wav).stdout == ""  # quiet from the file
+    assert '"detection"' in run("--config", cfg, "--file", wav, "--no-quiet").stdout  # turned off on the command line
     for text, message in (('hop = 1\n', "unknown key 'hop'"), ('threshold = "high"\n', "threshold must be"),
                           ('model = [\n', "not valid TOML")):
         cfg.write_text(text)
