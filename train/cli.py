@@ -41,9 +41,10 @@ def _fit_parser(sub) -> None:
     p.add_argument("--exclude-engine", choices=["rhvoice", "espeak", "festival"],
                    help="leave this engine's calls out (to validate on it alone)")
     p.add_argument("--val", metavar="DIR", help="validation corpus, scored every epoch")
-    p.add_argument("--arch", choices=["dnn", "cnn", "emb", "emb-deep", "emb-gru"], default="cnn",
+    p.add_argument("--arch", choices=["dnn", "cnn", "emb", "emb-deep", "emb-deep4", "emb-gru"], default="cnn",
                    help="dnn: the seed's model; cnn: a small CNN on the seed's features; emb: a conv head on "
-                        "speech embeddings; emb-deep: a wider, deeper one; emb-gru: a bidirectional GRU on them")
+                        "speech embeddings; emb-deep: a wider, deeper one (emb-deep4: one layer more); "
+                        "emb-gru: a bidirectional GRU on them")
     p.add_argument("--recipe", choices=["seed", "improved"], default="improved",
                    help="seed: the notebook's windows and MIL; improved: phrase at random offsets, SpecAugment")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (ckpt.pt, metrics.json)")
@@ -74,8 +75,8 @@ def _folds_parser(sub) -> None:
     p.add_argument("--without", nargs="*", default=[], choices=["sentence", "pseudo", "new-codecs", "streams"],
                    help="leave these out of training, to measure what they buy")
     p.add_argument("--out", required=True, metavar="RUN")
-    p.add_argument("--arch", choices=["emb", "emb-deep", "emb-gru"], default="emb")
-    p.add_argument("--also-arch", nargs="*", default=[], choices=["emb", "emb-deep", "emb-gru"],
+    p.add_argument("--arch", choices=["emb", "emb-deep", "emb-deep4", "emb-gru"], default="emb")
+    p.add_argument("--also-arch", nargs="*", default=[], choices=["emb", "emb-deep", "emb-deep4", "emb-gru"],
                    help="train these too on every fold, and report them and the ensemble of all")
     p.add_argument("--baseline", metavar="M.onnx",
                    help="also score fold 0 (the voices RHVOICE_VAL that earlier models never heard) with this model")

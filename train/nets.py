@@ -22,6 +22,7 @@ class ModelConfig:
     dropout: float = 0.1
     emb_channels: tuple[int, ...] = (96, 96)  # emb: temporal conv widths
     deep_channels: tuple[int, ...] = (128, 128, 128)  # emb-deep: wider, and dilations 1, 2, 4 (1.9 s of context)
+    deeper_channels: tuple[int, ...] = (128, 128, 128, 128)  # emb-deep4: dilations 1, 2, 4, 8 (the whole window)
     gru_hidden: int = 64  # emb-gru: hidden units per direction
 
     @property
@@ -83,7 +84,8 @@ class EmbeddingHead(nn.Module):
         super().__init__()
         blocks: list[nn.Module] = []
         width = EMB_DIM
-        for i, c in enumerate(cfg.deep_channels if cfg.arch == "emb-deep" else cfg.emb_channels):
+        widths = {"emb-deep": cfg.deep_channels, "emb-deep4": cfg.deeper_channels}.get(cfg.arch, cfg.emb_channels)
+        for i, c in enumerate(widths):
             d = 2 ** i
             blocks += [nn.Conv1d(width, c, 3, padding=d, dilation=d, bias=False), nn.BatchNorm1d(c), nn.ReLU()]
             width = c
@@ -114,9 +116,11 @@ class EmbeddingGRU(nn.Module):
         return self.head(self.dropout(h.amax(dim=1))).squeeze(-1)
 
 
-ARCHS = {"dnn": SeedDNN, "cnn": SmallCNN, "emb": EmbeddingHead, "emb-deep": EmbeddingHead, "emb-gru": EmbeddingGRU}
+ARCHS = {"dnn": SeedDNN, "cnn": SmallCNN, "emb": EmbeddingHead, "emb-deep": EmbeddingHead, "emb-deep4": EmbeddingHead,
+         "emb-gru": EmbeddingGRU}
 ARCH_FRONT_END: dict[str, type[FrontEnd]] = {"dnn": SeedFrontEnd, "cnn": SeedFrontEnd, "emb": EmbeddingFrontEnd,
-                                             "emb-deep": EmbeddingFrontEnd, "emb-gru": EmbeddingFrontEnd}
+                                             "emb-deep": EmbeddingFrontEnd, "emb-deep4": EmbeddingFrontEnd,
+                                             "emb-gru": EmbeddingFrontEnd}
 
 
 def build(cfg: ModelConfig) -> nn.Module:
