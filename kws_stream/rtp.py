@@ -410,7 +410,7 @@ class RtpService:
             audio = np.zeros(0)
         self._queue_audio(s, audio)
         s.next_seq = ext + 1
-        s.next_ts = (p.timestamp + self._samples(s, p.payload, audio)) & 0xFFFFFFFF
+        s.next_ts = (p.timestamp + audio.size) & 0xFFFFFFFF  # decoded samples are timestamp units for all four
 
     def _decode(self, s: Stream, payload: bytes) -> np.ndarray:
         name = s.codec.name
@@ -421,10 +421,6 @@ class RtpService:
         if name == "l16":
             return np.frombuffer(payload[:len(payload) // 2 * 2], dtype=">i2").astype(np.float64) / 32768.0
         return s.opus.decode(payload)
-
-    @staticmethod
-    def _samples(s: Stream, payload: bytes, audio: np.ndarray) -> int:
-        return audio.size  # timestamp units are samples at the codec rate for all four payloads
 
     def _queue_audio(self, s: Stream, audio: np.ndarray) -> None:
         if audio.size:
