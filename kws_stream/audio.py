@@ -125,6 +125,8 @@ def iter_input(path: str, stdin: StdinFormat = StdinFormat(), block_seconds: flo
                ) -> Iterator[np.ndarray]:
     """A file's blocks, or stdin's for the path `-`."""
     if path == STDIN:
+        if sys.stdin is None:
+            raise AudioError("stdin is closed")
         return iter_stdin(sys.stdin.buffer, stdin, block_seconds)
     return iter_file(path, block_seconds)
 
@@ -132,7 +134,10 @@ def iter_input(path: str, stdin: StdinFormat = StdinFormat(), block_seconds: flo
 def iter_stdin(stream: BinaryIO, fmt: StdinFormat, block_seconds: float = 0.1) -> Iterator[np.ndarray]:
     """Float64 mono 16 kHz blocks of a WAV stream or raw mono PCM, as they arrive (a pipe
     is read `block_seconds` at a time). Raises AudioError."""
-    head = stream.read(4)
+    try:
+        head = stream.read(4)
+    except OSError as e:
+        raise AudioError(f"cannot read stdin ({e.strerror or e})") from None
     kind = fmt.format if fmt.format != "auto" else ("wav" if head == b"RIFF" else "s16le")
     if kind == "wav":
         yield from _wav_blocks(head, stream, block_seconds)
@@ -162,7 +167,10 @@ def _pcm_blocks(head: bytes, stream, dtype: np.dtype, scale: float, rate: int, c
     want = max(1, int(block_seconds * rate)) * frame
     pending, out_seconds, done = head, 0.0, False
     while not done:
-        data = stream.read(want - len(pending)) if len(pending) < want else b""
+        try:
+            data = stream.read(want - len(pending)) if len(pending) < want else b""
+        except OSError as e:
+            raise AudioError(f"cannot read stdin after {out_seconds:.2f} s ({e.strerror or e})") from None
         done = not data
         pending += data
         whole = len(pending) // frame * frame

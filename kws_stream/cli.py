@@ -276,7 +276,7 @@ def run_rtp(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop)
         service = RtpService(model, config, publisher, host, int(port), stop, timeout=args.rtp_timeout,
                              max_streams=args.max_streams, l16=args.rtp_l16, opus=args.rtp_opus,
                              status_interval=args.status_interval, notifier=Notifier())
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError, ValueError) as e:
         log.error("%s", e)
         return EXIT_USAGE
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

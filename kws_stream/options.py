@@ -134,6 +134,11 @@ def _payload_type(value: str) -> None:
     parse_payload_spec(value)
 
 
+def _opus_type(value: str) -> None:
+    from .rtp import parse_opus_spec
+    parse_opus_spec(value)
+
+
 def _sha256(value: str) -> None:
     if len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
         raise ValueError(f"must be 64 hexadecimal digits, got {value!r}")
@@ -164,7 +169,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("rtp_l16", str, [], "--rtp: dynamic payload types carrying L16 (16-bit big-endian PCM), as PT or "
            "PT/RATE (default rate 8000)", "source", "PT", many=True, check=_payload_type),
     Option("rtp_opus", str, [], "--rtp: dynamic payload types carrying Opus", "source", "PT", many=True,
-           check=_payload_type),
+           check=_opus_type),
     Option("realtime", bool, False, "pace file replay at real time (one file at a time: not with --jobs above 1)",
            "source"),
     Option("jobs", int, 1, "score files in N worker processes; results identical to 1", "source", "N", low=1,
@@ -207,6 +212,7 @@ OPTIONS: tuple[Option, ...] = (
            choices=("debug", "info", "warning", "error")),
 )
 BY_KEY = {o.key: o for o in OPTIONS}
+SOURCES = ("file", "device", "rtp")
 GROUPS = {"source": "source (default: the default input device, as a daemon)", "detection": "detection",
           "output": "output"}
 
@@ -255,7 +261,9 @@ def read_file(path: str | Path) -> dict[str, Any]:
 
 def merge(cli: dict[str, Any], file_values: dict[str, Any], file_path: str | Path | None) -> argparse.Namespace:
     """Defaults, then the file, then the command line; every value validated once, with
-    its source named in the error."""
+    its source named in the error. A source (--file, --device, --rtp) on the command line
+    replaces the file's, and a replay publishes only on a --pub from the command line, so
+    that the daemon's config never turns a replay into a second publisher on its endpoint."""
     values = {o.key: o.default for o in OPTIONS}
     sources = {}
     for key, value in file_values.items():
@@ -268,6 +276,13 @@ def merge(cli: dict[str, Any], file_values: dict[str, Any], file_path: str | Pat
             except ValueError as e:
                 raise OptionError(f"{o.flag} {e}") from None
         values[key], sources[key] = value, o.flag
+    if any(k in cli for k in SOURCES):  # a source on the command line replaces the file's
+        for k in SOURCES:
+            if k not in cli and k in file_values:
+                values[k] = BY_KEY[k].default
+                sources.pop(k)
+    if values["file"] and "pub" not in cli:  # a replay publishes only when the command line asks
+        values["pub"] = None
     for o in OPTIONS:
         try:
             o.validate(values[o.key])
@@ -282,6 +297,9 @@ def check_together(args: argparse.Namespace) -> None:
         raise OptionError("give one source: --file, --device or --rtp")
     if args.realtime and args.jobs > 1:
         raise OptionError("--realtime paces one stream at a time; it cannot be combined with --jobs above 1")
+    pts = [s.partition("/")[0] for s in list(args.rtp_l16) + list(args.rtp_opus)]
+    if len(set(pts)) < len(pts):
+        raise OptionError(f"--rtp-l16 and --rtp-opus name a payload type twice: {' '.join(pts)}")
     if bool(args.curve_secret) != bool(args.curve_clients):
         raise OptionError("--curve-secret and --curve-clients go together")
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .audio import STDIN, AudioError, read_file
+from .audio import STDIN, AudioError, iter_file
 
 if TYPE_CHECKING:
     from .replay import FileResult
@@ -37,6 +37,29 @@ def require() -> None:
         raise PlotError("--plot needs matplotlib: pip install 'kws-stream[plot]'")
 
 
+def envelope(path: str, duration: float, rate: int, columns: int = 2000) -> tuple[np.ndarray, np.ndarray, int]:
+    """The waveform's min and max in bins of `step` samples (about `columns` bins over
+    `duration` seconds), read block by block (bounded memory for any length); empty if the
+    file cannot be read again."""
+    step = max(ENVELOPE_STEP, int(np.ceil(duration * rate / columns)))
+    low, high, pending = [], [], np.zeros(0)
+    try:
+        for block in iter_file(path):
+            pending = np.concatenate([pending, block])
+            n = pending.size // step * step
+            if n:
+                bins = pending[:n].reshape(-1, step)
+                low.append(bins.min(axis=1))
+                high.append(bins.max(axis=1))
+                pending = pending[n:]
+    except AudioError:
+        pass  # a file that failed part-way: what was read
+    if pending.size:
+        low.append(pending.min(keepdims=True))
+        high.append(pending.max(keepdims=True))
+    return (np.concatenate(low), np.concatenate(high), step) if low else (np.zeros(0), np.zeros(0), step)
+
+
 def plot_file(result: FileResult, threshold: float, out: Path, rate: int) -> Path:
     """Draw one replayed file's scores (needs keep_scores) into `out`."""
     import matplotlib
@@ -47,17 +70,10 @@ def plot_file(result: FileResult, threshold: float, out: Path, rate: int) -> Pat
     duration = max(result.audio_seconds, float(ends.max(initial=0.0)), 1e-3)  # the last windows run past the end
     fig = plt.figure(figsize=SIZE, dpi=DPI)
     wave_ax, score_ax = fig.add_axes(WAVE_BOX), fig.add_axes(SCORE_BOX)
-    audio = None
-    if result.path != STDIN:
-        try:
-            audio = read_file(result.path)
-        except AudioError:
-            audio = None  # a file that failed part-way: the scores alone
-    if audio is not None and audio.size:
-        n = audio.size // ENVELOPE_STEP * ENVELOPE_STEP
-        blocks = audio[:n].reshape(-1, ENVELOPE_STEP) if n else audio.reshape(1, -1)
-        t = (np.arange(len(blocks)) + 0.5) * blocks.shape[1] / rate
-        wave_ax.fill_between(t, blocks.min(axis=1), blocks.max(axis=1), color=WAVE_COLOR, linewidth=0)
+    low, high, step = envelope(result.path, duration, rate) if result.path != STDIN else (np.zeros(0), None, 1)
+    if low.size:
+        t = (np.arange(low.size) + 0.5) * step / rate
+        wave_ax.fill_between(t, low, high, color=WAVE_COLOR, linewidth=0)
     wave_ax.set_xlim(0, duration)
     wave_ax.set_ylim(-1, 1)
     wave_ax.set_xticks([])

@@ -259,11 +259,21 @@ class ReplayJob:
     plot: str | None = None
     stdin: StdinFormat = StdinFormat()
     rows: list[tuple[str, int, float]] = field(default_factory=list)
+    plot_failures: int = 0
+
+    def _plot(self, result: FileResult, threshold: float, file_id: str) -> None:
+        from .plot import plot_file
+        out = Path(self.plot) / f"{file_id.replace('/', '_')}.png"
+        try:
+            plot_file(result, threshold, out, self.model.front_end_class.sample_rate)
+        except (OSError, ValueError) as e:  # the picture, not the scoring, failed: one line
+            self.plot_failures += 1
+            log.error("%s: cannot write the plot (%s)", out, getattr(e, "strerror", None) or e)
 
     def run(self, should_stop: Callable[[], bool],
             on_result: Callable[[FileResult], None] | None = None) -> ReplayTotals:
         threshold = self.config.threshold_for(self.model)
-        ids = dict(zip(self.paths, file_ids(self.paths)))
+        ids = iter(file_ids(self.paths))  # results come in input order, one per path
         files = failed = detections = 0
         seconds = 0.0
         keep = bool(self.scores or self.plot)
@@ -271,6 +281,7 @@ class ReplayJob:
         try:
             for result in replay(self.paths, self.model, self.config, self.jobs, self.realtime,
                                  lambda det: self.publisher.publish(det.event()), should_stop, keep, self.stdin):
+                file_id = next(ids)
                 files += 1
                 seconds += result.audio_seconds
                 detections += len(result.detections)
@@ -280,9 +291,7 @@ class ReplayJob:
                         scores.writelines(score_lines(result, stream, self.model.front_end_class.sample_rate))
                         scores.flush()
                     if self.plot:
-                        from .plot import plot_file
-                        plot_file(result, threshold, Path(self.plot) / f"{ids[result.path].replace('/', '_')}.png",
-                                  self.model.front_end_class.sample_rate)
+                        self._plot(result, threshold, file_id)
                 if on_result is not None:
                     on_result(result)
                 if result.interrupted:
@@ -292,7 +301,7 @@ class ReplayJob:
                     log.error("%s: %s", result.path, result.error)
                     self.publisher.publish(error_event(result.path, result.error))
                     continue
-                self.rows.append((ids[result.path], int(result.max_score >= threshold), result.max_score))
+                self.rows.append((file_id, int(result.max_score >= threshold), result.max_score))
                 self.publisher.publish(stream_end_event(result.summary()))
         finally:
             if scores is not None:
@@ -304,6 +313,7 @@ class ReplayJob:
                 log.error("%s: cannot write CSV (%s)", self.csv, e.strerror or e)
                 failed += 1
         pub = self.publisher
+        failed += self.plot_failures
         totals = ReplayTotals(files, seconds, detections, failed, pub.dropped, pub.sent, pub.drain_exhausted,
                               should_stop())
         pub.publish(finished_event(totals))

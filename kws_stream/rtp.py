@@ -39,6 +39,9 @@ RTCP_BYE = 203
 QUEUE_PACKETS = 50000  # datagrams waiting for the service loop before the receiver drops
 JITTER_PACKETS = 4  # packets held back to reorder; a gap still open after that is concealed
 MAX_GAP_SECONDS = 2.0  # a jump in time larger than this is a new talk spurt, not loss to fill
+MAX_DROPOUT, MAX_MISORDER = 3000, 100  # RFC 3550 A.1: a sequence number this far off is out of range
+DRAIN_BUDGET = (2000, 0.05)  # packets and seconds handled before the loop scores, beats and checks for stop
+MAX_WARNED_SENDERS = 1000
 RECV_BUFFER = 8 * 1024 * 1024
 
 
@@ -81,15 +84,24 @@ class OpusDecoder:
             raise RuntimeError(f"opus_decoder_create failed ({err.value})")
         self._out = (ctypes.c_float * self.MAX_FRAME)()
 
-    def decode(self, payload: bytes | None, samples: int = 0) -> np.ndarray:
-        """One packet's audio; None conceals a lost packet of `samples` samples."""
-        if payload is None:
-            n = self._lib.opus_decode_float(self._dec, None, 0, self._out, max(120, min(samples, self.MAX_FRAME)), 0)
-        else:
-            n = self._lib.opus_decode_float(self._dec, payload, len(payload), self._out, self.MAX_FRAME, 0)
+    def decode(self, payload: bytes) -> np.ndarray:
+        """One packet's audio."""
+        n = self._lib.opus_decode_float(self._dec, payload, len(payload), self._out, self.MAX_FRAME, 0)
         if n < 0:
             raise ValueError(f"Opus packet does not decode (error {n})")
         return np.frombuffer(self._out, dtype=np.float32, count=n).astype(np.float64)
+
+    def conceal(self, samples: int) -> np.ndarray:
+        """`samples` of the decoder's loss concealment (in 2.5 ms steps, as libopus asks)."""
+        parts, left = [], samples // 120 * 120
+        while left > 0:
+            n = self._lib.opus_decode_float(self._dec, None, 0, self._out, min(left, self.MAX_FRAME), 0)
+            if n <= 0:
+                break
+            parts.append(np.frombuffer(self._out, dtype=np.float32, count=n).astype(np.float64))
+            left -= n
+        out = np.concatenate(parts) if parts else np.zeros(0)
+        return np.concatenate([out, np.zeros(samples - out.size)]) if out.size < samples else out
 
     def __del__(self):
         if getattr(self, "_dec", None):
@@ -102,9 +114,19 @@ class Codec:
     rate: int  # of the RTP timestamp and of the decoded audio
 
 
+def parse_opus_spec(text: str) -> None:
+    """--rtp-opus value: a dynamic payload type 96..127 (Opus always runs its clock at 48 kHz)."""
+    if not text.isdigit() or not 96 <= int(text) <= 127:
+        raise ValueError(f"must be a dynamic payload type 96..127, got {text!r}")
+
+
 def payload_types(l16: list[str], opus: list[str]) -> dict[int, Codec]:
-    """PT -> codec: PCMU 0 and PCMA 8 (static, 8 kHz); dynamic ones as given, PT or PT/RATE."""
+    """PT -> codec: PCMU 0 and PCMA 8 (static, 8 kHz); dynamic ones as given, PT or PT/RATE.
+    ValueError when one payload type is given twice."""
     types = {0: Codec("pcmu", 8000), 8: Codec("pcma", 8000)}
+    given = [s.partition("/")[0] for s in list(l16) + list(opus)]
+    if len(set(given)) < len(given):
+        raise ValueError(f"a payload type is given twice in --rtp-l16/--rtp-opus: {', '.join(given)}")
     for name, specs, rate in (("l16", l16, 8000), ("opus", opus, 48000)):
         for spec in specs:
             pt, _, r = spec.partition("/")
@@ -113,7 +135,7 @@ def payload_types(l16: list[str], opus: list[str]) -> dict[int, Codec]:
 
 
 def parse_payload_spec(text: str) -> None:
-    """--rtp-l16 / --rtp-opus value: a dynamic payload type 96..127, for L16 optionally /RATE."""
+    """--rtp-l16 value: a dynamic payload type 96..127, optionally /RATE."""
     pt, _, rate = text.partition("/")
     if not pt.isdigit() or not 96 <= int(pt) <= 127:
         raise ValueError(f"must be a dynamic payload type 96..127 (optionally /RATE), got {text!r}")
@@ -193,6 +215,8 @@ class Stream:
     last_seq: int | None = None  # the highest extended seq seen, for wrap-around
     last_arrival: float = 0.0
     unknown_pts: set[int] = field(default_factory=set)
+    skipped: set[int] = field(default_factory=set)  # sequence numbers of packets not played (other PTs)
+    probation: int | None = None  # the last out-of-range sequence number: the next one in line resyncs
 
     def extend(self, seq: int) -> int:
         """Sequence number unwrapped to a growing integer (RFC 3550 A.1, simplified)."""
@@ -226,16 +250,21 @@ class RtpReceiver:
         self.port = self.sockets[0].getsockname()[1]
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_PACKETS)
         self.dropped = 0
-        self.received = 0
+        self._received = [0, 0]  # per receiving thread, so no count is lost between threads
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(s, i == 1), daemon=True, name=f"rtp-recv-{i}")
+        self._threads = [threading.Thread(target=self._run, args=(s, i), daemon=True, name=f"rtp-recv-{i}")
                          for i, s in enumerate(self.sockets)]
+
+    @property
+    def received(self) -> int:
+        return sum(self._received)
 
     def start(self) -> None:
         for t in self._threads:
             t.start()
 
-    def _run(self, sock: socket.socket, rtcp_port: bool) -> None:
+    def _run(self, sock: socket.socket, index: int) -> None:
+        rtcp_port = index == 1
         while not self._stop.is_set():
             try:
                 data, address = sock.recvfrom(65536)
@@ -243,7 +272,7 @@ class RtpReceiver:
                 continue
             except OSError:
                 return
-            self.received += 1
+            self._received[index] += 1
             try:
                 self.queue.put_nowait((data, address[:2], rtcp_port, time.monotonic()))
             except queue.Full:
@@ -252,7 +281,8 @@ class RtpReceiver:
     def close(self) -> None:
         self._stop.set()
         for t in self._threads:
-            t.join(timeout=1.0)
+            if t.ident is not None:
+                t.join(timeout=1.0)
         for s in self.sockets:
             s.close()
 
@@ -269,6 +299,8 @@ class RtpService:
         self.receiver = RtpReceiver(host, port)
         self.timeout, self.max_streams, self.status_interval = timeout, max_streams, status_interval
         self.types = payload_types(list(l16), list(opus))
+        if opus:
+            OpusDecoder()  # fails now, with one line, if libopus is missing
         self.streams: dict[tuple[str, int, int], Stream] = {}
         self.notifier = notifier
         self.malformed = 0
@@ -316,8 +348,19 @@ class RtpService:
             item = q.get(timeout=wait) if wait > 0 else q.get_nowait()
         except queue.Empty:
             return
+        budget, deadline = DRAIN_BUDGET[0], time.monotonic() + DRAIN_BUDGET[1]
         while True:
-            self._handle(*item)
+            try:
+                self._handle(*item)
+            except Exception as e:  # a packet must never end the service: log it once, count it
+                self.malformed += 1
+                if len(self._malformed_from) < MAX_WARNED_SENDERS and item[1] not in self._malformed_from:
+                    self._malformed_from.add(item[1])
+                    log.error("rtp: %s:%d: packet not handled (%s: %s); more are counted in the heartbeat", *item[1],
+                              type(e).__name__, e)
+            budget -= 1
+            if budget <= 0 or time.monotonic() > deadline:
+                return  # the rest waits: score, beat and look at the stop flag first
             try:
                 item = q.get_nowait()
             except queue.Empty:
@@ -333,7 +376,7 @@ class RtpService:
             packet = parse_rtp(data)
         except Malformed as e:
             self.malformed += 1
-            if address not in self._malformed_from:
+            if len(self._malformed_from) < MAX_WARNED_SENDERS and address not in self._malformed_from:
                 self._malformed_from.add(address)
                 log.warning("rtp: %s:%d: malformed packet (%s); more are counted in the heartbeat", *address, e)
             return
@@ -368,12 +411,13 @@ class RtpService:
 
     def _buffer(self, s: Stream, p: Packet) -> None:
         codec = self.types.get(p.pt)
-        if codec is None:
+        if codec is None or (s.codec is not None and codec != s.codec):
             s.stats.unknown_payload += 1
-            if p.pt not in s.unknown_pts:
+            s.skipped.add(s.extend(p.seq))  # e.g. comfort noise or DTMF between the audio: not a loss
+            if codec is None and p.pt not in s.unknown_pts:
                 s.unknown_pts.add(p.pt)
-                message = f"payload type {p.pt} is not configured (give --rtp-l16 {p.pt} or --rtp-opus {p.pt}); " \
-                          "its packets are counted and skipped"
+                hint = f" (give --rtp-l16 {p.pt} or --rtp-opus {p.pt})" if 96 <= p.pt <= 127 else ""
+                message = f"payload type {p.pt} is not configured{hint}; its packets are counted and skipped"
                 log.warning("%s: %s", s.name, message)
                 self.publisher.publish(error_event(s.name, message))
             return
@@ -381,10 +425,16 @@ class RtpService:
             s.codec, s.resample = codec, Resampler(codec.rate)
             s.opus = OpusDecoder() if codec.name == "opus" else None
             self.publisher.publish(stream_start_event(s.name, codec.name, codec.rate, p.pt))
-        elif codec != s.codec:
-            s.stats.unknown_payload += 1  # a stream keeps the codec it started with
-            return
         ext = s.extend(p.seq)
+        if s.next_seq is not None and not s.next_seq - MAX_MISORDER <= ext <= s.next_seq + MAX_DROPOUT:
+            if s.probation is not None and p.seq == (s.probation + 1) & 0xFFFF:
+                self._resync(s)  # two in a row: the sender restarted its numbering
+                ext = s.extend(p.seq)
+            else:
+                s.probation = p.seq
+                s.stats.duplicates_or_late += 1
+                return
+        s.probation = None
         if s.next_seq is not None and ext < s.next_seq or ext in s.held:
             s.stats.duplicates_or_late += 1
             return
@@ -394,14 +444,22 @@ class RtpService:
         while len(s.held) > JITTER_PACKETS:
             self._play(s, min(s.held))
 
+    def _resync(self, s: Stream) -> None:
+        """Play what is held and forget the sequence state; audio time goes on."""
+        for ext in sorted(s.held):
+            self._play(s, ext)
+        s.last_seq = s.next_seq = s.next_ts = s.probation = None
+        s.skipped.clear()
+
     def _play(self, s: Stream, ext: int) -> None:
         """Decode the held packet `ext` and everything missing before it (as silence)."""
         p = s.held.pop(ext)
         if s.next_seq is not None and ext > s.next_seq:
-            s.stats.lost += ext - s.next_seq
+            s.stats.lost += sum(1 for q in range(s.next_seq, ext) if q not in s.skipped)
             gap = (p.timestamp - s.next_ts) & 0xFFFFFFFF  # timestamps wrap at 2^32
             if 0 < gap <= MAX_GAP_SECONDS * s.codec.rate:
-                self._queue_audio(s, s.opus.decode(None, gap) if s.opus else np.zeros(gap))
+                self._queue_audio(s, s.opus.conceal(gap) if s.opus else np.zeros(gap))
+        s.skipped = {q for q in s.skipped if q > ext}
         try:
             audio = self._decode(s, p.payload)
         except ValueError as e:

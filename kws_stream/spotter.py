@@ -27,7 +27,7 @@ class SpotterConfig:
     threshold: float | None = None  # None: the model's own threshold
     refractory_seconds: float = 2.5  # no new detection for windows ending this soon after one
     max_batch: int = 64  # windows scored in one model call when audio arrives in big chunks
-    lookahead_seconds: float = 0.0  # file replay: features computed this far ahead in one go (same values)
+    lookahead_seconds: float = 0.0  # file replay: features computed this far ahead in one go (same to rounding)
 
     def threshold_for(self, model: KwsModel) -> float:
         """The threshold in force: the one given, else the model's own."""

@@ -135,3 +135,22 @@ def test_damaged_front_end_is_a_model_error_naming_it(tmp_path, monkeypatch):
             KwsModel(path)
     finally:
         emb.shared_nets.cache_clear()
+
+
+def test_lookahead_changes_no_score_beyond_rounding():
+    """File replay computes 20 s ahead; the windows and their scores are those of a live stream."""
+    from kws_stream import KwsModel
+    model = KwsModel()
+    x = speechlike(47.0, seed=11)
+    got = {}
+    for ahead in (0.0, 20.0):
+        probs = []
+        sp = Spotter(model, config=SpotterConfig(hop_seconds=0.5, lookahead_seconds=ahead),
+                     on_window=lambda s, e, p: probs.append((s, e, p)))
+        for i in range(0, x.size, 7919):
+            sp.feed(x[i:i + 7919])
+        sp.finish()
+        got[ahead] = np.array(probs)
+    assert got[0.0].shape == got[20.0].shape
+    np.testing.assert_array_equal(got[0.0][:, :2], got[20.0][:, :2])
+    np.testing.assert_allclose(got[0.0][:, 2], got[20.0][:, 2], atol=1e-5)

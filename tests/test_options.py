@@ -124,6 +124,18 @@ def test_flags_set_in_the_file_can_be_turned_off(tmp_path):
     assert (args.quiet, args.realtime, args.allow_remote) == (True, True, True)
 
 
+def test_a_source_on_the_command_line_replaces_the_files(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('device = "pulse"\npub = "tcp://127.0.0.1:5556"\n')
+    args = cli.parse_args(["--config", str(config), "--rtp", "127.0.0.1:40000"])
+    assert (args.device, args.rtp, args.pub) == (None, "127.0.0.1:40000", "tcp://127.0.0.1:5556")
+    args = cli.parse_args(["--config", str(config), "--file", "x.wav"])
+    assert (args.device, args.file, args.pub) == (None, ["x.wav"], None)  # a replay publishes only when asked
+    args = cli.parse_args(["--config", str(config), "--file", "x.wav", "--pub", "ipc:///tmp/k"])
+    assert args.pub == "ipc:///tmp/k"
+    assert cli.parse_args(["--config", str(config)]).device == "pulse"
+
+
 def test_the_readme_table_is_the_declaration():
     assert options.markdown_table() in (ROOT / "README.md").read_text(encoding="utf-8")
 

@@ -361,3 +361,42 @@ def test_rtp_from_the_config_file(tmp_path):
         out, err = p.communicate(timeout=15)
     assert p.returncode == 0 and f"listening for RTP on udp port {port}" in err
     assert len([line for line in out.splitlines() if '"detection"' in line]) == 1
+
+
+def test_sequence_resets_strays_comfort_noise_and_odd_opus_gaps_are_survived():
+    """Packets fed straight to the service's handler: a sender that restarts its numbering is
+    followed after two packets in a row, a stray far-ahead packet is ignored, comfort-noise
+    packets between the audio are not losses, and an Opus gap of any length is concealed."""
+    from kws_stream import KwsModel
+    from kws_stream.events import NullPublisher
+    from kws_stream.rtp import RtpService
+    from kws_stream.spotter import SpotterConfig
+    svc = RtpService(KwsModel(), SpotterConfig(), NullPublisher(), "127.0.0.1", free_udp_pair(), lambda: True,
+                     opus=["111"])
+    now = time.monotonic()
+
+    def feed(port, ssrc, seqs, ts_of, pt=0, payload=b"\xff" * 160):
+        for seq in seqs:
+            svc._handle(rtp_packet(seq, ts_of(seq), ssrc, payload, pt=pt), ("127.0.0.1", port), False, now)
+        return svc.streams[("127.0.0.1", port, ssrc)]
+
+    try:
+        feed(1, 1, range(30000, 30010), lambda q: q * 160)
+        s = feed(1, 1, range(100, 600), lambda q: (q + 40000) * 160)  # numbering restarted
+        assert s.stats.duplicates_or_late == 1 and s.spotter.audio_seconds > 9.9
+        for i in range(520):
+            feed(2, 2, [i], lambda q: q * 160)
+            if i == 50:
+                feed(2, 2, [20000], lambda q: 0)  # a stray
+        s = svc.streams[("127.0.0.1", 2, 2)]
+        assert s.stats.lost == 0 and s.stats.duplicates_or_late == 1 and s.spotter.audio_seconds > 10.2
+        for i in range(300):
+            comfort = i % 10 == 5
+            feed(3, 3, [i], lambda q: q * 160, pt=13 if comfort else 0, payload=b"\x40" if comfort else b"\xff" * 160)
+        assert svc.streams[("127.0.0.1", 3, 3)].stats.lost == 0
+        silence = b"\xf8\xff\xfe"  # an Opus frame of silence
+        feed(4, 4, range(3), lambda q: q * 960, pt=111, payload=silence)
+        s = feed(4, 4, range(4, 12), lambda q: q * 960 + 1001, pt=111, payload=silence)  # one lost, an odd gap
+        assert s.stats.lost == 1 and s.stats.undecodable == 0
+    finally:
+        svc.receiver.close()

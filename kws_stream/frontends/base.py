@@ -45,7 +45,7 @@ class FrontEnd(Protocol):
 
     def __init__(self, hop_frames: int = ..., lookahead_seconds: float = 0.0) -> None:
         """A window every hop_frames hops; lookahead_seconds lets a front end compute that far
-        ahead in one go (file replay), never changing a value."""
+        ahead in one go (file replay); values move by float rounding at most."""
 
     @staticmethod
     def load() -> None:

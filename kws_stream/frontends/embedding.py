@@ -179,7 +179,8 @@ class EmbeddingFrontEnd:
         self.nets = nets or shared_nets()
         # Lookahead (file replay): when the pending window lacks audio, take this much more and
         # run both networks over it in one go, so each embedding's 76-frame context is paid
-        # once per stretch rather than once per window. The values are the same either way.
+        # once per stretch rather than once per window. The values are the same to float rounding
+        # (the mel network's output moves by ~2e-6 with where its runs start; tested).
         self._ahead = int(np.ceil(lookahead_seconds * EMBEDDINGS_PER_SECOND))  # embeddings
         self._slots = WINDOW_EMBEDDINGS + self._ahead  # ring rows: the pending window and the lookahead
         self._pcm = np.zeros(WINDOW_SAMPLES + WINDOW_HOPS * MEL_HOP + self._ahead * EMB_HOP, dtype=np.float64)
