@@ -16,7 +16,7 @@ import time
 
 from . import __version__, options, plot, security
 from .audio import StdinFormat
-from .events import DEFAULT_ENDPOINT, PublishError, is_loopback, open_publisher, started_event
+from .events import DEFAULT_ENDPOINT, PublishError, check_endpoint_syntax, is_loopback, open_publisher, started_event
 from .listen import listen
 from .mic import DeviceError, check_input, list_devices
 from .model import KwsModel, ModelError
@@ -57,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     stop = Stop()
     stop.install()
-    if args.file:
+    if args.file is not None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a replay has no model to reload: SIGHUP is ignored
         try:
             args.file = expand_inputs(args.file)
@@ -284,6 +287,11 @@ def run_rtp(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop)
 
 
 def run_listen(args) -> int:
+    try:
+        check_endpoint_syntax(args.connect)
+    except PublishError as e:
+        print(f"kws-stream listen: error: --connect {e}", file=sys.stderr)
+        return EXIT_USAGE
     configure = None
     if args.listen_secret or args.curve_server:
         try:

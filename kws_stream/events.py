@@ -154,10 +154,10 @@ def check_endpoint_syntax(endpoint: str) -> None:
     if endpoint == "none" or endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
         return
     if not endpoint.startswith("tcp://"):
-        raise PublishError(f"{endpoint}: give tcp://HOST:PORT, ipc://PATH or none")
+        raise PublishError(f"{endpoint}: must be tcp://HOST:PORT, ipc://PATH or none")
     host, _, port = endpoint[len("tcp://"):].rpartition(":")
     if not host or not (port == "*" or (port.isdigit() and 1 <= int(port) <= 65535)):
-        raise PublishError(f"{endpoint}: the port must be 1..65535 or *")
+        raise PublishError(f"{endpoint}: must have a port 1..65535 or *")
 
 
 def is_loopback(host: str) -> bool:

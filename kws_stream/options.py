@@ -70,9 +70,10 @@ class Option:
     def check_type(self, value: Any) -> Any:
         """A TOML value as this option's type (ints pass as floats; devices may be indices)."""
         if self.many:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            ok = isinstance(value, list) and all(isinstance(v, str) or type(v) is int for v in value)
+            if not ok:
                 raise ValueError(f"must be a list of strings, got {value!r}")
-            return value
+            return [str(v) for v in value]  # payload types may be written as numbers
         if self.type is bool:
             if not isinstance(value, bool):
                 raise ValueError(f"must be true or false, got {value!r}")

@@ -92,6 +92,8 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
             emit(spotter.finish())
     except AudioError as e:
         result.error = str(e)
+        if spotter.audio_seconds:
+            emit(spotter.finish())  # what was read is scored, to its end (the lookahead holds windows back)
     result.audio_seconds = spotter.audio_seconds
     result.windows = spotter.windows
     if spotter.windows:
@@ -176,6 +178,8 @@ def expand_inputs(items: list[str]) -> list[str]:
             paths += found or [item]  # a folder without audio fails as an input, like a bad file
         else:
             paths.append(item)
+    if not paths:
+        raise InputError("--file: no files to replay (an empty list?)")
     if STDIN in paths and len(paths) > 1:
         raise InputError("--file - (stdin) must be the only input")
     return paths
@@ -188,11 +192,12 @@ def file_ids(paths: list[str]) -> list[str]:
     clash = Counter(stems)
     if all(n == 1 for n in clash.values()):
         return stems
-    absolute = [Path(p).resolve() for p in paths]
-    parent = Path(os.path.commonpath([str(a.parent) for a in absolute]))
+    absolute = [Path(os.path.abspath(p)) for p in paths]  # symlinks kept as the user named them
+    parent = Path(os.path.commonpath([str(a.parent) for s, a in zip(stems, absolute) if clash[s] > 1]))
     ids = [str(a.relative_to(parent).with_suffix("")) if clash[s] > 1 else s for s, a in zip(stems, absolute)]
     again = Counter(ids)
-    ids = [str(a.relative_to(parent)) if again[i] > 1 else i for i, a in zip(ids, absolute)]
+    ids = [str(a.relative_to(parent)) if again[i] > 1 and clash[s] > 1 else i
+           for i, s, a in zip(ids, stems, absolute)]
     seen: Counter = Counter()
     out = []
     for i in ids:  # the same file given twice

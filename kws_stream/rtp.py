@@ -304,8 +304,10 @@ class RtpService:
         self.streams: dict[tuple[str, int, int], Stream] = {}
         self.notifier = notifier
         self.malformed = 0
-        self.refused = 0
+        self.refused = 0  # senders turned away by --max-streams
+        self.refused_packets = 0
         self.ended = 0
+        self.audio_ended = 0.0  # audio seconds of the streams that have ended
         self.detections = 0
         self._refused: dict[tuple, float] = {}  # sender -> last packet: refused for the rest of its call
         self._ended: dict[tuple, float] = {}  # sender -> when its stream ended: stragglers are not a new call
@@ -387,7 +389,7 @@ class RtpService:
                 return
             if key in self._refused:
                 self._refused[key] = arrival
-                self.refused += 1
+                self.refused_packets += 1
                 return
             stream = self._open(key, arrival)
             if stream is None:
@@ -400,6 +402,7 @@ class RtpService:
         name = f"rtp:{key[0]}:{key[1]}/{key[2]}"
         if len(self.streams) >= self.max_streams:
             self.refused += 1
+            self.refused_packets += 1
             self._refused[key] = arrival
             message = f"refused: {self.max_streams} streams already (--max-streams); this call is not watched"
             log.error("%s: %s", name, message)
@@ -522,11 +525,13 @@ class RtpService:
                                 sp.max_score if sp.windows else 0.0)
         self.publisher.publish(stream_end_event(summary, reason=reason, rtp=s.stats))
         self.ended += 1
+        self.audio_ended += sp.audio_seconds
 
     def heartbeat(self, state: str = "running") -> None:
         r = self.receiver
         self.publisher.publish(heartbeat_event(Heartbeat(
-            state, f"rtp:{r.port}", "listening", sum(s.spotter.audio_seconds for s in self.streams.values()),
+            state, f"rtp:{r.port}", "listening",
+            self.audio_ended + sum(s.spotter.audio_seconds for s in self.streams.values()),
             self.detections, 0, r.dropped, self.publisher.dropped, self.model.info.name, self.model.info.version,
             rtp={"streams": len(self.streams), "ended": self.ended, "packets": r.received, "malformed": self.malformed,
-                 "refused": self.refused})))
+                 "refused": self.refused, "refused_packets": self.refused_packets})))

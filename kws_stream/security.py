@@ -28,6 +28,8 @@ def generate(out_dir: str | Path, name: str, force: bool = False) -> tuple[Path,
     mode. Existing key files are kept unless `force`; files are created anew with
     O_EXCL | O_NOFOLLOW, so a planted symlink is never written through.
     """
+    if not name or name.startswith(".") or "/" in name or "\0" in name:
+        raise KeyMaterialError(f"--name {name!r}: give a plain file name (no '/', not empty, not starting with '.')")
     out = Path(out_dir)
     if not out.is_dir():
         try:

@@ -136,6 +136,13 @@ def test_a_source_on_the_command_line_replaces_the_files(tmp_path):
     assert cli.parse_args(["--config", str(config)]).device == "pulse"
 
 
+def test_payload_types_may_be_numbers_in_the_file(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('rtp_l16 = [96, "97/16000"]\nrtp_opus = [111]\n')
+    args = cli.parse_args(["--config", str(config)])
+    assert (args.rtp_l16, args.rtp_opus) == (["96", "97/16000"], ["111"])
+
+
 def test_the_readme_table_is_the_declaration():
     assert options.markdown_table() in (ROOT / "README.md").read_text(encoding="utf-8")
 

@@ -214,3 +214,34 @@ def test_readme_examples_run():
         assert "Traceback" not in r.stderr
         if "--quiet" not in command:
             assert '"type": "detection"' in r.stdout, command
+
+
+def test_a_cut_file_keeps_what_was_read_before_the_cut(tmp_path):
+    """The file replay computes 20 s ahead; a file that fails part-way still has every
+    window of what was read scored, and its detections kept."""
+    import soundfile as sf
+    from kws_stream import read_file
+    x = np.concatenate([read_file(POS), np.zeros(16000 * 15)])  # the phrase at 10-12 s, the cut near 23 s
+    whole = tmp_path / "whole.opus"
+    sf.write(whole, x, 16000, format="OGG", subtype="OPUS")
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.opus"
+    cut.write_bytes(data[:int(len(data) * 0.85)])
+    r = kws("--file", cut, "--scores", tmp_path / "s.jsonl")
+    assert r.returncode == 1 and b"truncated" in r.stderr
+    assert len(detections(r.stdout)) == 1
+    assert len((tmp_path / "s.jsonl").read_text().splitlines()) >= 10
+
+
+def test_an_empty_list_is_a_usage_error_not_live_mode(tmp_path):
+    empty = tmp_path / "calls.txt"
+    empty.write_text("# nothing yet\n")
+    r = kws("--file", f"@{empty}")
+    assert r.returncode == 2 and b"no files to replay" in r.stderr and b"device" not in r.stderr
+
+
+def test_key_names_stay_inside_the_key_directory(tmp_path):
+    for name in ("../evil", "", ".hidden"):
+        r = kws("keys", "--out", tmp_path / "keys", "--name", name)
+        assert r.returncode == 2 and b"plain file name" in r.stderr
+    assert not (tmp_path / "evil.key").exists()
