@@ -77,6 +77,16 @@ def _reason(e: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
+def _output(resample: Resampler, mono: np.ndarray, last: bool, at_seconds: float) -> np.ndarray:
+    """A decoded block as the source yields it: 16 kHz, checked for NaN and Inf, clipped to
+    full scale (float files and streams may hold any finite level)."""
+    y = resample(mono, last=last)
+    if y.size:
+        check_finite(y, at_seconds)
+        np.clip(y, -1.0, 1.0, out=y)
+    return y
+
+
 def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
     """Yield a file's audio as float64 mono 16 kHz blocks. Raises AudioError."""
     path = Path(path)
@@ -90,10 +100,8 @@ def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterato
                 data = f.read(block, dtype="float64", always_2d=True)
                 frames_read += len(data)
                 last = len(data) < block
-                y = resample(to_mono(data), last=last)
+                y = _output(resample, to_mono(data), last, out_seconds)
                 if y.size:
-                    check_finite(y, out_seconds)
-                    np.clip(y, -1.0, 1.0, out=y)  # float files may hold any finite level
                     out_seconds += y.size / SAMPLE_RATE
                     yield y
                 if last:
@@ -178,10 +186,8 @@ def _pcm_blocks(head: bytes, stream, dtype: np.dtype, scale: float, rate: int, c
             continue
         x = np.frombuffer(pending[:whole], dtype=dtype).astype(np.float64).reshape(-1, channels)
         pending = pending[whole:]
-        y = resample(to_mono((x - offset) / scale), last=done)
+        y = _output(resample, to_mono((x - offset) / scale), done, out_seconds)
         if y.size:
-            check_finite(y, out_seconds)
-            np.clip(y, -1.0, 1.0, out=y)
             out_seconds += y.size / SAMPLE_RATE
             yield y
     if out_seconds == 0.0:

@@ -23,6 +23,7 @@ from . import pool
 from .audio import BLOCK_SECONDS, STDIN, AudioError, StdinFormat, iter_input
 from .events import ReplayTotals, StreamSummary, error_event, finished_event, stream_end_event
 from .model import KwsModel, ModelError
+from .plot import Envelope
 from .spotter import Detection, OnWindow, Spotter, SpotterConfig
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class FileResult:
     window_starts: np.ndarray | None = None  # with keep_scores: every window's start and end, in samples,
     window_ends: np.ndarray | None = None
     window_probs: np.ndarray | None = None  # and its probability
+    envelope: tuple[np.ndarray, np.ndarray] | None = None  # with keep_scores: the waveform's min and max (--plot)
 
     def summary(self) -> StreamSummary:
         return StreamSummary(self.path, self.audio_seconds, self.windows, len(self.detections),
@@ -54,8 +56,10 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
               should_stop: Callable[[], bool] = lambda: False, on_window: OnWindow | None = None,
               keep_scores: bool = False, stdin: StdinFormat = StdinFormat()) -> FileResult:
     """Replay one file (`-`: stdin); detections go to on_detection as they happen and into
-    the result, every window's score to on_window (and into the result with keep_scores)."""
+    the result, every window's score to on_window (and into the result with keep_scores,
+    with the waveform's envelope)."""
     result = FileResult(path=str(path))
+    envelope = Envelope() if keep_scores else None
     starts: list[float] = []
     ends: list[float] = []
     probs: list[float] = []
@@ -80,6 +84,8 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
     try:
         block = REALTIME_BLOCK_SECONDS if realtime else 0.1 if path == STDIN else BLOCK_SECONDS
         for chunk in iter_input(str(path), stdin, block):
+            if envelope is not None:
+                envelope.add(chunk)
             emit(spotter.feed(chunk))
             if realtime:
                 ahead = spotter.audio_seconds - (time.monotonic() - began)
@@ -102,6 +108,7 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
         result.window_starts = (np.array(starts) * spotter.sample_rate).round().astype(np.int64)
         result.window_ends = (np.array(ends) * spotter.sample_rate).round().astype(np.int64)
         result.window_probs = np.array(probs)
+        result.envelope = envelope.arrays()
     return result
 
 

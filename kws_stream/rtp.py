@@ -449,8 +449,7 @@ class RtpService:
 
     def _resync(self, s: Stream) -> None:
         """Play what is held and forget the sequence state; audio time goes on."""
-        for ext in sorted(s.held):
-            self._play(s, ext)
+        self._play_held(s)
         s.last_seq = s.next_seq = s.next_ts = s.probation = None
         s.skipped.clear()
 
@@ -489,8 +488,14 @@ class RtpService:
 
     # -- streams out --------------------------------------------------------------
 
-    def _score(self) -> None:
-        for stream, found in score_together(s.spotter for s in self.streams.values()):
+    def _play_held(self, s: Stream) -> None:
+        for ext in sorted(s.held):
+            self._play(s, ext)
+
+    def _score(self, spotters=None) -> None:
+        """Score the windows waiting in these spotters (default: every stream's) in one call."""
+        for _, found in score_together(spotters if spotters is not None else
+                                       (s.spotter for s in self.streams.values())):
             for det in found:
                 self.detections += 1
                 self.publisher.publish(det.event())
@@ -503,23 +508,18 @@ class RtpService:
             if now - s.last_arrival > self.timeout:
                 self._end(key, "timeout")
             elif s.held and now - s.last_arrival > 0.1:  # a pause: play what is held
-                for ext in sorted(s.held):
-                    self._play(s, ext)
+                self._play_held(s)
 
     def _end(self, key: tuple[str, int, int], reason: str) -> None:
         s = self.streams.pop(key)
         self._ended[key] = time.monotonic()
-        for ext in sorted(s.held):
-            self._play(s, ext)
+        self._play_held(s)
         if s.resample is not None:
             tail = s.resample(np.zeros(0), last=True)
             if tail.size:
                 s.spotter.queue(tail)
         s.spotter.queue(None)
-        for _, found in score_together([s.spotter]):
-            for det in found:
-                self.detections += 1
-                self.publisher.publish(det.event())
+        self._score([s.spotter])
         sp = s.spotter
         summary = StreamSummary(s.name, sp.audio_seconds, sp.windows, sp.detections,
                                 sp.max_score if sp.windows else 0.0)
