@@ -1,8 +1,7 @@
 """Throughput on one core, side by side in one run.
 
   (1) the seed's procedure (SEED.md): per-frame FFT loop, per-window features and model call;
-  (2) kws-stream's Spotter fed in 10 ms hops, and in 2 s blocks without and with the
-      lookahead a file replay uses;
+  (2) kws-stream's Spotter fed in 10 ms hops, and in 2 s blocks as a file replay decodes them;
   (3) `kws-stream --file` as a subprocess, on a 16 kHz WAV and on a 48 kHz opus file.
 
 (2) and (3) score the same audio with the same ONNX model (the packaged one unless
@@ -29,7 +28,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from kws_stream import KwsModel, Spotter, SpotterConfig  # noqa: E402
+from kws_stream import KwsModel, Spotter  # noqa: E402
 from kws_stream.frontends import HOP_LENGTH, SAMPLE_RATE  # noqa: E402
 from modelkit import save_seed_dnn  # noqa: E402
 from seed_reference import seed_predict  # noqa: E402
@@ -86,16 +85,13 @@ def main() -> int:
         sp.finish()
     rows.append(("kws-stream, 10 ms hops", args.seconds, cpu_seconds(stream)))
 
-    # (2b) 2 s blocks, as a file replay decodes them, without and with the 20 s lookahead
-    # that `--file` uses (the embedding network run once per stretch instead of per window).
-    for label, ahead in (("kws-stream, 2 s blocks, no lookahead", 0.0),
-                         ("kws-stream, 2 s blocks, 20 s lookahead", 20.0)):
-        def blocks(ahead=ahead):
-            sp = Spotter(model, config=SpotterConfig(lookahead_seconds=ahead))
-            for i in range(0, audio.size, 2 * SAMPLE_RATE):
-                sp.feed(audio[i:i + 2 * SAMPLE_RATE])
-            sp.finish()
-        rows.append((label, args.seconds, cpu_seconds(blocks)))
+    # (2b) 2 s blocks, as a file replay decodes them.
+    def blocks():
+        sp = Spotter(model)
+        for i in range(0, audio.size, 2 * SAMPLE_RATE):
+            sp.feed(audio[i:i + 2 * SAMPLE_RATE])
+        sp.finish()
+    rows.append(("kws-stream, 2 s blocks", args.seconds, cpu_seconds(blocks)))
 
     # (3) the CLI on files, process start-up included.
     with tempfile.TemporaryDirectory() as tmp:

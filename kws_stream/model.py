@@ -196,5 +196,5 @@ class KwsModel:
         (prob,) = self._session.run(None, {INPUT_NAME: features})
         return prob.reshape(-1)
 
-    def front_end(self, hop_frames: int, lookahead_seconds: float = 0.0):
-        return self.front_end_class(hop_frames=hop_frames, lookahead_seconds=lookahead_seconds)
+    def front_end(self, hop_frames: int):
+        return self.front_end_class(hop_frames=hop_frames)

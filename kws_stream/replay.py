@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -29,7 +29,6 @@ from .spotter import Detection, OnWindow, Spotter, SpotterConfig
 log = logging.getLogger(__name__)
 
 REALTIME_BLOCK_SECONDS = 0.1  # paced replay feeds audio as a device would
-LOOKAHEAD_SECONDS = 20.0  # a fast replay computes features this far ahead in one go
 
 
 @dataclass
@@ -70,8 +69,6 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
             probs.append(prob)
             if chained is not None:
                 chained(start, end, prob)
-    if not realtime and path != STDIN:
-        config = replace(config, lookahead_seconds=max(config.lookahead_seconds, LOOKAHEAD_SECONDS))
     spotter = Spotter(model, stream="stdin" if path == STDIN else str(path), config=config, on_window=on_window)
 
     def emit(found: list[Detection]) -> None:
@@ -99,7 +96,7 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
     except AudioError as e:
         result.error = str(e)
         if spotter.audio_seconds:
-            emit(spotter.finish())  # what was read is scored, to its end (the lookahead holds windows back)
+            emit(spotter.finish())  # what was read is scored, to its end
     result.audio_seconds = spotter.audio_seconds
     result.windows = spotter.windows
     if spotter.windows:

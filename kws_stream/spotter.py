@@ -27,7 +27,6 @@ class SpotterConfig:
     threshold: float | None = None  # None: the model's own threshold
     refractory_seconds: float = 2.5  # no new detection for windows ending this soon after one
     max_batch: int = 64  # windows scored in one model call when audio arrives in big chunks
-    lookahead_seconds: float = 0.0  # file replay: features computed this far ahead in one go (same to rounding)
 
     def threshold_for(self, model: KwsModel) -> float:
         """The threshold in force: the one given, else the model's own."""
@@ -83,7 +82,7 @@ class Spotter:
         fe_cls = model.front_end_class
         self.sample_rate = fe_cls.sample_rate
         hop_frames = max(1, round(config.hop_seconds * self.sample_rate / fe_cls.hop_length))
-        self.front_end = model.front_end(hop_frames, config.lookahead_seconds)
+        self.front_end = model.front_end(hop_frames)
         self.detector = Detector(config.threshold_for(model), round(config.refractory_seconds * self.sample_rate))
         self._window = np.empty(model.feature_size, dtype=np.float32)
         self._batch = np.empty((config.max_batch, model.feature_size), dtype=np.float32)

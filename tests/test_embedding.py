@@ -115,42 +115,42 @@ def test_model_metadata_selects_the_embedding_front_end(tmp_path):
         KwsModel(wrong)
 
 
-def test_one_convolutional_run_equals_one_run_per_embedding():
-    """The packaged network's free time axis: a run over 76 + 8(n-1) frames gives the
-    embeddings that n runs over single 76-frame blocks give."""
+@pytest.mark.parametrize("chunk", [1, 7, 8, 96, 1000])
+def test_the_parts_streamed_equal_one_run_of_the_whole_network(chunk):
+    """The network in four parts, each holding the rows its next run needs, gives in any
+    chunking the embeddings that one run of the whole packaged network gives."""
+    import onnxruntime as ort
+    from importlib import resources
     nets = emb.shared_nets()
     mel = nets.mel(speechlike(4.0))
-    together = nets.embed(mel, 3, 20)
-    apart = np.stack([nets.embed(mel, 3 + emb.EMB_STRIDE * i, 1)[0] for i in range(20)])
-    np.testing.assert_allclose(together, apart, atol=1e-4)
+    whole = ort.InferenceSession(resources.files("kws_stream.models").joinpath(emb.EMBEDDING_FILE).read_bytes(),
+                                 providers=["CPUExecutionProvider"])
+    (ref,) = whole.run(None, {"mel": mel[None, :, :, None]})
+    stream = emb.EmbeddingStream(nets)
+    got = np.concatenate([stream.push(mel[a:a + chunk]) for a in range(0, mel.shape[0], chunk)])
+    assert got.shape == ref.shape == ((mel.shape[0] - emb.EMB_FRAMES) // emb.EMB_STRIDE + 1, emb.EMB_DIM)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_shipped_parts_are_what_the_split_writes(tmp_path):
+    """The packaged parts are reproducible from the packaged whole network."""
+    from kws_train.split_embedding import split
+    for path in split(emb_models() / emb.EMBEDDING_FILE, tmp_path):
+        assert path.read_bytes() == (emb_models() / path.name).read_bytes(), path.name
+
+
+def emb_models():
+    from importlib import resources
+    return resources.files("kws_stream.models")
 
 
 def test_damaged_front_end_is_a_model_error_naming_it(tmp_path, monkeypatch):
     path = save_model(tmp_path / "emb.onnx", np.zeros(emb.FEATURE_SIZE, dtype=np.float32),
                       front_end=emb.EmbeddingFrontEnd.name)
     emb.shared_nets.cache_clear()
-    monkeypatch.setitem(emb.SHA256, emb.EMBEDDING_FILE, "0" * 64)
+    monkeypatch.setitem(emb.SHA256, emb.EMBEDDING_PARTS[2], "0" * 64)
     try:
-        with pytest.raises(ModelError, match="front end oww-embedding-v1: oww_embedding.onnx: checksum mismatch"):
+        with pytest.raises(ModelError, match="front end oww-embedding-v1: oww_embedding_part3.onnx: checksum mismatch"):
             KwsModel(path)
     finally:
         emb.shared_nets.cache_clear()
-
-
-def test_lookahead_changes_no_score_beyond_rounding():
-    """File replay computes 20 s ahead; the windows and their scores are those of a live stream."""
-    from kws_stream import KwsModel
-    model = KwsModel()
-    x = speechlike(47.0, seed=11)
-    got = {}
-    for ahead in (0.0, 20.0):
-        probs = []
-        sp = Spotter(model, config=SpotterConfig(hop_seconds=0.5, lookahead_seconds=ahead),
-                     on_window=lambda s, e, p: probs.append((s, e, p)))
-        for i in range(0, x.size, 7919):
-            sp.feed(x[i:i + 7919])
-        sp.finish()
-        got[ahead] = np.array(probs)
-    assert got[0.0].shape == got[20.0].shape
-    np.testing.assert_array_equal(got[0.0][:, :2], got[20.0][:, :2])
-    np.testing.assert_allclose(got[0.0][:, 2], got[20.0][:, 2], atol=1e-5)

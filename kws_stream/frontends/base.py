@@ -43,9 +43,8 @@ class FrontEnd(Protocol):
     tail: ClassVar[int]  # frames a window may run past the last start (end-of-stream padding)
     reach: ClassVar[int]  # frames past start + window_frames that a window still hears
 
-    def __init__(self, hop_frames: int = ..., lookahead_seconds: float = 0.0) -> None:
-        """A window every hop_frames hops; lookahead_seconds lets a front end compute that far
-        ahead in one go (file replay); values move by float rounding at most."""
+    def __init__(self, hop_frames: int = ...) -> None:
+        """A window every hop_frames hops."""
 
     @staticmethod
     def load() -> None:

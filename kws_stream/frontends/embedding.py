@@ -5,11 +5,12 @@ models/THIRD_PARTY.md for where they come from and how they were changed).
 Audio is scaled to the 16-bit range (as openWakeWord feeds it), turned into 32-band mel
 frames (512-sample frames, 160-sample hop, no padding, so every frame depends on its own
 samples only) and mapped to x/10 + 2; every 8 mel frames a 96-dim embedding is taken of the
-last 76. The network runs fully convolutionally over a stretch of frames and gives every
-8th frame's embedding in one run, 6x cheaper than one run per embedding. A window is
-WINDOW_EMBEDDINGS consecutive embeddings (2.46 s), flattened time-major. Because frames
-and embeddings are local, a stream computes each of them once and gets the same values
-as a whole-file pass (to float rounding).
+last 76. The network is shipped in four parts cut at its time-strided pools
+(kws_train.split_embedding); a stream keeps the few input rows each part's next run still
+needs, so every row of every layer is computed once, whatever the chunking (the old
+one-run-per-window path recomputed 76 frames of context for every 96 new ones). A window
+is WINDOW_EMBEDDINGS consecutive embeddings (2.46 s), flattened time-major. Streaming gives
+the values of a whole-file pass.
 """
 from __future__ import annotations
 
@@ -36,13 +37,19 @@ FEATURE_SIZE = WINDOW_EMBEDDINGS * EMB_DIM  # 2112
 EMBEDDINGS_PER_SECOND = SAMPLE_RATE / EMB_HOP  # 12.5
 
 MEL_FILE = "oww_melspectrogram.onnx"
-EMBEDDING_FILE = "oww_embedding.onnx"
+EMBEDDING_FILE = "oww_embedding.onnx"  # the whole network: the source of the parts, not loaded
+EMBEDDING_PARTS = tuple(f"oww_embedding_part{i}.onnx" for i in range(1, 5))
 SHA256 = {MEL_FILE: "434ff0d3b3461ddaf770cff405b02c70b720b8c041ab3ff77b0b93153bea0446",
-          EMBEDDING_FILE: "166207cb67704fc596355061643c541bc906470e0367a30b7f539c81ee250156"}
+          EMBEDDING_PARTS[0]: "c2cb804f4bda5cedb0f8eb76c844acba84e133838efac5ff8d81e6981b0a61b8",
+          EMBEDDING_PARTS[1]: "6b23915a94bbe7bf5241c5c1fa5fee892744725f3e0602d88550ce5af2247998",
+          EMBEDDING_PARTS[2]: "f0b26a71dfe2f0d88f07cb4148bd9b8dff6cc966d299fca20a56ee2c7727331a",
+          EMBEDDING_PARTS[3]: "b60eadfd545e9ca65b67cd4b2b6ee79126e18adcfd90dd2c55030e71734c7e6d"}
+FILE_BLOCK = 4096  # mel frames per run in a whole-file pass (about 6 MB of activations)
 
 
 class EmbeddingNets:
-    """The two ONNX networks, single-threaded sessions over the packaged files."""
+    """The mel network and the embedding network's parts, single-threaded sessions over the
+    packaged files."""
 
     def __init__(self, threads: int = 1):
         import onnxruntime as ort
@@ -50,10 +57,11 @@ class EmbeddingNets:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self._mel = ort.InferenceSession(_checked_bytes(MEL_FILE), sess_options=opts,
-                                         providers=["CPUExecutionProvider"])
-        self._emb = ort.InferenceSession(_checked_bytes(EMBEDDING_FILE), sess_options=opts,
-                                         providers=["CPUExecutionProvider"])
+
+        def session(name: str):
+            return ort.InferenceSession(_checked_bytes(name), sess_options=opts, providers=["CPUExecutionProvider"])
+        self._mel = session(MEL_FILE)
+        self.parts = tuple(_Part(session(name)) for name in EMBEDDING_PARTS)
 
     def mel(self, pcm: np.ndarray) -> np.ndarray:
         """(n_frames, 32) mel frames of float audio in [-1, 1]; n_frames = (n - 512) // 160 + 1."""
@@ -61,12 +69,58 @@ class EmbeddingNets:
         (out,) = self._mel.run(None, {"input": x})
         return out[0, 0] / 10.0 + 2.0
 
-    def embed(self, mel: np.ndarray, first: int, count: int) -> np.ndarray:
-        """(count, 96) embeddings of the 76-frame blocks starting at mel rows first, first+8, ...,
-        in one fully convolutional run over the frames they span."""
-        span = mel[first:first + EMB_FRAMES + EMB_STRIDE * (count - 1)]
-        (out,) = self._emb.run(None, {"mel": span.astype(np.float32, copy=False)[None, :, :, None]})
-        return out
+
+class _Part:
+    """One part of the embedding network: unpadded convolutions that consume `context`
+    input rows, then (but for the last part) a pool that strides `stride` rows in time."""
+
+    def __init__(self, session):
+        self.session = session
+        (inp,) = session.get_inputs()
+        self.input = inp.name
+        self.axis = next(i for i, d in enumerate(inp.shape) if not isinstance(d, int))  # the free time axis
+        meta = session.get_modelmeta().custom_metadata_map
+        self.context = int(meta["time_context"])
+        self.stride = int(meta["time_stride"])
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """Run over the rows of x that give whole strides; return the output (None if
+        there are too few rows) and the rows of x the next run still needs."""
+        rows = x.shape[self.axis] - self.context
+        use = rows - rows % self.stride  # pool pairs stay on the stream's even rows
+        if use <= 0:
+            return None, x
+        (out,) = self.session.run(None, {self.input: self._rows(x, 0, use + self.context)})
+        return out, self._rows(x, use, x.shape[self.axis])
+
+    def _rows(self, x: np.ndarray, a: int, b: int) -> np.ndarray:
+        index = [slice(None)] * x.ndim
+        index[self.axis] = slice(a, b)
+        return x[tuple(index)]
+
+
+class EmbeddingStream:
+    """Embeddings of mel frames pushed in chunks of any size. Each part of the network holds
+    the input rows its next run needs, so each embedding comes out as soon as its 76 frames
+    are in, and no row of any layer is computed twice."""
+
+    def __init__(self, nets: EmbeddingNets):
+        self.nets = nets
+        self.reset()
+
+    def reset(self) -> None:
+        self._held: list[np.ndarray | None] = [None] * len(self.nets.parts)
+
+    def push(self, mel: np.ndarray) -> np.ndarray:
+        """(count, 96) embeddings completed by these (n, 32) mel frames."""
+        x = mel.astype(np.float32, copy=False)[None, :, :, None]
+        for i, part in enumerate(self.nets.parts):
+            held = self._held[i]
+            x = x if held is None else np.concatenate([held, x], axis=part.axis)
+            x, self._held[i] = part.run(x)
+            if x is None:
+                return np.empty((0, EMB_DIM), dtype=np.float32)
+        return x
 
 
 def _checked_bytes(name: str) -> bytes:
@@ -98,9 +152,9 @@ def file_embeddings(signal: np.ndarray, nets: EmbeddingNets | None = None) -> np
     padded = np.zeros((n - 1) * EMB_HOP + EMB_SPAN, dtype=np.float64)
     padded[:signal.size] = signal
     mel = nets.mel(padded)
-    out = np.empty((n, EMB_DIM), dtype=np.float32)
-    for a in range(0, n, 256):
-        out[a:a + 256] = nets.embed(mel, a * EMB_STRIDE, min(256, n - a))
+    stream = EmbeddingStream(nets)
+    out = np.concatenate([stream.push(mel[a:a + FILE_BLOCK]) for a in range(0, mel.shape[0], FILE_BLOCK)])
+    assert out.shape == (n, EMB_DIM)  # every embedding whose 76 frames exist, none more
     return out
 
 
@@ -171,21 +225,14 @@ class EmbeddingFrontEnd:
     def start_limit(cls, n_frames: int) -> int:
         return n_frames - WINDOW_EMBEDDINGS + 1  # file_frames already holds the silence after the stream
 
-    def __init__(self, hop_frames: int = FRAMES_PER_SECOND, nets: EmbeddingNets | None = None,
-                 lookahead_seconds: float = 0.0):
+    def __init__(self, hop_frames: int = FRAMES_PER_SECOND, nets: EmbeddingNets | None = None):
         if not 1 <= hop_frames <= WINDOW_HOPS:
             raise ValueError(f"hop_frames must be in 1..{WINDOW_HOPS}, got {hop_frames}")
         self.hop_frames = max(hop_frames, EMB_STRIDE)  # finer hops would repeat windows: 80 ms is the grid
         self.nets = nets or shared_nets()
-        # Lookahead (file replay): when the pending window lacks audio, take this much more and
-        # run both networks over it in one go, so each embedding's 76-frame context is paid
-        # once per stretch rather than once per window. The values are the same to float rounding
-        # (the mel network's output moves by ~2e-6 with where its runs start; tested).
-        self._ahead = int(np.ceil(lookahead_seconds * EMBEDDINGS_PER_SECOND))  # embeddings
-        self._slots = WINDOW_EMBEDDINGS + self._ahead  # ring rows: the pending window and the lookahead
-        self._pcm = np.zeros(WINDOW_SAMPLES + WINDOW_HOPS * MEL_HOP + self._ahead * EMB_HOP, dtype=np.float64)
-        # every frame of a full PCM buffer plus the fewer than EMB_FRAMES an embedding still waits on
-        self._mel = np.zeros((self._pcm.size // MEL_HOP + EMB_FRAMES + EMB_STRIDE, N_BANDS), dtype=np.float32)
+        self._slots = WINDOW_EMBEDDINGS  # ring rows: the pending window
+        self._pcm = np.zeros(WINDOW_SAMPLES + WINDOW_HOPS * MEL_HOP, dtype=np.float64)
+        self._stream = EmbeddingStream(self.nets)  # holds the mel frames and layer rows embeddings still need
         # mirrored ring: embedding e at rows e % S and e % S + S, so a window is a view
         self._ring = np.zeros((2 * self._slots, EMB_DIM), dtype=np.float32)
         self.reset()
@@ -194,8 +241,7 @@ class EmbeddingFrontEnd:
         self.samples_in = 0
         self._pcm_first = 0  # absolute index of self._pcm[0]
         self._n_pcm = 0
-        self._mel_first = 0  # absolute mel frame of self._mel[0]
-        self._n_mel = 0
+        self._stream.reset()
         self.embeddings = 0  # embeddings computed since reset
         self.window = 0  # index of the next window
         self.total_samples = None  # known once the stream is finished
@@ -223,11 +269,9 @@ class EmbeddingFrontEnd:
         return n
 
     def _fill(self, audio: np.ndarray | None) -> int:
-        """Append samples (zeros if audio is None) up to what the pending window needs plus
-        the lookahead (audio only); never more, so that no embedding past the ring's reach
-        is computed."""
-        ahead = self._ahead * EMB_HOP if audio is not None else 0
-        want = max(self._need_samples() + ahead - (self._pcm_first + self._n_pcm), 0)
+        """Append samples (zeros if audio is None) up to what the pending window needs; never
+        more, so that no embedding past the ring's reach is computed."""
+        want = max(self._need_samples() - (self._pcm_first + self._n_pcm), 0)
         n = min(want if audio is None else min(audio.size, want), self._pcm.size - self._n_pcm)
         self._pcm[self._n_pcm:self._n_pcm + n] = 0.0 if audio is None else audio[:n]
         self._n_pcm += n
@@ -236,29 +280,19 @@ class EmbeddingFrontEnd:
         return n
 
     def _advance(self) -> None:
-        """Turn held PCM into mel frames and mel frames into embeddings, as far as they go."""
-        n_frames = 0 if self._n_pcm < MEL_FRAME else (self._n_pcm - MEL_FRAME) // MEL_HOP + 1
-        if n_frames > 0:
-            mel = self.nets.mel(self._pcm[:(n_frames - 1) * MEL_HOP + MEL_FRAME])
-            self._mel[self._n_mel:self._n_mel + n_frames] = mel
-            self._n_mel += n_frames
-            used = n_frames * MEL_HOP
-            self._pcm[:self._n_pcm - used] = self._pcm[used:self._n_pcm]
-            self._n_pcm -= used
-            self._pcm_first += used
-        first = self.embeddings * EMB_STRIDE - self._mel_first  # row of the next embedding's first frame
-        count = 0 if self._n_mel - first < EMB_FRAMES else (self._n_mel - first - EMB_FRAMES) // EMB_STRIDE + 1
-        if count > 0:
-            emb = self.nets.embed(self._mel, first, count)
-            for e in range(count):
-                row = (self.embeddings + e) % self._slots
-                self._ring[row] = self._ring[row + self._slots] = emb[e]
-            self.embeddings += count
-        drop = self.embeddings * EMB_STRIDE - self._mel_first  # frames no later embedding reads
-        if drop > 0:
-            self._mel[:self._n_mel - drop] = self._mel[drop:self._n_mel]
-            self._n_mel -= drop
-            self._mel_first += drop
+        """Turn held PCM into mel frames, and those into every embedding they complete."""
+        if self._n_pcm < MEL_FRAME:
+            return
+        n_frames = (self._n_pcm - MEL_FRAME) // MEL_HOP + 1
+        emb = self._stream.push(self.nets.mel(self._pcm[:(n_frames - 1) * MEL_HOP + MEL_FRAME]))
+        used = n_frames * MEL_HOP
+        self._pcm[:self._n_pcm - used] = self._pcm[used:self._n_pcm]
+        self._n_pcm -= used
+        self._pcm_first += used
+        for e in range(emb.shape[0]):
+            row = (self.embeddings + e) % self._slots
+            self._ring[row] = self._ring[row + self._slots] = emb[e]
+        self.embeddings += emb.shape[0]
 
     # -- windows out ------------------------------------------------------------
 
@@ -271,8 +305,6 @@ class EmbeddingFrontEnd:
         have = self._pcm_first + self._n_pcm
         if have < self._need_samples():
             return False
-        if self.total_samples is None and have < self._need_samples() + self._ahead * EMB_HOP:
-            return False  # still gathering the lookahead: its windows come with it, or at finish()
         if self.embeddings < self._first_embedding() + WINDOW_EMBEDDINGS:
             self._advance()
         return self.embeddings >= self._first_embedding() + WINDOW_EMBEDDINGS

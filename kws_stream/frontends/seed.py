@@ -248,8 +248,7 @@ class SeedFrontEnd:
     def start_limit(cls, n_frames: int) -> int:
         return n_frames  # every window starting inside the stream, padded past its end
 
-    def __init__(self, hop_frames: int = FRAMES_PER_SECOND, batch_frames: int = FRAMES_PER_SECOND,
-                 lookahead_seconds: float = 0.0):  # numpy frames cost the same in any batch: no lookahead
+    def __init__(self, hop_frames: int = FRAMES_PER_SECOND, batch_frames: int = FRAMES_PER_SECOND):
         if not 1 <= hop_frames <= WINDOW_FRAMES:
             raise ValueError(f"hop_frames must be in 1..{WINDOW_FRAMES}, got {hop_frames}")
         self.hop_frames = hop_frames
