@@ -28,8 +28,15 @@ log = logging.getLogger("kws_stream")
 EXIT_OK, EXIT_FAILED_INPUT, EXIT_USAGE = 0, 1, 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (it prints the whole usage first by default)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="kws-stream",
         description="Detect «не слышу» / «не слышно» in audio and publish events over ZeroMQ. Without a "
                     "command it runs the detector: live from an input device, or over recordings with --file.")
@@ -171,7 +178,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     try:
         file_values = options.read_file(path) if path is not None else {}
         args = options.merge(cli, file_values, path)
-        options.check_together(args)
+        options.check_together(args, cli)
     except options.OptionError as e:
         parser.exit(EXIT_USAGE, f"kws-stream: error: {e}\n")
     args.command = None

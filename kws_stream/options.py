@@ -22,7 +22,7 @@ import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .events import DEFAULT_ENDPOINT, PublishError, check_endpoint_syntax
 from .spotter import SpotterConfig
@@ -48,6 +48,7 @@ class Option:
     many: bool = False  # a list: several values after the flag, a TOML array
     check: Callable[[Any], None] | None = None  # further rule: raises ValueError(reason)
     in_file: bool = True  # False: command line only
+    sources: tuple[str, ...] | None = None  # where it has an effect (file, stdin, device, rtp); None: everywhere
 
     @property
     def flag(self) -> str:
@@ -149,34 +150,35 @@ _S = SpotterConfig()
 OPTIONS: tuple[Option, ...] = (
     # source
     Option("device", str, None, "capture from this PortAudio input (`pulse`, `default`, `hw:1,0`, `3`); opened at "
-           "16 kHz, or at its own rate and resampled (default: the default input)", "source", "NAME|INDEX"),
+           "16 kHz, or at its own rate and resampled (default: the default input)", "source", "NAME|INDEX",
+           sources=("device",)),
     Option("file", str, None, "replay recordings (any format libsndfile reads, any rate, any channel count) "
            "through the streaming path, as fast as possible; a directory is searched recursively for audio, "
            "@LIST reads paths from a file (one per line), - reads WAV or raw PCM from stdin", "source", "PATH",
            many=True, in_file=False),
     Option("format", str, "auto", "--file -: what stdin holds: wav, raw s16le, s32le or f32le (auto: WAV if it "
            "starts with a RIFF header, else s16le)", "source", "FMT", choices=("auto", "wav", "s16le", "s32le",
-                                                                                 "f32le")),
+                                                                                 "f32le"), sources=("stdin",)),
     Option("rate", int, 16000, "--file -: sample rate of raw PCM on stdin, mono", "source", "HZ", low=4000,
-           high=192000),
+           high=192000, sources=("stdin",)),
     Option("list_devices", bool, False, "list audio devices and exit", "source", in_file=False),
     Option("rtp", str, None, "watch calls arriving as RTP over UDP on HOST:PORT (RTCP on PORT+1), each sender "
            "(address and SSRC) its own stream; loopback unless --allow-remote", "source", "HOST:PORT",
            check=_host_port),
     Option("rtp_timeout", float, 5.0, "--rtp: a stream ends after this many seconds without packets (or on an "
-           "RTCP BYE)", "source", "S", low=0.2, high=3600),
+           "RTCP BYE)", "source", "S", low=0.2, high=3600, sources=("rtp",)),
     Option("max_streams", int, 200, "--rtp: streams watched at once; new senders past it are refused with an "
-           "error event", "source", "N", low=1, high=10000),
+           "error event", "source", "N", low=1, high=10000, sources=("rtp",)),
     Option("rtp_l16", str, [], "--rtp: dynamic payload types carrying L16 (16-bit big-endian PCM), as PT or "
-           "PT/RATE (default rate 8000)", "source", "PT", many=True, check=_payload_type),
+           "PT/RATE (default rate 8000)", "source", "PT", many=True, check=_payload_type, sources=("rtp",)),
     Option("rtp_opus", str, [], "--rtp: dynamic payload types carrying Opus", "source", "PT", many=True,
-           check=_opus_type),
+           check=_opus_type, sources=("rtp",)),
     Option("realtime", bool, False, "pace file replay at real time (one file at a time: not with --jobs above 1)",
-           "source"),
+           "source", sources=("file",)),
     Option("jobs", int, 1, "score files in N worker processes; results identical to 1", "source", "N", low=1,
-           high=256),
+           high=256, sources=("file",)),
     Option("status_interval", float, 10.0, "seconds between heartbeat status events of the live daemon",
-           "source", "S", low=0.1, high=3600),
+           "source", "S", low=0.1, high=3600, sources=("device", "rtp")),
     # detection
     Option("model", str, None, "ONNX model (default: the packaged kws-default.onnx)", "detection", "PATH"),
     Option("model_sha256", str, None, "refuse to start unless the model file has this SHA-256 (the started event "
@@ -199,13 +201,15 @@ OPTIONS: tuple[Option, ...] = (
            "output"),
     Option("drain_seconds", float, 5.0, "file replay: wait up to S seconds in all for slow subscribers instead of "
            "dropping their events, and as long at exit for queued events to leave", "output", "S", low=0.0,
-           high=3600),
+           high=3600, sources=("file",)),
     Option("csv", str, None, "write id,label,score per file (file replay): the file's stem (its path when stems "
-           "collide), 0/1 as in the seed's submission, the highest window probability", "output", "OUT"),
+           "collide), 0/1 as in the seed's submission, the highest window probability", "output", "OUT",
+           sources=("file",)),
     Option("scores", str, None, "write every scored window as a JSON line: stream, start, end, score (file "
-           "replay)", "output", "OUT.jsonl"),
+           "replay)", "output", "OUT.jsonl", sources=("file",)),
     Option("plot", str, None, "write one PNG per file into DIR: the score over time, the threshold and the "
-           "detections over the waveform (file replay; needs the plot extra)", "output", "DIR"),
+           "detections over the waveform (file replay; needs the plot extra)", "output", "DIR",
+           sources=("file",)),
     Option("events", str, "detections", "what is printed on stdout: detections, or all events (status and errors "
            "too)", "output", "WHICH", choices=("detections", "all")),
     Option("quiet", bool, False, "do not print detections on stdout", "output"),
@@ -292,10 +296,27 @@ def merge(cli: dict[str, Any], file_values: dict[str, Any], file_path: str | Pat
     return argparse.Namespace(**values)
 
 
-def check_together(args: argparse.Namespace) -> None:
-    """Rules that involve more than one option."""
+SOURCE_NAMES = {"file": "--file", "stdin": "--file -", "device": "live capture (--device)", "rtp": "--rtp"}
+
+
+def active_sources(args: argparse.Namespace) -> set[str]:
+    if args.file:
+        return {"file", "stdin"} if "-" in args.file else {"file"}
+    return {"rtp"} if args.rtp else {"device"}
+
+
+def check_together(args: argparse.Namespace, given: Iterable[str] = ()) -> None:
+    """Rules that involve more than one option. `given`: the keys set on the command line,
+    each of which must act on the chosen source (a config file may hold settings for other
+    sources; they are left unused)."""
     if sum(bool(x) for x in (args.file, args.device, args.rtp)) > 1:
         raise OptionError("give one source: --file, --device or --rtp")
+    here = active_sources(args)
+    for key in given:
+        o = BY_KEY[key]
+        if o.sources is not None and not here & set(o.sources):
+            where = " or ".join(SOURCE_NAMES[s] for s in o.sources)
+            raise OptionError(f"{o.flag} applies to {where} only, not to {SOURCE_NAMES[min(here)]}")
     if args.realtime and args.jobs > 1:
         raise OptionError("--realtime paces one stream at a time; it cannot be combined with --jobs above 1")
     pts = [s.partition("/")[0] for s in list(args.rtp_l16) + list(args.rtp_opus)]

@@ -93,6 +93,12 @@ GOOD = {"device": "pulse", "realtime": False, "jobs": "3", "status_interval": "2
         "scores": "s.jsonl", "plot": "plots", "events": "all", "rtp": "127.0.0.1:40000", "rtp_timeout": "2",
         "max_streams": "50", "rtp_l16": ["96/16000", "97"], "rtp_opus": ["111"]}
 TOGETHER = {"curve_secret": {"curve_clients": "keys"}, "curve_clients": {"curve_secret": "s.key_secret"}}
+SOURCE_ARGS = {"file": ["--file", "x.wav"], "stdin": ["--file", "-"], "rtp": ["--rtp", "127.0.0.1:40000"], "device": []}
+
+
+def source_args(o: options.Option) -> list[str]:
+    """A source the option acts on, unless the option is itself a source."""
+    return [] if o.sources is None or o.key in ("device", "rtp") else SOURCE_ARGS[o.sources[0]]
 
 
 def test_good_values_mean_the_same_from_the_command_line_and_the_file(tmp_path):
@@ -110,15 +116,45 @@ def test_good_values_mean_the_same_from_the_command_line_and_the_file(tmp_path):
             lines.append(f"{k} = {toml_value(as_file_value(ok, v) if ok.type is not bool and not ok.many else v)}")
         config = tmp_path / f"{key}.toml"
         config.write_text("\n".join(lines) + "\n")
-        from_cli, from_file = vars(cli.parse_args(argv)), vars(cli.parse_args(["--config", str(config)]))
+        src = source_args(o)
+        from_cli, from_file = vars(cli.parse_args(argv + src)), vars(cli.parse_args(["--config", str(config)] + src))
         assert from_cli == from_file, key
         assert from_cli[key] == (o.from_text(text) if o.type in (int, float) else text), key
+
+
+NOT_HERE = [(["--jobs", "2"], "--jobs applies to --file only, not to live capture (--device)"),
+            (["--rtp", "127.0.0.1:40000", "--csv", "o.csv"], "--csv applies to --file only, not to --rtp"),
+            (["--file", "a.wav", "--rtp-timeout", "3"], "--rtp-timeout applies to --rtp only, not to --file"),
+            (["--file", "a.wav", "--format", "s16le"], "--format applies to --file - only, not to --file"),
+            (["--file", "a.wav", "--status-interval", "3"],
+             "--status-interval applies to live capture (--device) or --rtp only, not to --file"),
+            (["--rtp", "127.0.0.1:40000", "--no-realtime"], "--realtime applies to --file only, not to --rtp")]
+
+
+@pytest.mark.parametrize("argv,error", NOT_HERE, ids=[a[-2] for a, _ in NOT_HERE])
+def test_an_option_given_for_another_source_is_a_usage_error(argv, error, capsys):
+    assert error_of(argv, capsys) == f"kws-stream: error: {error}"
+
+
+def test_a_config_file_may_hold_settings_for_other_sources(tmp_path):
+    """One file serves the daemon and a replay: what does not act on the source is unused."""
+    config = tmp_path / "config.toml"
+    config.write_text('status_interval = 3.0\njobs = 2\nrtp_timeout = 2.0\ncsv = "o.csv"\n')
+    assert cli.parse_args(["--config", str(config), "--file", "a.wav"]).jobs == 2
+    assert cli.parse_args(["--config", str(config)]).status_interval == 3.0
+
+
+def test_argparse_errors_are_one_line(capsys):
+    for argv in (["--bogus"], ["--jobs"], ["listen", "--count", "0"]):
+        line = error_of(argv, capsys)
+        assert line.startswith("kws-stream") and "error: " in line and line.endswith("--help)"), line
 
 
 def test_flags_set_in_the_file_can_be_turned_off(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text("quiet = true\nrealtime = true\nallow_remote = true\n")
-    args = cli.parse_args(["--config", str(config), "--no-quiet", "--no-realtime", "--no-allow-remote"])
+    args = cli.parse_args(["--config", str(config), "--file", "a.wav", "--no-quiet", "--no-realtime",
+                           "--no-allow-remote"])
     assert (args.quiet, args.realtime, args.allow_remote) == (False, False, False)
     args = cli.parse_args(["--config", str(config)])
     assert (args.quiet, args.realtime, args.allow_remote) == (True, True, True)
