@@ -91,7 +91,7 @@ def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterato
     """Yield a file's audio as float64 mono 16 kHz blocks. Raises AudioError."""
     path = Path(path)
     with _open(path) as f:
-        container_problem = ogg.problem(path) if ogg.is_ogg(path) else None
+        container_problem = ogg.problem(path) if ogg.is_ogg(path) else wav_problem(path)
         resample = Resampler(f.samplerate)
         block = max(1, int(block_seconds * f.samplerate))
         out_seconds, frames_read = 0.0, 0
@@ -116,6 +116,35 @@ def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterato
         if 0 < f.frames < 2**62 and frames_read < f.frames * 0.99:
             raise AudioError(f"truncated: the header promises {f.frames / f.samplerate:.2f} s, "
                              f"the data holds {frames_read / f.samplerate:.2f} s")
+
+
+def wav_problem(path: Path) -> str | None:
+    """For a RIFF WAV whose data chunk promises more bytes than the file holds, the reason
+    (libsndfile reads such a file to its end without complaint); otherwise None. Sizes of
+    0 and 0xFFFFFFFF are what streaming writers leave when they cannot seek back: not a cut."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            byte_rate = 0
+            while len(chunk := f.read(8)) == 8:
+                size = int.from_bytes(chunk[4:], "little")
+                if chunk[:4] == b"fmt ":
+                    fmt = f.read(min(size, 16))
+                    byte_rate = int.from_bytes(fmt[8:12], "little") if len(fmt) >= 12 else 0
+                    f.seek(size - len(fmt) + (size & 1), os.SEEK_CUR)
+                elif chunk[:4] == b"data":
+                    held = os.fstat(f.fileno()).st_size - f.tell()
+                    if size in (0, 0xFFFFFFFF) or size <= held or not byte_rate:
+                        return None
+                    return (f"truncated: the WAV header promises {size / byte_rate:.2f} s, "
+                            f"the data holds {held / byte_rate:.2f} s")
+                else:
+                    f.seek(size + (size & 1), os.SEEK_CUR)
+    except OSError:
+        return None
+    return None
 
 
 STDIN = "-"

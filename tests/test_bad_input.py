@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from modelkit import burst_signal
@@ -15,6 +16,7 @@ def test_each_bad_file_is_one_line_and_the_others_are_scored(tmp_path, burst_mod
     sf.write(good, x, 16000, format="OGG", subtype="OPUS")
     sf.write(tmp_path / "full.mp3", x, 16000, format="MP3")
     sf.write(tmp_path / "full.flac", x, 16000)
+    sf.write(tmp_path / "full.wav", x, 16000, subtype="PCM_16")
     nan = x.copy()
     nan[40000] = np.nan
     sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
@@ -23,12 +25,14 @@ def test_each_bad_file_is_one_line_and_the_others_are_scored(tmp_path, burst_mod
     sf.write(tmp_path / "inf.wav", inf, 16000, subtype="FLOAT")
     mp3 = (tmp_path / "full.mp3").read_bytes()
     flac = (tmp_path / "full.flac").read_bytes()
+    wav = (tmp_path / "full.wav").read_bytes()
     bad = {
         "missing.wav": None,
         "adir": "dir",
         "empty.wav": b"",
         "cut.mp3": mp3[:len(mp3) // 2],
         "cut.flac": flac[:len(flac) // 2],
+        "cut.wav": wav[:len(wav) // 2 + 1],  # libsndfile reads it to its end without complaint
         "corrupt.opus": b"OggS" + bytes(range(256)) * 40,
         "notes.wav": "just some text\n".encode() * 50,
     }
@@ -45,6 +49,7 @@ def test_each_bad_file_is_one_line_and_the_others_are_scored(tmp_path, burst_mod
     assert "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("kws-stream: error:")]
     expected = {"missing.wav": "no such file", "adir": "directory", "empty.wav": "empty", "cut.mp3": "truncated",
+                "cut.wav": "truncated: the WAV header promises",
                 "cut.flac": "decoding failed", "corrupt.opus": "", "notes.wav": "not readable audio",
                 "nan.wav": "NaN or Inf", "inf.wav": "NaN or Inf"}
     assert len(errors) == len(expected), r.stderr
@@ -55,3 +60,17 @@ def test_each_bad_file_is_one_line_and_the_others_are_scored(tmp_path, burst_mod
     assert rows["good"]["label"] == "1"
     # events found before a file turned out bad are kept: the cut FLAC's burst is before the cut
     assert any('"stream": "%s"' % (tmp_path / "cut.flac") in line for line in r.stdout.splitlines())
+
+
+@pytest.mark.parametrize("declared", [0, 0xFFFFFFFF])
+def test_a_wav_written_to_a_pipe_is_not_called_truncated(tmp_path, declared):
+    """Streaming writers cannot seek back to fill in the data size and leave 0 or 0xFFFFFFFF."""
+    from kws_stream.audio import wav_problem
+    path = tmp_path / "piped.wav"
+    sf.write(path, np.zeros(16000), 16000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data") + 4
+    data[at:at + 4] = declared.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    assert wav_problem(path) is None
+    assert wav_problem(tmp_path / "missing.wav") is None
