@@ -309,6 +309,7 @@ class ReplayJob:
                     failed += 1
                     log.error("%s: %s", result.path, result.error)
                     self.publisher.publish(error_event(result.path, result.error))
+                    self.publisher.publish(stream_end_event(result.summary(), reason="error"))
                     continue
                 self.rows.append((file_id, int(result.max_score >= threshold), result.max_score))
                 self.publisher.publish(stream_end_event(result.summary()))

@@ -3,6 +3,7 @@ folders, lists and stdin; progress and a summary; window scores and plots; statu
 on stdout; CSV ids that never collide; and a replay that never collides with a daemon.
 Everything through the real CLI in a subprocess."""
 import fcntl
+import io
 import json
 import os
 import pty
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import zmq
 
 from kws_stream import KwsModel, plot
@@ -101,6 +103,27 @@ def test_bad_stdin_is_one_line():
         assert b"Traceback" not in r.stderr
     r = kws("--file", "-", POS)
     assert r.returncode == 2 and b"must be the only input" in r.stderr
+
+
+def test_a_failed_file_ends_its_stream_with_the_reason(tmp_path):
+    """Each file gets a stream-end, so a subscriber that tracks streams sees every one close:
+    a file that fails part-way gets its error, then a stream-end with reason "error" and
+    what was read before the cut."""
+    cut = tmp_path / "cut.wav"
+    data = pcm(POS, "-f", "wav")  # a WAV to a pipe has no data size: give it one, then cut
+    x, rate = sf.read(io.BytesIO(data))
+    sf.write(cut, x, rate, subtype="PCM_16")
+    data = cut.read_bytes()
+    cut.write_bytes(data[:len(data) // 2])
+    r = kws("--file", POS, cut, "--events", "all")
+    assert r.returncode == 1, r.stderr
+    events = json_lines(r.stdout)
+    (error,) = [e for e in events if e["type"] == "error"]
+    ends = [e for e in events if e.get("state") == "stream-end"]
+    assert [e.get("reason") for e in ends] == [None, "error"]
+    assert ends[1]["stream"] == error["stream"] == str(cut) and "truncated" in error["message"]
+    assert events.index(error) < events.index(ends[1])
+    assert 0 < ends[1]["audio_seconds"] < ends[0]["audio_seconds"] and ends[1]["windows"] > 0
 
 
 def test_scores_hold_every_window_and_the_events_all_option(tmp_path):
