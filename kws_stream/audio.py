@@ -118,10 +118,14 @@ def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterato
                              f"the data holds {frames_read / f.samplerate:.2f} s")
 
 
+UNKNOWN_WAV_SIZE = 0x7FFFF000  # data sizes from here up are streaming writers' placeholders
+
+
 def wav_problem(path: Path) -> str | None:
-    """For a RIFF WAV whose data chunk promises more bytes than the file holds, the reason
-    (libsndfile reads such a file to its end without complaint); otherwise None. Sizes of
-    0 and 0xFFFFFFFF are what streaming writers leave when they cannot seek back: not a cut."""
+    """For a RIFF WAV whose data chunk promises over 1% more bytes than the file holds, the
+    reason (libsndfile reads such a file to its end without complaint); otherwise None.
+    Writers that cannot seek back leave a placeholder size: 0, or a huge one (sox
+    0x7FFFF000, arecord 0x80000000, others 0xFFFFFFFF); those are not cuts."""
     try:
         with open(path, "rb") as f:
             head = f.read(12)
@@ -136,7 +140,7 @@ def wav_problem(path: Path) -> str | None:
                     f.seek(size - len(fmt) + (size & 1), os.SEEK_CUR)
                 elif chunk[:4] == b"data":
                     held = os.fstat(f.fileno()).st_size - f.tell()
-                    if size in (0, 0xFFFFFFFF) or size <= held or not byte_rate:
+                    if size == 0 or size >= UNKNOWN_WAV_SIZE or held >= 0.99 * size or not byte_rate:
                         return None
                     return (f"truncated: the WAV header promises {size / byte_rate:.2f} s, "
                             f"the data holds {held / byte_rate:.2f} s")

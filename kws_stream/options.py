@@ -317,10 +317,10 @@ def check_together(args: argparse.Namespace, given: Iterable[str] = ()) -> None:
         if o.sources is not None and not here & set(o.sources):
             where = " or ".join(SOURCE_NAMES[s] for s in o.sources)
             raise OptionError(f"{o.flag} applies to {where} only, not to {SOURCE_NAMES[min(here)]}")
-    if args.realtime and args.jobs > 1:
+    if "file" in here and args.realtime and args.jobs > 1:
         raise OptionError("--realtime paces one stream at a time; it cannot be combined with --jobs above 1")
     pts = [s.partition("/")[0] for s in list(args.rtp_l16) + list(args.rtp_opus)]
-    if len(set(pts)) < len(pts):
+    if "rtp" in here and len(set(pts)) < len(pts):
         raise OptionError(f"--rtp-l16 and --rtp-opus name a payload type twice: {' '.join(pts)}")
     if bool(args.curve_secret) != bool(args.curve_clients):
         raise OptionError("--curve-secret and --curve-clients go together")

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 REALTIME_BLOCK_SECONDS = 0.1  # paced replay feeds audio as a device would
 
 
+def stream_name(path: str) -> str:
+    return "stdin" if path == STDIN else str(path)
+
+
 @dataclass
 class FileResult:
     path: str
@@ -45,8 +49,13 @@ class FileResult:
     window_probs: np.ndarray | None = None  # and its probability
     envelope: tuple[np.ndarray, np.ndarray] | None = None  # with keep_scores: the waveform's min and max (--plot)
 
+    @property
+    def stream(self) -> str:
+        """The name events give this file's stream."""
+        return stream_name(self.path)
+
     def summary(self) -> StreamSummary:
-        return StreamSummary(self.path, self.audio_seconds, self.windows, len(self.detections),
+        return StreamSummary(self.stream, self.audio_seconds, self.windows, len(self.detections),
                              self.max_score if self.max_score is not None else 0.0)
 
 
@@ -69,7 +78,7 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
             probs.append(prob)
             if chained is not None:
                 chained(start, end, prob)
-    spotter = Spotter(model, stream="stdin" if path == STDIN else str(path), config=config, on_window=on_window)
+    spotter = Spotter(model, stream=stream_name(path), config=config, on_window=on_window)
 
     def emit(found: list[Detection]) -> None:
         result.detections.extend(found)
@@ -295,9 +304,8 @@ class ReplayJob:
                 seconds += result.audio_seconds
                 detections += len(result.detections)
                 if keep and result.window_probs is not None:
-                    stream = "stdin" if result.path == STDIN else result.path
                     if scores is not None:
-                        scores.writelines(score_lines(result, stream, self.model.front_end_class.sample_rate))
+                        scores.writelines(score_lines(result, result.stream, self.model.front_end_class.sample_rate))
                         scores.flush()
                     if self.plot:
                         self._plot(result, threshold, file_id)
@@ -308,7 +316,7 @@ class ReplayJob:
                 if result.error is not None:
                     failed += 1
                     log.error("%s: %s", result.path, result.error)
-                    self.publisher.publish(error_event(result.path, result.error))
+                    self.publisher.publish(error_event(result.stream, result.error))
                     self.publisher.publish(stream_end_event(result.summary(), reason="error"))
                     continue
                 self.rows.append((file_id, int(result.max_score >= threshold), result.max_score))

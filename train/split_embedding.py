@@ -1,9 +1,10 @@
 """Split the packaged speech_embedding network at its time-strided pools, so that a stream
 can carry each part's left context instead of recomputing it (kws_stream.frontends.embedding).
 
-Every time operation in the network is unpadded, and only four pools stride in time, so
-each part between them is a stack of convolutions that consumes a fixed number of input
-rows and halves the rate at its end. Each part is written as its own ONNX file, with its
+Every time operation in the network is unpadded, and three pools stride in time, so the
+four parts between them are stacks of convolutions that consume a fixed number of input
+rows, each but the last halving the rate at its end (checked here: a pool whose time
+kernel is not its stride, or a padded time axis, is refused). Each part is written as its own ONNX file, with its
 time context and stride in the file's metadata; weights and operators are unchanged.
 
     python -m kws_train.split_embedding            # rewrites models/oww_embedding_part*.onnx
@@ -22,14 +23,15 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 TIME_POOL = "MaxPool"
 
 
-def _time_cuts(graph: onnx.GraphProto) -> list[str]:
-    """Outputs of the pools that stride in time (strides[0] > 1, NCHW with H = time)."""
+def _time_cuts(graph: onnx.GraphProto) -> list[tuple[str, int]]:
+    """(output, time stride) of the pools that stride in time (NCHW with H = time)."""
     cuts = []
     for node in graph.node:
-        if node.op_type == TIME_POOL:
-            strides = next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "strides")
-            if strides[0] > 1:
-                cuts.append(node.output[0])
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == TIME_POOL and attrs["strides"][0] > 1:
+            if attrs["kernel_shape"][0] != attrs["strides"][0] or any(attrs.get("pads", [0] * 4)[::2]):
+                raise ValueError(f"{node.name}: a time pool whose windows overlap or are padded cannot be streamed")
+            cuts.append((node.output[0], attrs["strides"][0]))
     return cuts
 
 
@@ -40,7 +42,7 @@ def _time_context(graph: onnx.GraphProto) -> int:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Conv":
             pads = attrs.get("pads", [0, 0, 0, 0])
-            if pads[0] or pads[2]:
+            if pads[0] or pads[2] or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
                 raise ValueError(f"{node.name}: padded in time; a stream cannot carry its context")
             rows += attrs["kernel_shape"][0] - 1
     return rows
@@ -48,13 +50,16 @@ def _time_context(graph: onnx.GraphProto) -> int:
 
 def split(source: Path, out_dir: Path) -> list[Path]:
     model = onnx.load(str(source))
-    ends = [model.graph.input[0].name, *_time_cuts(model.graph), model.graph.output[0].name]
+    cuts = _time_cuts(model.graph)
+    ends = [model.graph.input[0].name, *(name for name, _ in cuts), model.graph.output[0].name]
+    strides = [stride for _, stride in cuts] + [1]
+    if len(ends) - 1 != len(emb.EMBEDDING_PARTS):
+        raise ValueError(f"{source}: {len(ends) - 1} parts, the runtime expects {len(emb.EMBEDDING_PARTS)}")
     paths = []
-    for i, (first, last) in enumerate(zip(ends, ends[1:])):
+    for i, (first, last, stride) in enumerate(zip(ends, ends[1:], strides)):
         path = out_dir / emb.EMBEDDING_PARTS[i]
         onnx.utils.extract_model(str(source), str(path), [first], [last])
         part = onnx.load(str(path))
-        stride = 2 if last in ends[1:-1] else 1
         onnx.helper.set_model_props(part, {"time_context": str(_time_context(part.graph)),
                                            "time_stride": str(stride)})
         part.doc_string = (f"Part {i + 1} of {len(ends) - 1} of {source.name} (Google's speech_embedding, "
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--source", type=Path, default=MODELS / emb.EMBEDDING_FILE)
     ap.add_argument("--out", type=Path, default=MODELS)
     args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     for path in split(args.source, args.out):
         print(path)
 

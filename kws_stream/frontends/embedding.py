@@ -7,10 +7,11 @@ frames (512-sample frames, 160-sample hop, no padding, so every frame depends on
 samples only) and mapped to x/10 + 2; every 8 mel frames a 96-dim embedding is taken of the
 last 76. The network is shipped in four parts cut at its time-strided pools
 (kws_train.split_embedding); a stream keeps the few input rows each part's next run still
-needs, so every row of every layer is computed once, whatever the chunking (the old
-one-run-per-window path recomputed 76 frames of context for every 96 new ones). A window
-is WINDOW_EMBEDDINGS consecutive embeddings (2.46 s), flattened time-major. Streaming gives
-the values of a whole-file pass.
+needs, so every row of every layer is computed once, whatever the chunking (running the
+whole network once per window, as before, recomputed the 76-frame receptive field of each
+window's first embedding). A window is WINDOW_EMBEDDINGS consecutive embeddings (2.46 s),
+flattened time-major. Streaming gives the values of a whole-file pass to float rounding
+(the mel network's output moves by ~2e-6 with where its runs start; the parts are exact).
 """
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ class _Part:
         if use <= 0:
             return None, x
         (out,) = self.session.run(None, {self.input: self._rows(x, 0, use + self.context)})
-        return out, self._rows(x, use, x.shape[self.axis])
+        return out, self._rows(x, use, x.shape[self.axis]).copy()  # a few rows, never a view of the caller's array
 
     def _rows(self, x: np.ndarray, a: int, b: int) -> np.ndarray:
         index = [slice(None)] * x.ndim
@@ -154,7 +155,8 @@ def file_embeddings(signal: np.ndarray, nets: EmbeddingNets | None = None) -> np
     mel = nets.mel(padded)
     stream = EmbeddingStream(nets)
     out = np.concatenate([stream.push(mel[a:a + FILE_BLOCK]) for a in range(0, mel.shape[0], FILE_BLOCK)])
-    assert out.shape == (n, EMB_DIM)  # every embedding whose 76 frames exist, none more
+    if out.shape != (n, EMB_DIM):  # every embedding whose 76 frames exist, none more
+        raise RuntimeError(f"embedding parts gave {out.shape[0]} embeddings for {n}; the packaged parts are inconsistent")
     return out
 
 
