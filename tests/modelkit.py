@@ -122,7 +122,27 @@ def small_queue_subscriber(ctx, endpoint: str, hwm: int, prefix: bytes = b""):
     """A SUB socket with a receive queue of `hwm` messages, subscribed to `prefix`, connected."""
     import zmq
     sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.RECONNECT_IVL, 10)  # connects before the bind: retry soon, however loaded the machine
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.SUBSCRIBE, prefix)
     sock.connect(endpoint)
     return sock
+
+
+def read_until(stream, found, timeout: float = 60.0) -> list[str]:
+    """Lines of a child's text pipe up to and including the first for which found(line) is
+    true: a test waits for what the child says, never for a guessed time."""
+    import select
+    import time
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], max(deadline - time.monotonic(), 0))
+        if not ready:
+            break
+        line = stream.readline()
+        if not line:
+            raise AssertionError(f"the child closed its output before the awaited line; got {lines[-5:]}")
+        lines.append(line)
+        if found(line):
+            return lines
+    raise AssertionError(f"not seen within {timeout} s; got {lines[-5:]}")

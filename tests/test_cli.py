@@ -13,7 +13,7 @@ import soundfile as sf
 import soxr
 import zmq
 
-from modelkit import burst_signal
+from modelkit import burst_signal, read_until
 
 RATE = 16000
 FORMATS = [  # (extension, soundfile format, subtype, sample rate, channels)
@@ -98,6 +98,7 @@ def test_jobs_give_identical_results(tmp_path, burst_model):
 
 def subscribe(ctx, endpoint):
     sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RECONNECT_IVL, 10)  # connects before the bind: retry soon, however loaded the machine
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.RCVTIMEO, 20000)
     sub.connect(endpoint)  # before the daemon binds: the slow-joiner case
@@ -166,8 +167,9 @@ def test_sigterm_mid_csv_run_keeps_finished_files(tmp_path, burst_model):
     paths = [write(tmp_path / f"c{i}.wav", burst_signal(1.0 if i == 0 else 30.0, [])) for i in range(3)]
     out = tmp_path / "scores.csv"
     p = subprocess.Popen([sys.executable, "-m", "kws_stream.cli", "--file", *paths, "--model", burst_model,
-                          "--pub", "none", "--csv", str(out), "--realtime"], stderr=subprocess.PIPE, text=True)
-    time.sleep(3.0)  # the 1 s file is done, the second is playing
+                          "--pub", "none", "--csv", str(out), "--realtime", "--events", "all"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    read_until(p.stdout, lambda line: '"stream-end"' in line)  # the 1 s file is done, the second is playing
     p.send_signal(15)
     _, err = p.communicate(timeout=20)
     assert p.returncode == 128 + 15, err

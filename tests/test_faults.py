@@ -19,6 +19,7 @@ def free_port():
 
 def sub_socket(ctx, endpoint):
     s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.RECONNECT_IVL, 10)  # connects before the bind: retry soon, however loaded the machine
     s.setsockopt(zmq.SUBSCRIBE, b"kws.")
     s.connect(endpoint)
     return s

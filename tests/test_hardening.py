@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import zmq
 
-from modelkit import burst_signal, burst_weights, pulsed_tone_wav, save_model, small_queue_subscriber
+from modelkit import burst_signal, burst_weights, pulsed_tone_wav, read_until, save_model, small_queue_subscriber
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "demo_positive.opus"
 CLI = [sys.executable, "-m", "kws_stream.cli"]
@@ -78,12 +78,13 @@ def test_sighup_does_not_end_a_replay(tmp_path, burst_model):
     path = tmp_path / "c.wav"
     sf.write(path, burst_signal(3.0, [1.05]), 16000)
     p = subprocess.Popen([*CLI, "--file", str(path), "--model", burst_model, "--pub", "none", "--realtime",
-                          "--csv", str(tmp_path / "s.csv")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+                          "--events", "all", "--csv", str(tmp_path / "s.csv")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    read_until(p.stdout, lambda line: '"started"' in line)  # SIGHUP is ignored from before this on
     p.send_signal(signal.SIGHUP)
     out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
-    assert (tmp_path / "s.csv").exists() and len(out.splitlines()) == 1
+    assert (tmp_path / "s.csv").exists() and len([x for x in out.splitlines() if '"detection"' in x]) == 1
 
 
 def wait_for_workers(p, count: int = 2, settle: float = 2.0) -> list[str]:
@@ -101,8 +102,9 @@ def test_multi_process_replay_stops_within_a_second(tmp_path, long_wav, sig):
     sf.write(small, burst_signal(2.0, []), 16000)
     out = tmp_path / "s.csv"
     p = subprocess.Popen([*CLI, "--file", str(small), str(long_wav), str(long_wav), "--jobs", "2",
-                          "--pub", "none", "--quiet", "--csv", str(out)], stderr=subprocess.PIPE, text=True)
-    wait_for_workers(p)  # the small file is done, both workers are inside long files
+                          "--pub", "none", "--events", "all", "--csv", str(out)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    read_until(p.stdout, lambda line: '"stream-end"' in line)  # the small file is done, both workers are in long files
     sent = time.monotonic()
     p.send_signal(sig)
     _, err = p.communicate(timeout=30)
@@ -265,6 +267,7 @@ def test_started_event_names_the_model_checksum(tmp_path, burst_model):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RECONNECT_IVL, 10)  # connects before the bind: retry soon, however loaded the machine
     sub.setsockopt(zmq.SUBSCRIBE, b"kws.status")
     sub.connect(endpoint)
     digest = hashlib.sha256(Path(burst_model).read_bytes()).hexdigest()

@@ -199,7 +199,7 @@ def test_progress_on_a_terminal_and_clean_json_on_a_pipe(tmp_path):
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal has a size
     p = subprocess.Popen([sys.executable, "-m", "kws_stream.cli", "--file", *map(str, files)], stdout=subprocess.PIPE,
-                         stderr=slave, env=dict(os.environ, COLUMNS="120"))
+                         stderr=slave, env=dict(os.environ, COLUMNS="120", TQDM_MININTERVAL="0"))  # however fast the run
     os.close(slave)
     err = b""
     while True:

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import zmq
 
+from modelkit import read_until
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "demo_positive.opus"
 CLIP = ("-ss", "7.5")  # the last 4.4 s of the demo call: the phrase at 2.5-4.4 s
@@ -324,6 +326,7 @@ def test_two_instances_one_subscriber():
     ports, pubs = [free_udp_pair(), free_udp_pair()], [free_tcp(), free_tcp()]
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RECONNECT_IVL, 10)  # connects before the bind: retry soon, however loaded the machine
     sub.setsockopt(zmq.SUBSCRIBE, b"kws.detection")
     for p in pubs:
         sub.connect(f"tcp://127.0.0.1:{p}")
@@ -348,19 +351,19 @@ def test_rtp_from_the_config_file(tmp_path):
     port = free_udp_pair()
     config = tmp_path / "config.toml"
     config.write_text(f'rtp = "127.0.0.1:{port}"\nrtp_timeout = 1.0\nmax_streams = 10\nrtp_l16 = ["96"]\n'
-                      'pub = "none"\n')
+                      'pub = "none"\nevents = "all"\n')
     p = subprocess.Popen([sys.executable, "-m", "kws_stream.cli", "--config", str(config)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
-        time.sleep(3)
+        read_until(p.stderr, lambda line: f"listening for RTP on udp port {port}" in line)
         s = ffmpeg_send(port, *ULAW)
         assert s.wait(60) == 0
-        time.sleep(2.5)
+        seen = read_until(p.stdout, lambda line: '"stream-end"' in line)  # after 1 s without packets
     finally:
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=15)
-    assert p.returncode == 0 and f"listening for RTP on udp port {port}" in err
-    assert len([line for line in out.splitlines() if '"detection"' in line]) == 1
+    assert p.returncode == 0, err
+    assert len([line for line in seen if '"detection"' in line]) == 1
 
 
 def test_sequence_resets_strays_comfort_noise_and_odd_opus_gaps_are_survived():
