@@ -158,6 +158,7 @@ def test_sighup_with_a_broken_model_keeps_the_old_one(pulse, burst_model, burst_
     d = daemon(model, pulse.env, endpoint)
     try:
         d.wait_for("capturing from pulse")
+        sub.wait_for('"state": "running"', stream="out", timeout=10)  # the listener is subscribed
         model.write_bytes(b"broken")
         d.p.send_signal(signal.SIGHUP)
         sub.wait_for("reload kept the running model", stream="out", timeout=10)

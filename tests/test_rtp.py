@@ -227,7 +227,9 @@ def test_loss_and_reordering_are_concealed_and_counted():
         svc.stop()
     stats = done["rtp"]
     assert shaper.dropped > 0 and shaper.swapped > 0
-    assert stats["lost"] == shaper.dropped and stats["reordered"] >= shaper.swapped // 2
+    # a swapped packet held past the jitter buffer's 0.1 s (a stalled sender) is counted lost, then late
+    assert shaper.dropped <= stats["lost"] <= shaper.dropped + stats["duplicates_or_late"]
+    assert stats["reordered"] >= shaper.swapped // 2
     assert done["audio_seconds"] == pytest.approx(4.4, abs=0.15)  # losses concealed: audio time keeps its length
     assert len(detections(svc.events)) == 1
 

@@ -89,7 +89,7 @@ def test_only_authorised_subscribers_receive_and_the_wire_is_unreadable(keys, ca
     plain = start_listener(endpoint)
     try:
         wire = run_capture(endpoint, port, ["--file", call, "--model", burst_model, "--pub", endpoint, "--quiet",
-                                            "--curve-secret", k / "server.key_secret", "--curve-clients",
+                                            "--realtime", "--curve-secret", k / "server.key_secret", "--curve-clients",
                                             keys / "clients"])
         time.sleep(1.0)
     finally:
