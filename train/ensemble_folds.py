@@ -1,0 +1,102 @@
+"""Leave-voices-out numbers for the mean of several `kws-train folds` runs' fold models.
+
+Fold k's ensemble averages the probabilities of every run's fold-k model, so it still
+never heard fold k's voices; it is validated on the same calls and negative streams as
+the runs, and reported as `kws-train folds` reports (folds.json, readable by
+`python -m kws_train.folds_table`). What an ensemble buys is measured without training:
+
+    python -m kws_train.ensemble_folds --runs runs/folds-deep4 runs/folds-deep5 --data data/folds \\
+        --negatives data/negatives --extra-val data/codecs --cache runs/cache --out runs/ens-45
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .export import load_checkpoint
+from .fit import window_scores
+from .folds import _mean_windows, curve, fold_of, load_all, pooled_threshold, subset, summarise, val_rows
+from .nets import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+def fold_models(runs: list[str], k: int) -> list:
+    models = []
+    for run in runs:
+        model, _ = load_checkpoint(str(Path(run) / f"fold{k}" / "ckpt.pt"))
+        models.append(model)
+    return models
+
+
+def ensemble(runs: list[str], data: list[str], negatives: str, extra_val: list[str], cache: str, out: str,
+             hops: list[float], folds: list[int]) -> dict:
+    fe = ModelConfig(arch=json.loads(Path(runs[0], "folds.json").read_text())["fit"]["arch"]).front_end
+    allcalls, metas = load_all(data, cache, 2, fe)
+    neg_corpus, more = load_all([negatives], cache, 2, fe)
+    metas.update(more)
+    extras = []
+    for root in extra_val:
+        corpus, more = load_all([root], cache, 2, fe)
+        metas.update(more)
+        extras.append((Path(root).name, corpus))
+    report: dict = {"runs": runs, "folds": {}, "data": data, "negatives": negatives}
+    pooled = {h: {"rows": [], "neg": [], "hours": 0.0, **{name: [] for name, _ in extras}} for h in hops}
+    for k in folds:
+        held = lambda uid, k=k: fold_of(metas[uid]) == k  # noqa: E731
+        val, neg = subset(allcalls, held), subset(neg_corpus, held)
+        evs = [(name, subset(c, held)) for name, c in extras]
+        hours = sum(metas[f.stem]["seconds"] for f in neg.files) / 3600
+        models = fold_models(runs, k)
+        entry_k: dict = {"negative_hours": round(hours, 3)}
+        for h in hops:
+            def mean(corpus, h=h):
+                return _mean_windows([window_scores(m, corpus, h) for m in models])
+            vw, nw = mean(val), mean(neg)
+            rows = val_rows(val, metas, vw)
+            t = pooled_threshold([nw], hours, 0.5)
+            entry_k[f"hop_{h}"] = {**curve(rows, [nw], hours), "threshold_at_0.5": t, **summarise(rows, t)}
+            p = pooled[h]
+            p["rows"] += rows
+            p["neg"].append(nw)
+            p["hours"] += hours
+            for name, ev in evs:
+                p[name] += val_rows(ev, metas, mean(ev))
+        report["folds"][k] = entry_k
+        log.info("fold %d: %s", k, json.dumps({h: {x: entry_k[f"hop_{h}"].get(x) for x in ("auc", "at_0.5_fa_per_hour")}
+                                              for h in hops}))
+    for h, p in pooled.items():
+        t = pooled_threshold(p["neg"], p["hours"], 0.5)
+        entry = {**curve(p["rows"], p["neg"], p["hours"]), "threshold_at_0.5": t, **summarise(p["rows"], t)}
+        for name, _ in extras:
+            entry[f"{name}_recall_by_channel"] = summarise(p[name], t)["recall_by_channel"]
+        report[f"pooled_hop_{h}"] = entry
+    Path(out).mkdir(parents=True, exist_ok=True)
+    Path(out, "folds.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="`kws-train folds` run directories")
+    ap.add_argument("--data", nargs="+", required=True, metavar="DIR", help="the runs' validation corpora")
+    ap.add_argument("--negatives", required=True, metavar="DIR")
+    ap.add_argument("--extra-val", nargs="*", default=[], metavar="DIR")
+    ap.add_argument("--cache", required=True, metavar="DIR")
+    ap.add_argument("--out", required=True, metavar="RUN")
+    ap.add_argument("--hops", nargs="+", type=float, default=[1.0])
+    ap.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
+    args = ap.parse_args(argv)
+    report = ensemble(args.runs, args.data, args.negatives, args.extra_val, args.cache, args.out, args.hops,
+                      args.folds)
+    print(json.dumps({k: {x: v.get(x) for x in ("auc", "at_0.5_fa_per_hour", "threshold_at_0.5")}
+                      for k, v in report.items() if k.startswith("pooled")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
