@@ -16,25 +16,25 @@ import logging
 import sys
 from pathlib import Path
 
-from .export import load_checkpoint
+from .export import load_checkpoints
 from .fit import window_scores
-from .folds import _mean_windows, curve, fold_of, load_all, pooled_threshold, subset, summarise, val_rows
+from .folds import curve, fold_of, load_all, pooled_threshold, subset, summarise, val_rows
 from .nets import ModelConfig
+from .synth_tts import FOLDS
 
 log = logging.getLogger(__name__)
 
 
-def fold_models(runs: list[str], k: int) -> list:
-    models = []
-    for run in runs:
-        model, _ = load_checkpoint(str(Path(run) / f"fold{k}" / "ckpt.pt"))
-        models.append(model)
-    return models
+def fold_model(runs: list[str], k: int):
+    """The runs' fold-k models as one: the mean of their probabilities (as export writes it)."""
+    model, _ = load_checkpoints([str(Path(run) / f"fold{k}" / "ckpt.pt") for run in runs])
+    return model
 
 
 def ensemble(runs: list[str], data: list[str], negatives: str, extra_val: list[str], cache: str, out: str,
              hops: list[float], folds: list[int]) -> dict:
-    fe = ModelConfig(arch=json.loads(Path(runs[0], "folds.json").read_text())["fit"]["arch"]).front_end
+    arch = json.loads(Path(runs[0], "folds.json").read_text())["fit"]["arch"]
+    fe = ModelConfig(arch=arch).front_end
     allcalls, metas = load_all(data, cache, 2, fe)
     neg_corpus, more = load_all([negatives], cache, 2, fe)
     metas.update(more)
@@ -43,19 +43,17 @@ def ensemble(runs: list[str], data: list[str], negatives: str, extra_val: list[s
         corpus, more = load_all([root], cache, 2, fe)
         metas.update(more)
         extras.append((Path(root).name, corpus))
-    report: dict = {"runs": runs, "folds": {}, "data": data, "negatives": negatives}
+    report: dict = {"runs": runs, "archs": [arch], "folds": {}, "data": data, "negatives": negatives}
     pooled = {h: {"rows": [], "neg": [], "hours": 0.0, **{name: [] for name, _ in extras}} for h in hops}
     for k in folds:
         held = lambda uid, k=k: fold_of(metas[uid]) == k  # noqa: E731
         val, neg = subset(allcalls, held), subset(neg_corpus, held)
         evs = [(name, subset(c, held)) for name, c in extras]
         hours = sum(metas[f.stem]["seconds"] for f in neg.files) / 3600
-        models = fold_models(runs, k)
-        entry_k: dict = {"negative_hours": round(hours, 3)}
+        model = fold_model(runs, k)
+        entry_k: dict = {"voices": list(FOLDS[k]), "negative_hours": round(hours, 3)}
         for h in hops:
-            def mean(corpus, h=h):
-                return _mean_windows([window_scores(m, corpus, h) for m in models])
-            vw, nw = mean(val), mean(neg)
+            vw, nw = window_scores(model, val, h), window_scores(model, neg, h)
             rows = val_rows(val, metas, vw)
             t = pooled_threshold([nw], hours, 0.5)
             entry_k[f"hop_{h}"] = {**curve(rows, [nw], hours), "threshold_at_0.5": t, **summarise(rows, t)}
@@ -64,7 +62,7 @@ def ensemble(runs: list[str], data: list[str], negatives: str, extra_val: list[s
             p["neg"].append(nw)
             p["hours"] += hours
             for name, ev in evs:
-                p[name] += val_rows(ev, metas, mean(ev))
+                p[name] += val_rows(ev, metas, window_scores(model, ev, h))
         report["folds"][k] = entry_k
         log.info("fold %d: %s", k, json.dumps({h: {x: entry_k[f"hop_{h}"].get(x) for x in ("auc", "at_0.5_fa_per_hour")}
                                               for h in hops}))

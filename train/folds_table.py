@@ -81,7 +81,7 @@ def conditions(report_path: str, cache: str, hop: float = 1.0) -> str:
     checkpoint on its own held-out calls (from the feature cache)."""
     from pathlib import Path
 
-    from .export import load_checkpoint
+    from .export import load_checkpoints
     from .fit import window_scores
     from .folds import fold_of, load_all, subset
     from .nets import ModelConfig
@@ -93,7 +93,8 @@ def conditions(report_path: str, cache: str, hop: float = 1.0) -> str:
     metas = {**metas, **neg_metas}
     folds = []  # per fold: its model, and (uid, best window) of each of its held-out calls, scored once
     for k in report["folds"]:
-        model, _ = load_checkpoint(str(Path(report_path).parent / f"fold{k}" / "ckpt.pt"))
+        runs = report.get("runs", [str(Path(report_path).parent)])  # an ensemble_folds report names its runs
+        model, _ = load_checkpoints([str(Path(run) / f"fold{k}" / "ckpt.pt") for run in runs])
         val = subset(calls, lambda u, k=int(k): fold_of(metas[u]) == k)
         best = [(f.stem, float(p.max(initial=0.0))) for f, (_, p) in zip(val.files, window_scores(model, val, hop))]
         folds.append((int(k), model, best))
