@@ -125,7 +125,13 @@ def threshold_from_folds(path: str, target_fa_per_hour: float = 0.5, arch: str |
     pooled over its leave-voices-out models of this arch ("a+b": their ensemble)."""
     report = json.loads(Path(path).read_text(encoding="utf-8"))
     archs = report.get("archs", [report.get("fit", {}).get("arch")])
-    if arch is None or arch == archs[0]:
+    if "runs" in report:  # a kws_train.ensemble_folds report: its pooled results are the ensemble's
+        members = arch.split("+") if arch else archs
+        if len(members) != len(report["runs"]) or set(members) != set(archs):
+            raise ExportError(f"{path}: the ensemble of {len(report['runs'])} {'/'.join(archs)} models "
+                              f"({', '.join(report['runs'])}), not of {arch!r}")
+        variant = ""
+    elif arch is None or arch == archs[0]:
         variant = ""
     elif "+" in arch and sorted(arch.split("+")) == sorted(archs):
         variant = "ensemble_"
