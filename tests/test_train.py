@@ -138,3 +138,14 @@ def test_embedding_head_fits_exports_and_scores(corpus, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = (tmp_path / "out.csv").read_text().splitlines()[1:]
     assert len(rows) == len(files) and all(0.0 <= float(row.split(",")[2]) <= 1.0 for row in rows)
+
+
+def test_a_corpus_is_its_manifest_when_a_stopped_run_left_more_audio(tmp_path):
+    """A synth run stopped past --n leaves finished calls the manifest does not list; they
+    are left out, so every file has its metadata (kws-train folds looks each one up)."""
+    (tmp_path / "audio").mkdir()
+    for uid in ("all1-000000", "all1-000001", "all1-000002"):
+        (tmp_path / "audio" / f"{uid}.opus").write_bytes(b"")
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps({"uid": u}) + "\n" for u in ("all1-000000", "all1-000001")))
+    files, _ = data.corpus_files(tmp_path)
+    assert [f.stem for f in files] == ["all1-000000", "all1-000001"]

@@ -40,6 +40,14 @@ class Corpus:
 def corpus_files(root: str | Path) -> tuple[list[Path], dict[str, tuple[float, float]]]:
     root = Path(root)
     files = sorted((root / "audio").glob("*.opus"))
+    listed = root / "manifest.jsonl"
+    if listed.exists():  # a synth corpus: its calls are the manifest's (a stopped run leaves more audio)
+        uids = {json.loads(line)["uid"] for line in listed.read_text(encoding="utf-8").splitlines() if line.strip()}
+        extra = [f for f in files if f.stem not in uids]
+        if extra:
+            log.warning("%s: %d audio files are not in manifest.jsonl (a synth run stopped past --n?); left out",
+                        root, len(extra))
+            files = [f for f in files if f.stem in uids]
     if not files:
         raise FileNotFoundError(f"{root}/audio holds no .opus files")
     raw = json.loads((root / "word_bounds.json").read_text()) if (root / "word_bounds.json").exists() else {}
