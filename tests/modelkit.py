@@ -130,19 +130,25 @@ def small_queue_subscriber(ctx, endpoint: str, hwm: int, prefix: bytes = b""):
 
 
 def read_until(stream, found, timeout: float = 60.0) -> list[str]:
-    """Lines of a child's text pipe up to and including the first for which found(line) is
-    true: a test waits for what the child says, never for a guessed time."""
+    """Lines of a child's pipe up to and including the first for which found(line) is true:
+    a test waits for what the child says, never for a guessed time. The pipe's descriptor
+    is read a byte at a time, so no line waits unseen in a Python buffer while select()
+    sleeps, and nothing past the awaited line is taken (a later communicate() gets it)."""
+    import os
     import select
     import time
-    lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([stream], [], [], max(deadline - time.monotonic(), 0))
-        if not ready:
-            break
-        line = stream.readline()
-        if not line:
+    fd, lines, line = stream.fileno(), [], bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"not seen within {timeout} s; got {lines[-5:]}")
+        byte = os.read(fd, 1)
+        if not byte:
             raise AssertionError(f"the child closed its output before the awaited line; got {lines[-5:]}")
-        lines.append(line)
-        if found(line):
-            return lines
-    raise AssertionError(f"not seen within {timeout} s; got {lines[-5:]}")
+        line += byte
+        if byte == b"\n":
+            lines.append(line.decode(errors="replace"))
+            line = bytearray()
+            if found(lines[-1]):
+                return lines
