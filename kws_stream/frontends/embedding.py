@@ -232,11 +232,10 @@ class EmbeddingFrontEnd:
             raise ValueError(f"hop_frames must be in 1..{WINDOW_HOPS}, got {hop_frames}")
         self.hop_frames = max(hop_frames, EMB_STRIDE)  # finer hops would repeat windows: 80 ms is the grid
         self.nets = nets or shared_nets()
-        self._slots = WINDOW_EMBEDDINGS  # ring rows: the pending window
         self._pcm = np.zeros(WINDOW_SAMPLES + WINDOW_HOPS * MEL_HOP, dtype=np.float64)
         self._stream = EmbeddingStream(self.nets)  # holds the mel frames and layer rows embeddings still need
-        # mirrored ring: embedding e at rows e % S and e % S + S, so a window is a view
-        self._ring = np.zeros((2 * self._slots, EMB_DIM), dtype=np.float32)
+        # mirrored ring of S = WINDOW_EMBEDDINGS rows: embedding e at e % S and e % S + S, so a window is a view
+        self._ring = np.zeros((2 * WINDOW_EMBEDDINGS, EMB_DIM), dtype=np.float32)  # the pending window
         self.reset()
 
     def reset(self) -> None:
@@ -292,8 +291,8 @@ class EmbeddingFrontEnd:
         self._n_pcm -= used
         self._pcm_first += used
         for e in range(emb.shape[0]):
-            row = (self.embeddings + e) % self._slots
-            self._ring[row] = self._ring[row + self._slots] = emb[e]
+            row = (self.embeddings + e) % WINDOW_EMBEDDINGS
+            self._ring[row] = self._ring[row + WINDOW_EMBEDDINGS] = emb[e]
         self.embeddings += emb.shape[0]
 
     # -- windows out ------------------------------------------------------------
@@ -314,7 +313,7 @@ class EmbeddingFrontEnd:
     def take(self, out: np.ndarray) -> int:
         """Write the next window's features into out; return its start in mel frames."""
         first = self._first_embedding()
-        row = first % self._slots
+        row = first % WINDOW_EMBEDDINGS
         out[:] = self._ring[row:row + WINDOW_EMBEDDINGS].reshape(-1)
         self.window += 1
         return first * EMB_STRIDE
