@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .export import load_checkpoints
 from .fit import window_scores
-from .folds import curve, fold_of, load_all, pooled_threshold, subset, summarise, val_rows
+from .folds import fold_of, load_all, report_entry, subset, val_rows
 from .nets import ModelConfig
 from .synth_tts import FOLDS
 
@@ -55,8 +55,7 @@ def ensemble(runs: list[str], data: list[str], negatives: str, extra_val: list[s
         for h in hops:
             vw, nw = window_scores(model, val, h), window_scores(model, neg, h)
             rows = val_rows(val, metas, vw)
-            t = pooled_threshold([nw], hours, 0.5)
-            entry_k[f"hop_{h}"] = {**curve(rows, [nw], hours), "threshold_at_0.5": t, **summarise(rows, t)}
+            entry_k[f"hop_{h}"] = report_entry(rows, [nw], hours)
             p = pooled[h]
             p["rows"] += rows
             p["neg"].append(nw)
@@ -67,11 +66,7 @@ def ensemble(runs: list[str], data: list[str], negatives: str, extra_val: list[s
         log.info("fold %d: %s", k, json.dumps({h: {x: entry_k[f"hop_{h}"].get(x) for x in ("auc", "at_0.5_fa_per_hour")}
                                               for h in hops}))
     for h, p in pooled.items():
-        t = pooled_threshold(p["neg"], p["hours"], 0.5)
-        entry = {**curve(p["rows"], p["neg"], p["hours"]), "threshold_at_0.5": t, **summarise(p["rows"], t)}
-        for name, _ in extras:
-            entry[f"{name}_recall_by_channel"] = summarise(p[name], t)["recall_by_channel"]
-        report[f"pooled_hop_{h}"] = entry
+        report[f"pooled_hop_{h}"] = report_entry(p["rows"], p["neg"], p["hours"], {name: p[name] for name, _ in extras})
     Path(out).mkdir(parents=True, exist_ok=True)
     Path(out, "folds.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     return report

@@ -122,6 +122,18 @@ def val_rows(corpus: Corpus, metas: dict, windows) -> list[dict]:
     return rows
 
 
+def report_entry(rows: list[dict], negatives: list[list], hours: float,
+                 extras: dict[str, list[dict]] | None = None) -> dict:
+    """What a fold (or all folds pooled) reports: the curve, and the recall tables at the
+    threshold for 0.5 FA/h on these negatives; for each extra validation corpus, its
+    recall by channel at that threshold."""
+    t = pooled_threshold(negatives, hours, 0.5)
+    entry = {**curve(rows, negatives, hours), "threshold_at_0.5": t, **summarise(rows, t)}
+    for name, extra_rows in (extras or {}).items():
+        entry[f"{name}_recall_by_channel"] = summarise(extra_rows, t)["recall_by_channel"]
+    return entry
+
+
 def curve(rows: list[dict], negatives: list[list], hours: float) -> dict:
     labels = np.array([r["label"] for r in rows])
     scores = np.array([r["score"] for r in rows])
@@ -219,17 +231,14 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
                     ([_mean_windows([p[2][j] for p in parts]) for j in range(len(evs))],)
         for (variant, h), (vw, nw, ews) in scores.items():
             rows = val_rows(val, metas, vw)
-            t = pooled_threshold([nw], hours, 0.5)
-            entry = {**curve(rows, [nw], hours), "threshold_at_0.5": t, **summarise(rows, t)}
             if variant == "baseline":
-                fold_report[f"baseline_hop_{h}"] = {**entry, "model": baseline}
+                fold_report[f"baseline_hop_{h}"] = {**report_entry(rows, [nw], hours), "model": baseline}
                 continue
             pool = pooled[variant, h]
-            for (name, ev), ew in zip(evs, ews):
-                erows = val_rows(ev, metas, ew)
-                entry[f"{name}_recall_by_channel"] = summarise(erows, t)["recall_by_channel"]
+            extra_rows = {name: val_rows(ev, metas, ew) for (name, ev), ew in zip(evs, ews)}
+            for name, erows in extra_rows.items():
                 pool.setdefault(name, []).extend(erows)
-            fold_report[f"{prefix[variant]}hop_{h}"] = entry
+            fold_report[f"{prefix[variant]}hop_{h}"] = report_entry(rows, [nw], hours, extra_rows)
             pool["rows"] += rows
             pool["neg"].append(nw)
             pool["hours"] += hours
@@ -240,11 +249,8 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
         Path(out).mkdir(parents=True, exist_ok=True)
         Path(out, "folds.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     for (variant, h), p in pooled.items():
-        t = pooled_threshold(p["neg"], p["hours"], 0.5)
-        entry = {**curve(p["rows"], p["neg"], p["hours"]), "threshold_at_0.5": t, **summarise(p["rows"], t)}
-        for name, _ in extras:
-            entry[f"{name}_recall_by_channel"] = summarise(p[name], t)["recall_by_channel"]
-        report[f"pooled_{prefix[variant]}hop_{h}"] = entry
+        report[f"pooled_{prefix[variant]}hop_{h}"] = report_entry(p["rows"], p["neg"], p["hours"],
+                                                                  {name: p[name] for name, _ in extras})
     Path(out, "folds.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     return report
 
