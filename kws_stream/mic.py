@@ -17,10 +17,13 @@ from .frontends import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-# PortAudio block: 200 ms with PortAudio's "high" latency setting. Through ALSA's PulseAudio
-# plugin, 50 ms blocks cost 14% of a core in polling alone, 200 ms blocks 0.3% (measured);
-# a window is scored once a second, so the added delay is small against it.
+# PortAudio block: 200 ms, in a device buffer of three blocks. Through ALSA's PulseAudio
+# plugin the buffer, not the block, sets the cost of polling (measured with 200 ms blocks:
+# PortAudio's "high" latency, a 0.4 s buffer, 5.6% of a core; a 0.6 s buffer 0.13%, with
+# blocks still every 200 ms, none older than 5 ms when delivered). A window is scored once a
+# second, so the block adds little delay against it.
 BLOCK_SECONDS = 0.2
+BUFFER_SECONDS = 3 * BLOCK_SECONDS
 QUEUE_BLOCKS = 50  # 10 s of audio may wait for the worker before blocks are dropped
 STALL_SECONDS = 2.0  # no audio for this long means the device has gone
 
@@ -82,7 +85,7 @@ class MicSource:
             except (ValueError, sd.PortAudioError):
                 self.rate = int(sd.query_devices(self.device, "input")["default_samplerate"])
             self._stream = sd.InputStream(device=self.device, channels=1, samplerate=self.rate, dtype="float32",
-                                          blocksize=int(self.rate * BLOCK_SECONDS), latency="high",
+                                          blocksize=int(self.rate * BLOCK_SECONDS), latency=BUFFER_SECONDS,
                                           callback=self._callback)
             self._stream.start()
         except (ValueError, sd.PortAudioError) as e:
