@@ -140,6 +140,22 @@ def test_embedding_head_fits_exports_and_scores(corpus, tmp_path):
     assert len(rows) == len(files) and all(0.0 <= float(row.split(",")[2]) <= 1.0 for row in rows)
 
 
+def test_attention_head_with_a_negative_weight_ramp_fits_and_exports(corpus, tmp_path):
+    """emb-attn trains with target-free windows weighted 1 in the first epoch and 5 in the
+    last, and exports to a graph onnxruntime agrees with."""
+    kws_train("fit", "--data", corpus, "--arch", "emb-attn", "--out", tmp_path / "run", "--epochs", "2",
+              "--threads", "1", "--negative-weight", "5", "--min-cover", "1.0")
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "negative_weight" not in history[0] and history[1]["negative_weight"] == 5.0
+    onnx_path = tmp_path / "attn.onnx"
+    r = kws_train("export", "--ckpt", tmp_path / "run" / "ckpt.pt", "--out", onnx_path, "--threshold", "0.5")
+    assert json.loads(r.stdout)["max_abs_diff"] <= 1e-4
+    c = data.load_corpus(corpus, front_end=EmbeddingFrontEnd)
+    x = np.stack([data.window_of(c, i, 0) for i in range(len(c.files))])
+    p = KwsModel(onnx_path).score(x)
+    assert p.shape == (len(c.files),) and np.all((p >= 0) & (p <= 1))
+
+
 def test_a_corpus_is_its_manifest_when_a_stopped_run_left_more_audio(tmp_path):
     """A synth run stopped past --n leaves finished calls the manifest does not list; they
     are left out, so every file has its metadata (kws-train folds looks each one up)."""

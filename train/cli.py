@@ -41,10 +41,10 @@ def _fit_parser(sub) -> None:
     p.add_argument("--exclude-engine", choices=["rhvoice", "espeak", "festival"],
                    help="leave this engine's calls out (to validate on it alone)")
     p.add_argument("--val", metavar="DIR", help="validation corpus, scored every epoch")
-    p.add_argument("--arch", choices=["dnn", "cnn", "emb", "emb-deep", "emb-deep4", "emb-gru"], default="cnn",
+    p.add_argument("--arch", choices=["dnn", "cnn", "emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn"], default="cnn",
                    help="dnn: the seed's model; cnn: a small CNN on the seed's features; emb: a conv head on "
                         "speech embeddings; emb-deep: a wider, deeper one (emb-deep4: one layer more); "
-                        "emb-gru: a bidirectional GRU on them")
+                        "emb-gru: a bidirectional GRU on them; emb-attn: emb-deep with a self-attention layer")
     p.add_argument("--recipe", choices=["seed", "improved"], default="improved",
                    help="seed: the notebook's windows and MIL; improved: phrase at random offsets, SpecAugment")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (ckpt.pt, metrics.json)")
@@ -56,6 +56,11 @@ def _fit_parser(sub) -> None:
     p.add_argument("--cache", metavar="DIR", help="feature cache (default RUN/cache)")
     p.add_argument("--hard-negatives", type=float, default=0.0, metavar="SHARE",
                    help="from epoch 2, add this share of the epoch's windows as the corpus's hardest negative windows")
+    p.add_argument("--negative-weight", type=float, default=1.0, metavar="W",
+                   help="loss weight of target-free windows, rising linearly from 1 in the first epoch to W in the last")
+    p.add_argument("--min-cover", type=float, default=0.9, metavar="SHARE",
+                   help="a training window is positive when it holds this share of the phrase (partly covered "
+                        "windows are left out)")
 
 
 def _folds_parser(sub) -> None:
@@ -75,8 +80,8 @@ def _folds_parser(sub) -> None:
     p.add_argument("--without", nargs="*", default=[], choices=["sentence", "pseudo", "new-codecs", "streams"],
                    help="leave these out of training, to measure what they buy")
     p.add_argument("--out", required=True, metavar="RUN")
-    p.add_argument("--arch", choices=["emb", "emb-deep", "emb-deep4", "emb-gru"], default="emb")
-    p.add_argument("--also-arch", nargs="*", default=[], choices=["emb", "emb-deep", "emb-deep4", "emb-gru"],
+    p.add_argument("--arch", choices=["emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn"], default="emb")
+    p.add_argument("--also-arch", nargs="*", default=[], choices=["emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn"],
                    help="train these too on every fold, and report them and the ensemble of all")
     p.add_argument("--baseline", metavar="M.onnx",
                    help="also score fold 0 (the voices RHVOICE_VAL that earlier models never heard) with this model")
@@ -87,6 +92,8 @@ def _folds_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", metavar="DIR", help="feature cache (default RUN/cache)")
     p.add_argument("--hard-negatives", type=float, default=0.2, metavar="SHARE")
+    p.add_argument("--negative-weight", type=float, default=1.0, metavar="W")
+    p.add_argument("--min-cover", type=float, default=0.9, metavar="SHARE")
 
 
 def _eval_parser(sub) -> None:

@@ -43,6 +43,8 @@ class FitConfig:
     cache: str | None = None
     exclude_engine: str | None = None  # leave this engine's calls out of training
     hard_negatives: float = 0.0  # from epoch 2, add this share (of the epoch's windows) of the hardest negatives
+    negative_weight: float = 1.0  # target-free windows' loss weight, ramped linearly from 1 to this by the last epoch
+    min_cover: float = 0.9  # a training window is positive when it holds this share of the phrase
 
 
 def window_scores(model: nn.Module | KwsModel, corpus: Corpus, hop_seconds: float = 1.0,
@@ -110,13 +112,14 @@ def fit(cfg: FitConfig) -> dict:
 
 def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]:
     """The training loop over loaded corpora: per-window BCE (or the seed's MIL), cosine
-    learning rate, hard-negative mining from epoch 2; val scored each epoch if given."""
+    learning rate, hard-negative mining from epoch 2, target-free windows weighted up over
+    the epochs when asked; val scored each epoch if given."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     torch.set_num_threads(cfg.threads)
     model = build(ModelConfig(arch=cfg.arch))
-    recipe = Recipe(name=cfg.recipe)
+    recipe = Recipe(name=cfg.recipe, min_cover=cfg.min_cover)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.recipe != "seed" else None
     labels = train.labels
@@ -135,7 +138,8 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
             mined = {"windows": len(hard), "pool": len(pool), "top_logit": round(top, 2)}
         if cfg.recipe != "seed":  # window labels: weight positives to balance windows
             pos_weight = torch.tensor([(y == 0).sum() / max((y == 1).sum(), 1)], dtype=torch.float32)
-        criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
+        neg_weight = negative_weight(cfg, epoch)
         order = rng.permutation(len(y))
         model.train()
         total = 0.0
@@ -146,6 +150,7 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
             if cfg.recipe == "seed":  # multiple-instance: a file's logit is its best window's
                 logits = logits.reshape(len(idx), -1).amax(dim=1)
             loss = criterion(logits, yb)
+            loss = (loss * torch.where(yb > 0.5, 1.0, neg_weight)).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -153,6 +158,8 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
         if sched is not None:
             sched.step()
         row = {"epoch": epoch, "loss": total / len(y), "seconds": round(time.time() - began, 1)}
+        if neg_weight != 1.0:
+            row["negative_weight"] = round(neg_weight, 2)
         if mined is not None:
             row["mined"] = mined
         if val is not None:
@@ -160,6 +167,15 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
         history.append(row)
         log.info("epoch %d %s", epoch, json.dumps(row))
     return model, history
+
+
+def negative_weight(cfg: FitConfig, epoch: int) -> float:
+    """The loss weight of target-free windows in this epoch: 1 in the first, rising linearly
+    to cfg.negative_weight in the last, so the model first learns the phrase and then is
+    pushed ever harder off the windows that set the false-accept rate."""
+    if cfg.epochs <= 1:
+        return cfg.negative_weight
+    return 1.0 + (cfg.negative_weight - 1.0) * (epoch - 1) / (cfg.epochs - 1)
 
 
 def save(cfg: FitConfig, model: nn.Module, history: list[dict], train) -> Path:
@@ -177,6 +193,7 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     cfg = FitConfig(data=tuple(args.data), exclude_engine=args.exclude_engine, out=args.out, val=args.val,
                     arch=args.arch, recipe=args.recipe, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
-                    cache=args.cache, hard_negatives=args.hard_negatives)
+                    cache=args.cache, hard_negatives=args.hard_negatives,
+                    negative_weight=args.negative_weight, min_cover=args.min_cover)
     fit(cfg)
     return 0

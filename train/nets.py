@@ -24,6 +24,7 @@ class ModelConfig:
     deep_channels: tuple[int, ...] = (128, 128, 128)  # emb-deep: wider, and dilations 1, 2, 4 (1.9 s of context)
     deeper_channels: tuple[int, ...] = (128, 128, 128, 128)  # emb-deep4: dilations 1, 2, 4, 8 (the whole window)
     gru_hidden: int = 64  # emb-gru: hidden units per direction
+    attention_heads: int = 4  # emb-attn: heads of the self-attention layer over emb-deep's outputs
 
     @property
     def front_end(self) -> type[FrontEnd]:
@@ -74,7 +75,8 @@ class SmallCNN(nn.Module):
 
 
 class EmbeddingHead(nn.Module):
-    """Temporal convolutions over a window of speech embeddings (96, 22), max over time.
+    """Temporal convolutions over a window of speech embeddings (96, 22), max over time;
+    emb-attn adds one self-attention layer (residual, LayerNorm) before the max.
 
     Kernel 3 with dilations 1, 2 sees about 0.5 s of embeddings, each of which already
     spans 0.78 s of audio: the length of the phrase, wherever it falls in the window.
@@ -84,20 +86,28 @@ class EmbeddingHead(nn.Module):
         super().__init__()
         blocks: list[nn.Module] = []
         width = EMB_DIM
-        widths = {"emb-deep": cfg.deep_channels, "emb-deep4": cfg.deeper_channels}.get(cfg.arch, cfg.emb_channels)
+        widths = {"emb-deep": cfg.deep_channels, "emb-deep4": cfg.deeper_channels,
+                  "emb-attn": cfg.deep_channels}.get(cfg.arch, cfg.emb_channels)
         for i, c in enumerate(widths):
             d = 2 ** i
             blocks += [nn.Conv1d(width, c, 3, padding=d, dilation=d, bias=False), nn.BatchNorm1d(c), nn.ReLU()]
             width = c
         self.norm = nn.LayerNorm(EMB_DIM)
         self.features = nn.Sequential(*blocks)
+        self.attention = None
+        if cfg.arch == "emb-attn":  # each step may then weigh every other: the whole 2.46 s as context
+            self.attention = nn.MultiheadAttention(width, cfg.attention_heads, dropout=cfg.dropout, batch_first=True)
+            self.attention_norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(width, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x.reshape(-1, EMB_WINDOW, EMB_DIM))
-        h = self.features(h.transpose(1, 2)).amax(dim=2)  # (B, C): max over time
-        return self.head(self.dropout(h)).squeeze(-1)
+        h = self.features(h.transpose(1, 2))  # (B, C, T)
+        if self.attention is not None:
+            h = h.transpose(1, 2)
+            h = self.attention_norm(h + self.attention(h, h, h, need_weights=False)[0]).transpose(1, 2)
+        return self.head(self.dropout(h.amax(dim=2))).squeeze(-1)  # max over time
 
 
 class EmbeddingGRU(nn.Module):
@@ -117,10 +127,10 @@ class EmbeddingGRU(nn.Module):
 
 
 ARCHS = {"dnn": SeedDNN, "cnn": SmallCNN, "emb": EmbeddingHead, "emb-deep": EmbeddingHead, "emb-deep4": EmbeddingHead,
-         "emb-gru": EmbeddingGRU}
+         "emb-gru": EmbeddingGRU, "emb-attn": EmbeddingHead}
 ARCH_FRONT_END: dict[str, type[FrontEnd]] = {"dnn": SeedFrontEnd, "cnn": SeedFrontEnd, "emb": EmbeddingFrontEnd,
                                              "emb-deep": EmbeddingFrontEnd, "emb-deep4": EmbeddingFrontEnd,
-                                             "emb-gru": EmbeddingFrontEnd}
+                                             "emb-gru": EmbeddingFrontEnd, "emb-attn": EmbeddingFrontEnd}
 
 
 def build(cfg: ModelConfig) -> nn.Module:
