@@ -31,12 +31,12 @@ def fold_model(runs: list[str], k: int):
     return model
 
 
-def ensemble(runs: list[str], data: list[str], negatives: str, extra_val: list[str], cache: str, out: str,
+def ensemble(runs: list[str], data: list[str], negatives: list[str], extra_val: list[str], cache: str, out: str,
              hops: list[float], folds: list[int]) -> dict:
     arch = json.loads(Path(runs[0], "folds.json").read_text())["fit"]["arch"]
     fe = ModelConfig(arch=arch).front_end
     allcalls, metas = load_all(data, cache, 2, fe)
-    neg_corpus, more = load_all([negatives], cache, 2, fe)
+    neg_corpus, more = load_all(negatives, cache, 2, fe)
     metas.update(more)
     extras = []
     for root in extra_val:
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="`kws-train folds` run directories")
     ap.add_argument("--data", nargs="+", required=True, metavar="DIR", help="the runs' validation corpora")
-    ap.add_argument("--negatives", required=True, metavar="DIR")
+    ap.add_argument("--negatives", required=True, nargs="+", metavar="DIR",
+                    help="target-free streams; several corpora are pooled (each fold's held-out voices' streams)")
     ap.add_argument("--extra-val", nargs="*", default=[], metavar="DIR")
     ap.add_argument("--cache", required=True, metavar="DIR")
     ap.add_argument("--out", required=True, metavar="RUN")

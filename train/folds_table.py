@@ -89,7 +89,8 @@ def conditions(report_path: str, cache: str, hop: float = 1.0) -> str:
     threshold = report[f"pooled_hop_{hop}"]["threshold_at_0.5"]
     front_end = ModelConfig(arch=report.get("archs", ["emb"])[0]).front_end
     calls, metas = load_all(report["data"], cache, 1, front_end)
-    neg, neg_metas = load_all([report["negatives"]], cache, 1, front_end)
+    negatives = report["negatives"]  # one directory (kws-train folds) or several (ensemble_folds)
+    neg, neg_metas = load_all([negatives] if isinstance(negatives, str) else negatives, cache, 1, front_end)
     metas = {**metas, **neg_metas}
     folds = []  # per fold: its model, and (uid, best window) of each of its held-out calls, scored once
     for k in report["folds"]:
