@@ -77,7 +77,7 @@ def _folds_parser(sub) -> None:
                         "against the same validation")
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
     p.add_argument("--hops", nargs="+", type=float, default=[1.0], help="scoring hops to compare, in seconds")
-    p.add_argument("--without", nargs="*", default=[], choices=["sentence", "pseudo", "new-codecs", "streams"],
+    p.add_argument("--without", nargs="*", default=[], choices=["sentence", "pseudo", "new-codecs", "streams", "low-snr-positives"],
                    help="leave these out of training, to measure what they buy")
     p.add_argument("--out", required=True, metavar="RUN")
     p.add_argument("--arch", choices=["emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn"], default="emb")

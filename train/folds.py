@@ -154,6 +154,7 @@ WITHOUT = {
     "pseudo": lambda m: "pseudo_speaker" in m,  # WORLD pseudo-speakers
     "new-codecs": lambda m: m.get("codec") in ("g726", "ima-adpcm", "speex"),  # the codecs added for issue 10
     "streams": lambda m: m["uid"].startswith("val"),  # the other folds' long negative streams
+    "low-snr-positives": lambda m: m["label"] == 1 and m.get("snr_db") is not None and m["snr_db"] < 5,
 }
 
 
