@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+EMB_ARCHS = ["emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn"]  # heads on speech embeddings (kws_train.nets)
+
 
 def _synth_parser(sub) -> None:
     p = sub.add_parser("synth", help="generate a synthetic call corpus in the seed's layout")
@@ -41,7 +43,7 @@ def _fit_parser(sub) -> None:
     p.add_argument("--exclude-engine", choices=["rhvoice", "espeak", "festival"],
                    help="leave this engine's calls out (to validate on it alone)")
     p.add_argument("--val", metavar="DIR", help="validation corpus, scored every epoch")
-    p.add_argument("--arch", choices=["dnn", "cnn", "emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn"], default="cnn",
+    p.add_argument("--arch", choices=["dnn", "cnn", *EMB_ARCHS], default="cnn",
                    help="dnn: the seed's model; cnn: a small CNN on the seed's features; emb: a conv head on "
                         "speech embeddings; emb-deep: a wider, deeper one (emb-deep4: one layer more); "
                         "emb-gru: a bidirectional GRU on them; emb-attn: emb-deep with a self-attention layer")
@@ -57,7 +59,8 @@ def _fit_parser(sub) -> None:
     p.add_argument("--hard-negatives", type=float, default=0.0, metavar="SHARE",
                    help="from epoch 2, add this share of the epoch's windows as the corpus's hardest negative windows")
     p.add_argument("--negative-weight", type=float, default=1.0, metavar="W",
-                   help="loss weight of target-free windows, rising linearly from 1 in the first epoch to W in the last")
+                   help="loss weight of target-free windows, rising linearly from 1 in the first epoch to W "
+                        "in the last")
     p.add_argument("--min-cover", type=float, default=0.9, metavar="SHARE",
                    help="a training window is positive when it holds this share of the phrase (partly covered "
                         "windows are left out)")
@@ -77,11 +80,12 @@ def _folds_parser(sub) -> None:
                         "against the same validation")
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
     p.add_argument("--hops", nargs="+", type=float, default=[1.0], help="scoring hops to compare, in seconds")
-    p.add_argument("--without", nargs="*", default=[], choices=["sentence", "pseudo", "new-codecs", "streams", "low-snr-positives"],
+    p.add_argument("--without", nargs="*", default=[],
+                   choices=["sentence", "pseudo", "new-codecs", "streams", "low-snr-positives"],
                    help="leave these out of training, to measure what they buy")
     p.add_argument("--out", required=True, metavar="RUN")
-    p.add_argument("--arch", choices=["emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn"], default="emb")
-    p.add_argument("--also-arch", nargs="*", default=[], choices=["emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn"],
+    p.add_argument("--arch", choices=EMB_ARCHS, default="emb")
+    p.add_argument("--also-arch", nargs="*", default=[], choices=EMB_ARCHS,
                    help="train these too on every fold, and report them and the ensemble of all")
     p.add_argument("--baseline", metavar="M.onnx",
                    help="also score fold 0 (the voices RHVOICE_VAL that earlier models never heard) with this model")

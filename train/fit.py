@@ -192,8 +192,8 @@ def save(cfg: FitConfig, model: nn.Module, history: list[dict], train) -> Path:
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     cfg = FitConfig(data=tuple(args.data), exclude_engine=args.exclude_engine, out=args.out, val=args.val,
-                    arch=args.arch, recipe=args.recipe, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
-                    cache=args.cache, hard_negatives=args.hard_negatives,
+                    arch=args.arch, recipe=args.recipe, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                    seed=args.seed, threads=args.threads, cache=args.cache, hard_negatives=args.hard_negatives,
                     negative_weight=args.negative_weight, min_cover=args.min_cover)
     fit(cfg)
     return 0
