@@ -26,6 +26,7 @@ BLOCK_SECONDS = 0.2
 BUFFER_SECONDS = 3 * BLOCK_SECONDS
 QUEUE_BLOCKS = 50  # 10 s of audio may wait for the worker before blocks are dropped
 STALL_SECONDS = 2.0  # no audio for this long means the device has gone
+FIRST_AUDIO_SECONDS = 5.0  # but a device just opened may take longer (a PulseAudio monitor: about 1.9 s)
 
 
 class DeviceError(Exception):
@@ -73,6 +74,7 @@ class MicSource:
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_BLOCKS)
         self._stream = None
         self._last_audio = time.monotonic()
+        self._stall = FIRST_AUDIO_SECONDS
 
     def open(self) -> None:
         sd = _sounddevice()
@@ -92,6 +94,7 @@ class MicSource:
             self.close()
             raise DeviceError(f"{self.name}: cannot open input ({e})") from e
         self._last_audio = time.monotonic()
+        self._stall = FIRST_AUDIO_SECONDS
         log.info("capturing from %s at %d Hz", self.name, self.rate)
 
     def _callback(self, indata, frames, time_info, status) -> None:
@@ -107,10 +110,11 @@ class MicSource:
         try:
             block = self._queue.get(timeout=timeout)
         except queue.Empty:
-            if time.monotonic() - self._last_audio > STALL_SECONDS or not self._stream_active():
-                raise DeviceError(f"{self.name}: no audio for {STALL_SECONDS:g} s, the device stopped") from None
+            if time.monotonic() - self._last_audio > self._stall or not self._stream_active():
+                raise DeviceError(f"{self.name}: no audio for {self._stall:g} s, the device stopped") from None
             return None
         self._last_audio = time.monotonic()
+        self._stall = STALL_SECONDS
         return block
 
     def _stream_active(self) -> bool:

@@ -209,6 +209,33 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path, unit_file):
         assert line in text
 
 
+def test_capture_delivers_steady_200_ms_blocks_from_a_deep_device_buffer(pulse, burst_wav, monkeypatch):
+    """MicSource asks PortAudio for a buffer of three 200 ms blocks (a shallow buffer makes
+    ALSA's PulseAudio plugin poll), and blocks still arrive every 200 ms, none lost."""
+    from kws_stream.mic import BLOCK_SECONDS, BUFFER_SECONDS, MicSource
+    for key, value in pulse.env.items():
+        monkeypatch.setenv(key, value)
+    player = subprocess.Popen(["paplay", "--device=kws", str(burst_wav)], env=pulse.env)
+    source = MicSource("pulse")
+    try:
+        source.open()
+        latency = source._stream.latency
+        blocks, arrivals = [], []
+        while len(blocks) < 12:
+            block = source.read(timeout=1.0)
+            if block is not None:
+                blocks.append(block)
+                arrivals.append(time.monotonic())
+    finally:
+        source.close()
+        player.kill()
+    assert latency >= BUFFER_SECONDS - 0.05
+    assert {b.size for b in blocks} == {int(source.rate * BLOCK_SECONDS)} and source.overflows == 0
+    span = arrivals[-1] - arrivals[2]  # the first blocks may come together as the device starts
+    assert span / 9 == pytest.approx(BLOCK_SECONDS, abs=0.05)
+    assert max(b - a for a, b in zip(arrivals[2:], arrivals[3:])) <= BUFFER_SECONDS + 0.2
+
+
 def test_list_devices_shows_the_pulse_input(pulse):
     r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--list-devices"], env=pulse.env,
                        capture_output=True, text=True, timeout=60)
