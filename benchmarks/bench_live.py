@@ -57,6 +57,8 @@ def main() -> int:
     ap.add_argument("--model", help="ONNX model (default: the packaged model)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
+    if args.seconds <= args.warm_up:
+        ap.error(f"--seconds ({args.seconds:g}) must be longer than --warm-up ({args.warm_up:g})")
     with tempfile.TemporaryDirectory() as tmp:
         pulse = Pulse(Path(tmp) / "rt")
         pulse.start()

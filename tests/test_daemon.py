@@ -229,11 +229,32 @@ def test_capture_delivers_steady_200_ms_blocks_from_a_deep_device_buffer(pulse, 
     finally:
         source.close()
         player.kill()
+        player.wait()
     assert latency >= BUFFER_SECONDS - 0.05
     assert {b.size for b in blocks} == {int(source.rate * BLOCK_SECONDS)} and source.overflows == 0
     span = arrivals[-1] - arrivals[2]  # the first blocks may come together as the device starts
     assert span / 9 == pytest.approx(BLOCK_SECONDS, abs=0.05)
     assert max(b - a for a, b in zip(arrivals[2:], arrivals[3:])) <= BUFFER_SECONDS + 0.2
+
+
+def test_a_just_opened_device_has_longer_for_its_first_block(monkeypatch):
+    """Silence longer than the stall limit right after opening is the device starting, not
+    a device gone; once audio has flowed, the same silence is a stopped device."""
+    import types
+
+    import numpy as np
+
+    from kws_stream import mic
+    monkeypatch.setattr(mic, "FIRST_AUDIO_SECONDS", 2.0)
+    monkeypatch.setattr(mic, "STALL_SECONDS", 0.2)
+    source = mic.MicSource("fake")
+    source._stream = types.SimpleNamespace(active=True)  # as if opened: only the queue and the clock matter here
+    time.sleep(0.5)
+    assert source.read(timeout=0.05) is None  # 0.55 s without a block, within the first-block allowance
+    source._queue.put(np.zeros(3200, dtype=np.float32))
+    assert source.read(timeout=0.05).size == 3200
+    with pytest.raises(mic.DeviceError, match="no audio for 0.2 s"):
+        source.read(timeout=0.5)
 
 
 def test_list_devices_shows_the_pulse_input(pulse):

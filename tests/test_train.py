@@ -140,6 +140,18 @@ def test_embedding_head_fits_exports_and_scores(corpus, tmp_path):
     assert len(rows) == len(files) and all(0.0 <= float(row.split(",")[2]) <= 1.0 for row in rows)
 
 
+def test_negative_weight_ramps_and_weight_one_is_the_plain_loss():
+    import torch
+    from kws_train.fit import FitConfig, negative_weight, window_loss
+    cfg = FitConfig(data=(), out="-", epochs=5, negative_weight=9.0)
+    assert [negative_weight(cfg, e) for e in range(1, 6)] == [1.0, 3.0, 5.0, 7.0, 9.0]
+    logits, y = torch.randn(64), (torch.rand(64) < 0.3).float()
+    pos = torch.tensor([3.0])
+    assert torch.equal(window_loss(logits, y, pos, 1.0), torch.nn.BCEWithLogitsLoss(pos_weight=pos)(logits, y))
+    each = torch.nn.BCEWithLogitsLoss(pos_weight=pos, reduction="none")(logits, y)
+    torch.testing.assert_close(window_loss(logits, y, pos, 4.0), (each * (1 + 3 * (1 - y))).mean())
+
+
 def test_attention_head_with_a_negative_weight_ramp_fits_and_exports(corpus, tmp_path):
     """emb-attn trains with target-free windows weighted 1 in the first epoch and 5 in the
     last, and exports to a graph onnxruntime agrees with."""

@@ -138,7 +138,6 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
             mined = {"windows": len(hard), "pool": len(pool), "top_logit": round(top, 2)}
         if cfg.recipe != "seed":  # window labels: weight positives to balance windows
             pos_weight = torch.tensor([(y == 0).sum() / max((y == 1).sum(), 1)], dtype=torch.float32)
-        criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
         neg_weight = negative_weight(cfg, epoch)
         order = rng.permutation(len(y))
         model.train()
@@ -149,8 +148,7 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
             logits = model(xb)
             if cfg.recipe == "seed":  # multiple-instance: a file's logit is its best window's
                 logits = logits.reshape(len(idx), -1).amax(dim=1)
-            loss = criterion(logits, yb)
-            loss = (loss * torch.where(yb > 0.5, 1.0, neg_weight)).mean()
+            loss = window_loss(logits, yb, pos_weight, neg_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -167,6 +165,13 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
         history.append(row)
         log.info("epoch %d %s", epoch, json.dumps(row))
     return model, history
+
+
+def window_loss(logits: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor, neg_weight: float) -> torch.Tensor:
+    """Mean BCE over windows (or files), positives weighted pos_weight and target-free ones
+    neg_weight: with neg_weight 1, exactly nn.BCEWithLogitsLoss(pos_weight=pos_weight)."""
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight, reduction="none")
+    return (loss * torch.where(y > 0.5, 1.0, neg_weight)).mean()
 
 
 def negative_weight(cfg: FitConfig, epoch: int) -> float:
