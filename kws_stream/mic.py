@@ -98,6 +98,7 @@ class MicSource:
         log.info("capturing from %s at %d Hz", self.name, self.rate)
 
     def _callback(self, indata, frames, time_info, status) -> None:
+        self._last_audio = time.monotonic()  # when the device delivered, however far behind the worker is
         if status.input_overflow:
             self.overflows += 1
         try:
@@ -113,7 +114,6 @@ class MicSource:
             if time.monotonic() - self._last_audio > self._stall or not self._stream_active():
                 raise DeviceError(f"{self.name}: no audio for {self._stall:g} s, the device stopped") from None
             return None
-        self._last_audio = time.monotonic()
         self._stall = STALL_SECONDS
         return block
 

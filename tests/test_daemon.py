@@ -239,7 +239,8 @@ def test_capture_delivers_steady_200_ms_blocks_from_a_deep_device_buffer(pulse, 
 
 def test_a_just_opened_device_has_longer_for_its_first_block(monkeypatch):
     """Silence longer than the stall limit right after opening is the device starting, not
-    a device gone; once audio has flowed, the same silence is a stopped device."""
+    a device gone; once audio has flowed, the same silence (counted from when the device
+    last delivered, not from when the worker read it) is a stopped device."""
     import types
 
     import numpy as np
@@ -251,10 +252,11 @@ def test_a_just_opened_device_has_longer_for_its_first_block(monkeypatch):
     source._stream = types.SimpleNamespace(active=True)  # as if opened: only the queue and the clock matter here
     time.sleep(0.5)
     assert source.read(timeout=0.05) is None  # 0.55 s without a block, within the first-block allowance
-    source._queue.put(np.zeros(3200, dtype=np.float32))
+    source._callback(np.zeros((3200, 1), dtype=np.float32), 3200, None, types.SimpleNamespace(input_overflow=False))
+    time.sleep(0.4)  # the device delivers nothing more; the worker reads the block late
     assert source.read(timeout=0.05).size == 3200
-    with pytest.raises(mic.DeviceError, match="no audio for 0.2 s"):
-        source.read(timeout=0.5)
+    with pytest.raises(mic.DeviceError, match="no audio for 0.2 s"):  # 0.4 s since the device last delivered
+        source.read(timeout=0.05)
 
 
 def test_list_devices_shows_the_pulse_input(pulse):
