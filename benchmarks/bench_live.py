@@ -39,8 +39,8 @@ from kws_stream.frontends import HOP_LENGTH  # noqa: E402
 from kws_stream.mic import DeviceError, MicSource  # noqa: E402
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_mb(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -95,13 +95,6 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def proc_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def measure_daemon(args, env: dict) -> dict:
     """kws-stream --device pulse as a user runs it: CPU and RSS read from /proc, from
     --warm-up seconds after it logs that capture started."""
@@ -124,7 +117,7 @@ def measure_daemon(args, env: dict) -> dict:
         cpu0, began = proc_cpu_seconds(daemon.pid), time.monotonic()
         time.sleep(args.seconds - args.warm_up)
         cpu1, wall = proc_cpu_seconds(daemon.pid), time.monotonic() - began
-        rss = proc_rss_mb(daemon.pid)
+        rss = rss_mb(daemon.pid)
     finally:
         daemon.terminate()
         daemon.wait(timeout=10)

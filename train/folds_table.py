@@ -81,7 +81,7 @@ def conditions(report_path: str, cache: str, hop: float = 1.0) -> str:
     checkpoint on its own held-out calls (from the feature cache)."""
     from pathlib import Path
 
-    from .export import load_checkpoints
+    from .ensemble_folds import fold_model
     from .fit import window_scores
     from .folds import fold_of, load_all, subset
     from .nets import ModelConfig
@@ -92,10 +92,10 @@ def conditions(report_path: str, cache: str, hop: float = 1.0) -> str:
     negatives = report["negatives"]  # one directory (kws-train folds) or several (ensemble_folds)
     neg, neg_metas = load_all([negatives] if isinstance(negatives, str) else negatives, cache, 1, front_end)
     metas = {**metas, **neg_metas}
+    runs = report.get("runs", [str(Path(report_path).parent)])  # an ensemble_folds report names its runs
     folds = []  # per fold: its model, and (uid, best window) of each of its held-out calls, scored once
     for k in report["folds"]:
-        runs = report.get("runs", [str(Path(report_path).parent)])  # an ensemble_folds report names its runs
-        model, _ = load_checkpoints([str(Path(run) / f"fold{k}" / "ckpt.pt") for run in runs])
+        model = fold_model(runs, int(k))
         val = subset(calls, lambda u, k=int(k): fold_of(metas[u]) == k)
         best = [(f.stem, float(p.max(initial=0.0))) for f, (_, p) in zip(val.files, window_scores(model, val, hop))]
         folds.append((int(k), model, best))
