@@ -21,9 +21,10 @@ def speechlike(seconds: float, seed: int = 0) -> np.ndarray:
     return x
 
 
-def stream_windows(x: np.ndarray, hop_frames: int, chunks: np.random.Generator | int) -> list[tuple[int, np.ndarray]]:
-    fe = emb.EmbeddingFrontEnd(hop_frames=hop_frames)
-    out = np.empty(emb.FEATURE_SIZE, dtype=np.float32)
+def stream_windows(x: np.ndarray, hop_frames: int, chunks: np.random.Generator | int,
+                   front_end=emb.EmbeddingFrontEnd) -> list[tuple[int, np.ndarray]]:
+    fe = front_end(hop_frames=hop_frames)
+    out = np.empty(fe.feature_size, dtype=np.float32)
     got, pos = [], 0
     while pos < x.size:
         size = chunks if isinstance(chunks, int) else int(chunks.integers(1, 6000))
@@ -68,6 +69,23 @@ def test_streaming_equals_whole_file(hop_frames, chunks):
     for s, w in got:
         np.testing.assert_allclose(w.reshape(emb.WINDOW_EMBEDDINGS, emb.EMB_DIM), ref[s // emb.EMB_STRIDE:
                                    s // emb.EMB_STRIDE + emb.WINDOW_EMBEDDINGS], atol=2e-4)
+
+
+@pytest.mark.parametrize("hop_frames,chunks", [(100, 160), (37, 0), (8, 0)])
+def test_rows_stream_equals_whole_file_and_keeps_the_embedding_grid(hop_frames, chunks):
+    """The rows front end (part 3a's rows) streams the same windows, on the same grid and
+    from the same samples, as the embedding front end."""
+    rows_fe = emb.EmbeddingRowsFrontEnd
+    assert rows_fe.window_frames == 52 and rows_fe.feature_size == 52 * 192 and rows_fe.frame_rate == 25
+    x = speechlike(6.3)
+    ref = rows_fe.file_frames(x)
+    assert ref.shape == (192, 2 * emb.n_embeddings_for(x.size) + 8)
+    got = stream_windows(x, hop_frames, chunks or np.random.default_rng(hop_frames), rows_fe)
+    assert [s for s, _ in got] == [s for s, _ in stream_windows(x, hop_frames, 4096)]
+    for k, (s, w) in enumerate(got):
+        first = rows_fe.window_frame(k, hop_frames)
+        assert first == 2 * (s // emb.EMB_STRIDE) and first < rows_fe.start_limit(ref.shape[1])
+        np.testing.assert_allclose(w, rows_fe.features(ref, first, np.empty_like(w)), atol=2e-4)
 
 
 def test_short_stream_gets_one_padded_window():

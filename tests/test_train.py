@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kws_stream import KwsModel
-from kws_stream.frontends import EmbeddingFrontEnd, SeedFrontEnd, windows
+from kws_stream.frontends import EmbeddingFrontEnd, EmbeddingRowsFrontEnd, SeedFrontEnd, windows
 from kws_stream.frontends import seed as frontend
 from kws_stream.audio import read_file
 from kws_train import data, export, synth
@@ -138,6 +138,48 @@ def test_embedding_head_fits_exports_and_scores(corpus, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = (tmp_path / "out.csv").read_text().splitlines()[1:]
     assert len(rows) == len(files) and all(0.0 <= float(row.split(",")[2]) <= 1.0 for row in rows)
+
+
+def test_tuned_tail_starts_as_the_front_end_and_fits_exports_and_scores(corpus, tmp_path):
+    """emb-tune: the embedding network's last convolutions as torch layers give the front
+    end's embeddings from part 3a's rows; warm-started from an emb-deep head it scores as
+    that head does; trained, it exports with the rows front end, which the daemon picks
+    from the model file alone."""
+    import torch
+    from kws_train.fit import warm_start
+    from kws_train.nets import EmbeddingTail, ModelConfig, build
+    rows, embs = (data.load_corpus(corpus, front_end=fe) for fe in (EmbeddingRowsFrontEnd, EmbeddingFrontEnd))
+    x = torch.from_numpy(np.stack([data.window_of(rows, i, 2 * s) for i in range(3) for s in (0, 5)]))
+    e = np.stack([data.window_of(embs, i, s) for i in range(3) for s in (0, 5)])
+    with torch.no_grad():
+        got = EmbeddingTail()(x).numpy()
+    np.testing.assert_allclose(got.reshape(len(e), -1), e, atol=1e-4)
+
+    kws_train("fit", "--data", corpus, "--arch", "emb-deep", "--out", tmp_path / "deep", "--epochs", "1",
+              "--threads", "1")
+    head, tuned = build(ModelConfig(arch="emb-deep")), build(ModelConfig(arch="emb-tune"))
+    head.load_state_dict(torch.load(tmp_path / "deep" / "ckpt.pt", weights_only=False)["state_dict"])
+    warm_start(tuned, str(tmp_path / "deep" / "ckpt.pt"))
+    head.eval(), tuned.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(tuned(x), head(torch.from_numpy(e)), atol=1e-3, rtol=0)
+
+    kws_train("fit", "--data", corpus, "--arch", "emb-tune", "--init", tmp_path / "deep" / "ckpt.pt", "--out",
+              tmp_path / "tune", "--epochs", "2", "--threads", "1", "--hard-negatives", "0.25", "--lr", "3e-4")
+    history = json.loads((tmp_path / "tune" / "metrics.json").read_text())
+    assert history[1]["mined"]["windows"] > 0 and all(np.isfinite(h["loss"]) for h in history)
+    onnx_path = tmp_path / "tune.onnx"
+    r = kws_train("export", "--ckpt", tmp_path / "tune" / "ckpt.pt", "--out", onnx_path, "--threshold", "0.5")
+    assert json.loads(r.stdout)["max_abs_diff"] <= 1e-4
+    model = KwsModel(onnx_path)
+    assert model.front_end_class is EmbeddingRowsFrontEnd and model.feature_size == 52 * 192
+    files = sorted((corpus / "audio").glob("*.opus"))[:4]
+    r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--file", *map(str, files), "--model",
+                        str(onnx_path), "--pub", "none", "--csv", str(tmp_path / "out.csv")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    scores = [float(row.split(",")[2]) for row in (tmp_path / "out.csv").read_text().splitlines()[1:]]
+    assert len(scores) == len(files) and all(0.0 <= p <= 1.0 for p in scores)
 
 
 def test_negative_weight_ramps_and_weight_one_is_the_plain_loss():

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-EMB_ARCHS = ["emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn"]  # heads on speech embeddings (kws_train.nets)
+EMB_ARCHS = ["emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn", "emb-tune"]  # heads on speech embeddings (kws_train.nets)
 
 
 def _synth_parser(sub) -> None:
@@ -64,6 +64,8 @@ def _fit_parser(sub) -> None:
     p.add_argument("--min-cover", type=float, default=0.9, metavar="SHARE",
                    help="a training window is positive when it holds this share of the phrase (partly covered "
                         "windows are left out)")
+    p.add_argument("--init", metavar="RUN/ckpt.pt",
+                   help="start from this checkpoint (emb-tune: an emb-deep one, for its head)")
 
 
 def _folds_parser(sub) -> None:
@@ -98,6 +100,8 @@ def _folds_parser(sub) -> None:
     p.add_argument("--hard-negatives", type=float, default=0.2, metavar="SHARE")
     p.add_argument("--negative-weight", type=float, default=1.0, metavar="W")
     p.add_argument("--min-cover", type=float, default=0.9, metavar="SHARE")
+    p.add_argument("--init", metavar="RUN",
+                   help="start fold k from RUN/foldk/ckpt.pt (a `kws-train folds` run; emb-tune: of emb-deep)")
 
 
 def _eval_parser(sub) -> None:

@@ -22,7 +22,7 @@ from kws_stream.model import KwsModel
 
 from .data import Corpus, Recipe, epoch_windows, load_corpora, load_corpus, negative_pool, window_of
 from .evaluate import file_metrics
-from .nets import ModelConfig, build, parameter_count
+from .nets import ModelConfig, TunedEmbeddingHead, build, parameter_count
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class FitConfig:
     hard_negatives: float = 0.0  # from epoch 2, add this share (of the epoch's windows) of the hardest negatives
     negative_weight: float = 1.0  # target-free windows' loss weight, ramped linearly from 1 to this by the last epoch
     min_cover: float = 0.9  # a training window is positive when it holds this share of the phrase
+    init: str | None = None  # start from this checkpoint (emb-tune: an emb-deep head's, its tail the packaged network)
 
 
 def window_scores(model: nn.Module | KwsModel, corpus: Corpus, hop_seconds: float = 1.0,
@@ -58,7 +59,7 @@ def window_scores(model: nn.Module | KwsModel, corpus: Corpus, hop_seconds: floa
     rows, owner, starts = [], [], []
     for i, mel in enumerate(corpus.mels):
         k = 0
-        while (s := int(k * hop_frames // hops_per_frame)) < max(fe.start_limit(mel.shape[1]), 1):
+        while (s := fe.window_frame(k, hop_frames)) < max(fe.start_limit(mel.shape[1]), 1):
             rows.append(window_of(corpus, i, s))
             owner.append(i)
             starts.append(int(s * hops_per_frame) * HOP_LENGTH)
@@ -119,6 +120,8 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
     rng = np.random.default_rng(cfg.seed)
     torch.set_num_threads(cfg.threads)
     model = build(ModelConfig(arch=cfg.arch))
+    if cfg.init:
+        warm_start(model, cfg.init)
     recipe = Recipe(name=cfg.recipe, min_cover=cfg.min_cover)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.recipe != "seed" else None
@@ -167,6 +170,16 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
     return model, history
 
 
+def warm_start(model: nn.Module, path: str) -> None:
+    """Load a checkpoint's weights: the whole model's if the archs match, else (emb-tune
+    from emb-deep) its head's."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    arch = ckpt["model_args"]["arch"]
+    target = model.head if isinstance(model, TunedEmbeddingHead) and arch == "emb-deep" else model
+    target.load_state_dict(ckpt["state_dict"])
+    log.info("started from %s (%s)", path, arch)
+
+
 def window_loss(logits: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor, neg_weight: float) -> torch.Tensor:
     """Mean BCE over windows (or files), positives weighted pos_weight and target-free ones
     neg_weight: with neg_weight 1, exactly nn.BCEWithLogitsLoss(pos_weight=pos_weight)."""
@@ -199,6 +212,6 @@ def run(args) -> int:
     cfg = FitConfig(data=tuple(args.data), exclude_engine=args.exclude_engine, out=args.out, val=args.val,
                     arch=args.arch, recipe=args.recipe, epochs=args.epochs, batch=args.batch, lr=args.lr,
                     seed=args.seed, threads=args.threads, cache=args.cache, hard_negatives=args.hard_negatives,
-                    negative_weight=args.negative_weight, min_cover=args.min_cover)
+                    negative_weight=args.negative_weight, min_cover=args.min_cover, init=args.init)
     fit(cfg)
     return 0

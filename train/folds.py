@@ -217,7 +217,8 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
                                          [window_scores(onnx_model, ev, h) for _, ev in evs])
         for arch in archs:
             cfg = replace(fit_cfg, arch=arch, out=str(Path(out) / f"fold{k}{'' if arch == archs[0] else '-' + arch}"),
-                          data=tuple(data) + (negatives, *train_extra))
+                          data=tuple(data) + (negatives, *train_extra),
+                          init=fit_cfg.init and str(Path(fit_cfg.init) / f"fold{k}" / "ckpt.pt"))
             began = time.time()
             model, history = train_model(cfg, train)
             save(cfg, model, history, train)
@@ -266,7 +267,7 @@ def run(args) -> int:
     cfg = FitConfig(data=tuple(args.data), out=args.out, arch=args.arch, epochs=args.epochs, batch=args.batch,
                     lr=args.lr, seed=args.seed, threads=args.threads, cache=args.cache,
                     hard_negatives=args.hard_negatives, negative_weight=args.negative_weight,
-                    min_cover=args.min_cover)
+                    min_cover=args.min_cover, init=args.init)
     try:
         report = run_folds(args.data, args.negatives, args.out, cfg, args.folds, args.extra_val, tuple(args.hops),
                            tuple(args.without), tuple(args.also_arch), args.baseline, args.train_extra)

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from kws_stream.frontends import EmbeddingFrontEnd, FrontEnd, SeedFrontEnd
+from kws_stream.frontends import EmbeddingFrontEnd, EmbeddingRowsFrontEnd, FrontEnd, SeedFrontEnd
+from kws_stream.frontends import embedding as emb
 
 SEED_SHAPE = SeedFrontEnd.feature_shape  # (channels, mel bands, time bins)
 EMB_WINDOW, EMB_DIM = EmbeddingFrontEnd.feature_shape  # (embeddings per window, dimensions), time-major
+ROWS_WINDOW, ROW_DIM = EmbeddingRowsFrontEnd.feature_shape  # (part-3a rows per window, 96 channels x 2 bins)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,72 @@ class EmbeddingHead(nn.Module):
         return self.head(self.dropout(h.amax(dim=2))).squeeze(-1)  # max over time
 
 
+class _Clamped(nn.Module):
+    """The embedding network's activation: LeakyReLU(0.2), then max with -0.4."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(nn.functional.leaky_relu(x, 0.2), min=-0.4)
+
+
+class EmbeddingTail(nn.Module):
+    """The speech_embedding network after part 3a (its last five convolutions and last
+    pool), as trainable torch layers that start from the packaged weights: a window of
+    part-3a rows (B, 52 * 192) becomes its 22 embeddings (B, 22, 96), as the front end
+    computes them until training moves the weights."""
+
+    def __init__(self):
+        super().__init__()
+        import onnx
+        from onnx import numpy_helper
+        layers: list[nn.Module] = []
+        for name, after in ((emb.EMBEDDING_PARTS[2], _rows_cut()), (emb.EMBEDDING_PARTS[3], None)):
+            graph = onnx.load_from_string(emb._checked_bytes(name)).graph
+            weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+            started = after is None
+            for node in graph.node:
+                if not started:
+                    started = node.output[0] == after
+                    continue
+                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+                if node.op_type == "Conv":
+                    w = weights[node.input[1]]
+                    conv = nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), bias=len(node.input) > 2,
+                                     padding=tuple(attrs.get("pads", [0, 0])[:2]))
+                    conv.weight.data = torch.from_numpy(w.copy())
+                    if conv.bias is not None:
+                        conv.bias.data = torch.from_numpy(weights[node.input[2]].copy())
+                    layers.append(conv)
+                elif node.op_type == "LeakyRelu":
+                    layers.append(_Clamped())
+                elif node.op_type == "MaxPool":
+                    layers.append(nn.MaxPool2d(tuple(attrs["kernel_shape"]), tuple(attrs["strides"])))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, ROWS_WINDOW, ROW_DIM // 2, 2).permute(0, 2, 1, 3)  # (B, channels, rows, bins)
+        return self.net(x).squeeze(-1).transpose(1, 2)  # (B, 22 embeddings, 96)
+
+
+def _rows_cut() -> str:
+    """The tensor part 3a ends at: the output of part 3's frequency-only pool."""
+    import onnx
+    graph = onnx.load_from_string(emb._checked_bytes(emb.ROWS_PART)).graph
+    return graph.output[0].name
+
+
+class TunedEmbeddingHead(nn.Module):
+    """emb-tune: the embedding network's tail (EmbeddingTail) trained together with
+    emb-deep's head, over a window of part-3a rows."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.tail = EmbeddingTail()
+        self.head = EmbeddingHead(ModelConfig(**{**cfg.__dict__, "arch": "emb-deep"}))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tail(x))
+
+
 class EmbeddingGRU(nn.Module):
     """A bidirectional GRU over the window's embeddings, max over time of its outputs: a
     temporal model with the whole 2.46 s as context, to compare with the conv head."""
@@ -127,10 +195,11 @@ class EmbeddingGRU(nn.Module):
 
 
 ARCHS = {"dnn": SeedDNN, "cnn": SmallCNN, "emb": EmbeddingHead, "emb-deep": EmbeddingHead, "emb-deep4": EmbeddingHead,
-         "emb-gru": EmbeddingGRU, "emb-attn": EmbeddingHead}
+         "emb-gru": EmbeddingGRU, "emb-attn": EmbeddingHead, "emb-tune": TunedEmbeddingHead}
 ARCH_FRONT_END: dict[str, type[FrontEnd]] = {"dnn": SeedFrontEnd, "cnn": SeedFrontEnd, "emb": EmbeddingFrontEnd,
                                              "emb-deep": EmbeddingFrontEnd, "emb-deep4": EmbeddingFrontEnd,
-                                             "emb-gru": EmbeddingFrontEnd, "emb-attn": EmbeddingFrontEnd}
+                                             "emb-gru": EmbeddingFrontEnd, "emb-attn": EmbeddingFrontEnd,
+                                             "emb-tune": EmbeddingRowsFrontEnd}
 
 
 def build(cfg: ModelConfig) -> nn.Module:

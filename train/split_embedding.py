@@ -7,6 +7,10 @@ rows, each but the last halving the rate at its end (checked here: a pool whose 
 kernel is not its stride, or a padded time axis, is refused). Each part is written as its own ONNX file, with its
 time context and stride in the file's metadata; weights and operators are unchanged.
 
+The third part is also written up to its frequency-only pool (`oww_embedding_part3a.onnx`):
+the rows front end (kws_stream.frontends.embedding.EmbeddingRowsFrontEnd) stops there, and
+a model that fine-tunes the network's last five convolutions carries them itself.
+
     python -m kws_train.split_embedding            # rewrites models/oww_embedding_part*.onnx
 """
 from __future__ import annotations
@@ -67,7 +71,24 @@ def split(source: Path, out_dir: Path) -> list[Path]:
                            "weights unchanged.")
         onnx.save(part, str(path))
         paths.append(path)
+    paths.append(_rows_part(out_dir / emb.EMBEDDING_PARTS[2], out_dir / emb.ROWS_PART))
     return paths
+
+
+def _rows_part(part3: Path, path: Path) -> Path:
+    """Part 3 up to its one pool that strides in frequency only: the rows of the rows front end."""
+    model = onnx.load(str(part3))
+    pools = [n for n in model.graph.node if n.op_type == TIME_POOL]
+    strides = [onnx.helper.get_attribute_value(next(a for a in n.attribute if a.name == "strides")) for n in pools]
+    cut = [n.output[0] for n, s in zip(pools, strides) if s[0] == 1]
+    if len(cut) != 1:
+        raise ValueError(f"{part3}: expected one frequency-only pool, found {len(cut)}")
+    onnx.utils.extract_model(str(part3), str(path), [model.graph.input[0].name], cut)
+    rows = onnx.load(str(path))
+    onnx.helper.set_model_props(rows, {"time_context": str(_time_context(rows.graph)), "time_stride": "1"})
+    rows.doc_string = (f"{part3.name} up to its frequency-only pool, by kws_train.split_embedding; weights unchanged.")
+    onnx.save(rows, str(path))
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -71,6 +71,10 @@ class FrontEnd(Protocol):
     def start_limit(cls, n_frames: int) -> int:
         """Windows of a stream whose file_frames has n_frames start before this frame."""
 
+    @classmethod
+    def window_frame(cls, k: int, hop_frames: int) -> int:
+        """The batch frame that window k starts at when a window is due every hop_frames hops."""
+
 
 def windows(fe: FrontEnd, audio: np.ndarray | None, out: np.ndarray) -> Iterator[int]:
     """Feed `audio` to a streaming front end (None: the stream has ended) and yield the

@@ -40,11 +40,17 @@ EMBEDDINGS_PER_SECOND = SAMPLE_RATE / EMB_HOP  # 12.5
 MEL_FILE = "oww_melspectrogram.onnx"
 EMBEDDING_FILE = "oww_embedding.onnx"  # the whole network: the source of the parts, not loaded
 EMBEDDING_PARTS = tuple(f"oww_embedding_part{i}.onnx" for i in range(1, 5))
+ROWS_PART = "oww_embedding_part3a.onnx"  # part 3 up to its frequency-only pool (EmbeddingRowsFrontEnd)
 SHA256 = {MEL_FILE: "434ff0d3b3461ddaf770cff405b02c70b720b8c041ab3ff77b0b93153bea0446",
           EMBEDDING_PARTS[0]: "c2cb804f4bda5cedb0f8eb76c844acba84e133838efac5ff8d81e6981b0a61b8",
           EMBEDDING_PARTS[1]: "6b23915a94bbe7bf5241c5c1fa5fee892744725f3e0602d88550ce5af2247998",
           EMBEDDING_PARTS[2]: "f0b26a71dfe2f0d88f07cb4148bd9b8dff6cc966d299fca20a56ee2c7727331a",
-          EMBEDDING_PARTS[3]: "b60eadfd545e9ca65b67cd4b2b6ee79126e18adcfd90dd2c55030e71734c7e6d"}
+          EMBEDDING_PARTS[3]: "b60eadfd545e9ca65b67cd4b2b6ee79126e18adcfd90dd2c55030e71734c7e6d",
+          ROWS_PART: "be49fe3ed3a0ff3268ba78e661c867977c03201d777829f8aa24e7264f3609c7"}
+ROW_DIM = 192  # a rows-front-end row: 96 channels x 2 frequency bins, every 40 ms
+ROWS_PER_EMBEDDING = 2
+TAIL_CONTEXT = 10  # rows under one embedding: the last five convolutions' context (8) plus the pool's pair
+WINDOW_ROWS = ROWS_PER_EMBEDDING * (WINDOW_EMBEDDINGS - 1) + TAIL_CONTEXT  # 52 rows under a window's 22 embeddings
 FILE_BLOCK = 4096  # mel frames per run in a whole-file pass (about 6 MB of activations)
 
 
@@ -63,6 +69,15 @@ class EmbeddingNets:
             return ort.InferenceSession(_checked_bytes(name), sess_options=opts, providers=["CPUExecutionProvider"])
         self._mel = session(MEL_FILE)
         self.parts = tuple(_Part(session(name)) for name in EMBEDDING_PARTS)
+        self._session = session
+        self._rows_parts = None
+
+    @property
+    def rows_parts(self) -> tuple["_Part", ...]:
+        """Parts 1, 2 and 3a: the rows front end's network (part 3a loaded on first use)."""
+        if self._rows_parts is None:
+            self._rows_parts = (*self.parts[:2], _Part(self._session(ROWS_PART)))
+        return self._rows_parts
 
     def mel(self, pcm: np.ndarray) -> np.ndarray:
         """(n_frames, 32) mel frames of float audio in [-1, 1]; n_frames = (n - 512) // 160 + 1."""
@@ -101,26 +116,31 @@ class _Part:
 
 
 class EmbeddingStream:
-    """Embeddings of mel frames pushed in chunks of any size. Each part of the network holds
-    the input rows its next run needs, so each embedding comes out as soon as its 76 frames
-    are in, and no row of any layer is computed twice."""
+    """Embeddings (or, with rows=True, the rows of part 3a) of mel frames pushed in chunks
+    of any size. Each part of the network holds the input rows its next run needs, so each
+    output comes out as soon as its mel frames are in, and no row of any layer is computed
+    twice."""
 
-    def __init__(self, nets: EmbeddingNets):
+    def __init__(self, nets: EmbeddingNets, rows: bool = False):
         self.nets = nets
+        self.parts = nets.rows_parts if rows else nets.parts
+        self.width = ROW_DIM if rows else EMB_DIM
         self.reset()
 
     def reset(self) -> None:
-        self._held: list[np.ndarray | None] = [None] * len(self.nets.parts)
+        self._held: list[np.ndarray | None] = [None] * len(self.parts)
 
     def push(self, mel: np.ndarray) -> np.ndarray:
-        """(count, 96) embeddings completed by these (n, 32) mel frames."""
+        """(count, width) outputs completed by these (n, 32) mel frames."""
         x = mel.astype(np.float32, copy=False)[None, :, :, None]
-        for i, part in enumerate(self.nets.parts):
+        for i, part in enumerate(self.parts):
             held = self._held[i]
             x = x if held is None else np.concatenate([held, x], axis=part.axis)
             x, self._held[i] = part.run(x)
             if x is None:
-                return np.empty((0, EMB_DIM), dtype=np.float32)
+                return np.empty((0, self.width), dtype=np.float32)
+        if x.ndim == 4:  # part 3a: (1, 96 channels, rows, 2 bins) -> (rows, 192), channel-major
+            return np.ascontiguousarray(x[0].transpose(1, 0, 2)).reshape(x.shape[2], -1)
         return x
 
 
@@ -144,19 +164,21 @@ def n_embeddings_for(n_samples: int) -> int:
     return (n_samples + WINDOW_SAMPLES - EMB_SPAN) // EMB_HOP + 1
 
 
-def file_embeddings(signal: np.ndarray, nets: EmbeddingNets | None = None) -> np.ndarray:
+def file_embeddings(signal: np.ndarray, nets: EmbeddingNets | None = None, rows: bool = False) -> np.ndarray:
     """(n, 96) embeddings of a whole signal padded with one window of zeros, as a stream
     sees it after finish(). Window k of hop h embeddings starts at embedding
-    window_start(k, h) and is valid while it starts inside the signal."""
+    window_start(k, h) and is valid while it starts inside the signal. With rows=True,
+    the (2n + 8, 192) rows of part 3a under those n embeddings."""
     nets = nets or shared_nets()
     n = n_embeddings_for(signal.size)
     padded = np.zeros((n - 1) * EMB_HOP + EMB_SPAN, dtype=np.float64)
     padded[:signal.size] = signal
     mel = nets.mel(padded)
-    stream = EmbeddingStream(nets)
+    stream = EmbeddingStream(nets, rows)
     out = np.concatenate([stream.push(mel[a:a + FILE_BLOCK]) for a in range(0, mel.shape[0], FILE_BLOCK)])
-    if out.shape != (n, EMB_DIM):  # every embedding whose 76 frames exist, none more
-        raise RuntimeError(f"embedding parts gave {out.shape[0]} embeddings for {n}; the packaged parts are inconsistent")
+    want = (ROWS_PER_EMBEDDING * (n - 1) + TAIL_CONTEXT, ROW_DIM) if rows else (n, EMB_DIM)
+    if out.shape != want:  # every output whose mel frames exist, none more
+        raise RuntimeError(f"embedding parts gave {out.shape[0]} rows for {want[0]}; the packaged parts are inconsistent")
     return out
 
 
@@ -190,6 +212,9 @@ class EmbeddingFrontEnd:
     """
 
     name = "oww-embedding-v1"
+    rows = False  # frames are embeddings (True: part 3a's rows, EmbeddingRowsFrontEnd)
+    row_dim = EMB_DIM
+    rows_per_embedding = 1
     feature_size = FEATURE_SIZE
     feature_shape = (WINDOW_EMBEDDINGS, EMB_DIM)  # time-major
     sample_rate = SAMPLE_RATE
@@ -198,7 +223,7 @@ class EmbeddingFrontEnd:
     window_samples = WINDOW_SAMPLES
     frame_rate = EMBEDDINGS_PER_SECOND
     tail = WINDOW_EMBEDDINGS - 1  # windows starting inside the stream run on into silence
-    reach = -(-(EMB_SPAN - EMB_HOP) // EMB_HOP)  # an embedding hears 0.78 s: past its 80 ms slot
+    reach = -(-(WINDOW_SAMPLES - WINDOW_EMBEDDINGS * EMB_HOP) // EMB_HOP)  # an embedding hears 0.78 s: past its 80 ms slot
 
     @staticmethod
     def load() -> None:
@@ -209,15 +234,15 @@ class EmbeddingFrontEnd:
 
     @classmethod
     def file_frames(cls, signal: np.ndarray) -> np.ndarray:
-        """(EMB_DIM, n) embeddings of a whole signal, as a stream computes them."""
-        return np.ascontiguousarray(file_embeddings(signal).T)
+        """(row_dim, n) embeddings (or rows) of a whole signal, as a stream computes them."""
+        return np.ascontiguousarray(file_embeddings(signal, rows=cls.rows).T)
 
     @classmethod
     def features(cls, frames: np.ndarray, start: int, out: np.ndarray,
                  rng: np.random.Generator | None = None) -> np.ndarray:
-        """The WINDOW_EMBEDDINGS embeddings from `start`, flattened time-major; with rng, up
-        to 3 embeddings and 9 dimensions are first set to their mean over the window."""
-        w = frames[:, start:start + WINDOW_EMBEDDINGS]
+        """The window_frames embeddings (or rows) from `start`, flattened time-major; with
+        rng, up to 3 of them and 9 dimensions are first set to their mean over the window."""
+        w = frames[:, start:start + cls.window_frames]
         if rng is not None:
             w = _mask(rng, w)
         out[:] = np.ascontiguousarray(w.T).reshape(-1)
@@ -225,7 +250,12 @@ class EmbeddingFrontEnd:
 
     @classmethod
     def start_limit(cls, n_frames: int) -> int:
-        return n_frames - WINDOW_EMBEDDINGS + 1  # file_frames already holds the silence after the stream
+        return n_frames - cls.window_frames + 1  # file_frames already holds the silence after the stream
+
+    @classmethod
+    def window_frame(cls, k: int, hop_frames: int) -> int:
+        """The batch frame window k starts at when windows are due every hop_frames mel frames."""
+        return cls.rows_per_embedding * window_start(k, max(hop_frames, EMB_STRIDE))
 
     def __init__(self, hop_frames: int = FRAMES_PER_SECOND, nets: EmbeddingNets | None = None):
         if not 1 <= hop_frames <= WINDOW_HOPS:
@@ -233,9 +263,9 @@ class EmbeddingFrontEnd:
         self.hop_frames = max(hop_frames, EMB_STRIDE)  # finer hops would repeat windows: 80 ms is the grid
         self.nets = nets or shared_nets()
         self._pcm = np.zeros(WINDOW_SAMPLES + WINDOW_HOPS * MEL_HOP, dtype=np.float64)
-        self._stream = EmbeddingStream(self.nets)  # holds the mel frames and layer rows embeddings still need
-        # mirrored ring of S = WINDOW_EMBEDDINGS rows: embedding e at e % S and e % S + S, so a window is a view
-        self._ring = np.zeros((2 * WINDOW_EMBEDDINGS, EMB_DIM), dtype=np.float32)  # the pending window
+        self._stream = EmbeddingStream(self.nets, self.rows)  # holds the mel frames and layer rows still needed
+        # mirrored ring of S = window_frames rows: output e at e % S and e % S + S, so a window is a view
+        self._ring = np.zeros((2 * self.window_frames, self.row_dim), dtype=np.float32)  # the pending window
         self.reset()
 
     def reset(self) -> None:
@@ -243,7 +273,7 @@ class EmbeddingFrontEnd:
         self._pcm_first = 0  # absolute index of self._pcm[0]
         self._n_pcm = 0
         self._stream.reset()
-        self.embeddings = 0  # embeddings computed since reset
+        self.embeddings = 0  # embeddings (or rows) computed since reset
         self.window = 0  # index of the next window
         self.total_samples = None  # known once the stream is finished
 
@@ -291,8 +321,8 @@ class EmbeddingFrontEnd:
         self._n_pcm -= used
         self._pcm_first += used
         for e in range(emb.shape[0]):
-            row = (self.embeddings + e) % WINDOW_EMBEDDINGS
-            self._ring[row] = self._ring[row + WINDOW_EMBEDDINGS] = emb[e]
+            row = (self.embeddings + e) % self.window_frames
+            self._ring[row] = self._ring[row + self.window_frames] = emb[e]
         self.embeddings += emb.shape[0]
 
     # -- windows out ------------------------------------------------------------
@@ -306,15 +336,16 @@ class EmbeddingFrontEnd:
         have = self._pcm_first + self._n_pcm
         if have < self._need_samples():
             return False
-        if self.embeddings < self._first_embedding() + WINDOW_EMBEDDINGS:
+        last = self.rows_per_embedding * self._first_embedding() + self.window_frames
+        if self.embeddings < last:
             self._advance()
-        return self.embeddings >= self._first_embedding() + WINDOW_EMBEDDINGS
+        return self.embeddings >= last
 
     def take(self, out: np.ndarray) -> int:
         """Write the next window's features into out; return its start in mel frames."""
         first = self._first_embedding()
-        row = first % WINDOW_EMBEDDINGS
-        out[:] = self._ring[row:row + WINDOW_EMBEDDINGS].reshape(-1)
+        row = self.rows_per_embedding * first % self.window_frames
+        out[:] = self._ring[row:row + self.window_frames].reshape(-1)
         self.window += 1
         return first * EMB_STRIDE
 
@@ -322,3 +353,22 @@ class EmbeddingFrontEnd:
         """End of stream: windows that start inside it run on into silence."""
         if self.total_samples is None:
             self.total_samples = self.samples_in
+
+
+class EmbeddingRowsFrontEnd(EmbeddingFrontEnd):
+    """The speech_embedding network stopped before its last five convolutions: part 3a's
+    rows (96 channels x 2 frequency bins, every 40 ms), WINDOW_ROWS of them under a window's
+    22 embeddings. A model on this front end carries the network's rest itself, so it may
+    fine-tune it (kws_train.nets.EmbeddingTail); the stream, the window grid and the
+    samples each window hears are EmbeddingFrontEnd's."""
+
+    name = "oww-embedding-rows-v1"
+    rows = True
+    row_dim = ROW_DIM
+    rows_per_embedding = ROWS_PER_EMBEDDING
+    feature_size = WINDOW_ROWS * ROW_DIM  # 9984
+    feature_shape = (WINDOW_ROWS, ROW_DIM)  # time-major; a row is channel-major (96, 2)
+    window_frames = WINDOW_ROWS
+    frame_rate = EMBEDDINGS_PER_SECOND * ROWS_PER_EMBEDDING
+    tail = WINDOW_ROWS - 1
+    reach = -(-(WINDOW_SAMPLES - WINDOW_ROWS * EMB_HOP // ROWS_PER_EMBEDDING) // (EMB_HOP // ROWS_PER_EMBEDDING))

@@ -248,6 +248,10 @@ class SeedFrontEnd:
     def start_limit(cls, n_frames: int) -> int:
         return n_frames  # every window starting inside the stream, padded past its end
 
+    @classmethod
+    def window_frame(cls, k: int, hop_frames: int) -> int:
+        return k * hop_frames  # batch frames are the stream's 10 ms frames
+
     def __init__(self, hop_frames: int = FRAMES_PER_SECOND, batch_frames: int = FRAMES_PER_SECOND):
         if not 1 <= hop_frames <= WINDOW_FRAMES:
             raise ValueError(f"hop_frames must be in 1..{WINDOW_FRAMES}, got {hop_frames}")
