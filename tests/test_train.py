@@ -181,6 +181,16 @@ def test_tuned_tail_starts_as_the_front_end_and_fits_exports_and_scores(corpus, 
     scores = [float(row.split(",")[2]) for row in (tmp_path / "out.csv").read_text().splitlines()[1:]]
     assert len(scores) == len(files) and all(0.0 <= p <= 1.0 for p in scores)
 
+    # with a head on embeddings, the ensemble reads rows and gives that head the packaged tail's embeddings
+    mixed = tmp_path / "mixed.onnx"
+    r = kws_train("export", "--ckpt", tmp_path / "tune" / "ckpt.pt", tmp_path / "deep" / "ckpt.pt", "--out", mixed,
+                  "--threshold", "0.5")
+    assert json.loads(r.stdout)["max_abs_diff"] <= 1e-4
+    kws_train("export", "--ckpt", tmp_path / "deep" / "ckpt.pt", "--out", tmp_path / "deep.onnx", "--threshold", "0.5")
+    tuned_p, head_p, both = (KwsModel(m) for m in (onnx_path, tmp_path / "deep.onnx", mixed))
+    assert both.front_end_class is EmbeddingRowsFrontEnd
+    np.testing.assert_allclose(both.score(x.numpy()), (tuned_p.score(x.numpy()) + head_p.score(e)) / 2, atol=1e-4)
+
 
 def test_negative_weight_ramps_and_weight_one_is_the_plain_loss():
     import torch

@@ -18,7 +18,7 @@ import torch
 from kws_stream import frontends
 from kws_stream.model import INPUT_NAME, OUTPUT_NAME, KwsModel, metadata_for
 
-from .nets import ModelConfig, build
+from .nets import LIFTS, ModelConfig, build
 
 TOLERANCE = 1e-4
 
@@ -50,28 +50,46 @@ def load_checkpoint(path: str) -> tuple[torch.nn.Module, dict]:
 
 class MeanProbability(torch.nn.Module):
     """Several models as one: the logit of their mean probability, so that the exported
-    sigmoid gives the ensemble's mean probability."""
+    sigmoid gives the ensemble's mean probability. Members in `lifted` read what `lift`
+    makes of the input (embeddings from part-3a rows: the packaged network's tail, run
+    once for all of them)."""
 
-    def __init__(self, nets: list[torch.nn.Module]):
+    def __init__(self, nets: list[torch.nn.Module], lifted: list[torch.nn.Module] = (),
+                 lift: torch.nn.Module | None = None):
         super().__init__()
         self.nets = torch.nn.ModuleList(nets)
+        self.lifted = torch.nn.ModuleList(lifted)
+        self.lift = lift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = torch.stack([torch.sigmoid(n(x)) for n in self.nets]).mean(dim=0).clamp(1e-7, 1 - 1e-7)
+        logits = [n(x) for n in self.nets]
+        if len(self.lifted):
+            y = self.lift(x).flatten(1)
+            logits += [n(y) for n in self.lifted]
+        p = torch.stack([torch.sigmoid(z) for z in logits]).mean(dim=0).clamp(1e-7, 1 - 1e-7)
         return torch.log(p) - torch.log1p(-p)
 
 
 def load_checkpoints(paths: list[str]) -> tuple[torch.nn.Module, dict]:
-    """One checkpoint, or several of one front end as their mean (an ensemble)."""
+    """One checkpoint, or several as their mean (an ensemble). Members must read one front
+    end, or (nets.LIFTS) one front end and an earlier stage of it, which the ensemble then
+    reads: emb-tune models with heads on embeddings read part-3a rows."""
     loaded = [load_checkpoint(p) for p in paths]
     if len(loaded) == 1:
-        return loaded[0]
-    fronts = {ModelConfig(arch=info["model_args"]["arch"]).front_end.name for _, info in loaded}
-    if len(fronts) != 1:
+        model, info = loaded[0]
+        return model, {**info, "front_end": ModelConfig(arch=info["model_args"]["arch"]).front_end.name}
+    fronts = [ModelConfig(arch=info["model_args"]["arch"]).front_end for _, info in loaded]
+    reads = {LIFTS[fe][0] if fe in LIFTS and LIFTS[fe][0] in fronts else fe for fe in fronts}
+    if len(reads) != 1:
         raise ExportError("an ensemble's checkpoints must read the same front end")
+    (front_end,) = reads
+    direct = [m for (m, _), fe in zip(loaded, fronts) if fe is front_end]
+    lifted = [m for (m, _), fe in zip(loaded, fronts) if fe is not front_end]
     info = dict(loaded[0][1])
     info["model_args"] = dict(info["model_args"], arch="+".join(i["model_args"]["arch"] for _, i in loaded))
-    return MeanProbability([m for m, _ in loaded]).eval(), info
+    info["front_end"] = front_end.name
+    lift = LIFTS[next(fe for fe in fronts if fe is not front_end)][1]().eval() if lifted else None
+    return MeanProbability(direct, lifted, lift).eval(), info
 
 
 def write_onnx(model: torch.nn.Module, path: Path, meta: dict[str, str]) -> None:
@@ -157,7 +175,7 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
     training = {"arch": info["model_args"]["arch"], "data": info["config"]["data"],
                 "files": info.get("train_files"), "positives": info.get("train_positives"),
                 "epochs": info["config"]["epochs"], "recipe": info["config"]["recipe"]}
-    front_end = ModelConfig(arch=info["model_args"]["arch"]).front_end.name
+    front_end = info["front_end"]
     out_path = Path(out)
     with tempfile.TemporaryDirectory() as tmp:
         draft = Path(tmp) / "draft.onnx"

@@ -202,6 +202,12 @@ ARCH_FRONT_END: dict[str, type[FrontEnd]] = {"dnn": SeedFrontEnd, "cnn": SeedFro
                                              "emb-tune": EmbeddingRowsFrontEnd}
 
 
+# A front end whose frames are an earlier stage of another's: (that earlier front end, the
+# module that computes the other's frames from it). An ensemble of models on both reads the earlier.
+LIFTS: dict[type[FrontEnd], tuple[type[FrontEnd], type[nn.Module]]] = {
+    EmbeddingFrontEnd: (EmbeddingRowsFrontEnd, EmbeddingTail)}
+
+
 def build(cfg: ModelConfig) -> nn.Module:
     return ARCHS[cfg.arch](cfg)
 
