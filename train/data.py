@@ -204,11 +204,12 @@ def epoch_windows(corpus: Corpus, recipe: Recipe, rng: np.random.Generator, indi
             for j, s in enumerate(seed_starts(rng, mel.shape[1], phrase_frames(corpus, i), k, fe.window_frames)):
                 fe.features(mel, s, x[row, j])
         return x, corpus.labels[indices].astype(np.float32)
-    xs, ys = [], []
+    x = np.empty((len(indices) * k, fe.feature_size), dtype=np.float32)  # at most k per file; pages past the end stay untouched
+    ys = []
     for i in indices:
         n = corpus.mels[i].shape[1]
         for s, y in improved_windows(rng, n, phrase_frames(corpus, i), k, recipe.min_cover, fe):
             augment = recipe.spec_augment and rng.random() < 0.5
-            xs.append(window_of(corpus, i, s, rng if augment else None))
+            fe.features(corpus.mels[i], s, x[len(ys)], rng if augment else None)
             ys.append(y)
-    return np.stack(xs), np.array(ys, dtype=np.float32)
+    return x[:len(ys)], np.array(ys, dtype=np.float32)

@@ -134,10 +134,10 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
     for epoch in range(1, cfg.epochs + 1):
         began = time.time()
         x, y = epoch_windows(train, recipe, rng)
-        mined = None
-        if pool is not None and epoch > 1:
+        n_drawn, mined = len(y), None
+        if pool is not None and epoch > 1:  # kept apart from x: no copy of the epoch's windows
             hard, top = hardest_negatives(model, train, pool, int(cfg.hard_negatives * len(y)))
-            x, y = np.concatenate([x, hard]), np.concatenate([y, np.zeros(len(hard), dtype=np.float32)])
+            y = np.concatenate([y, np.zeros(len(hard), dtype=np.float32)])
             mined = {"windows": len(hard), "pool": len(pool), "top_logit": round(top, 2)}
         if cfg.recipe != "seed":  # window labels: weight positives to balance windows
             pos_weight = torch.tensor([(y == 0).sum() / max((y == 1).sum(), 1)], dtype=torch.float32)
@@ -147,7 +147,12 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
         total = 0.0
         for i in range(0, len(order), cfg.batch):
             idx = order[i:i + cfg.batch]
-            xb, yb = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
+            if mined is not None:  # drawn windows first, then mined ones
+                idx = np.concatenate([idx[idx < n_drawn], idx[idx >= n_drawn]])
+                xb = torch.from_numpy(np.concatenate([x[idx[idx < n_drawn]], hard[idx[idx >= n_drawn] - n_drawn]]))
+            else:
+                xb = torch.from_numpy(x[idx])
+            yb = torch.from_numpy(y[idx])
             logits = model(xb)
             if cfg.recipe == "seed":  # multiple-instance: a file's logit is its best window's
                 logits = logits.reshape(len(idx), -1).amax(dim=1)
