@@ -35,7 +35,7 @@ def fold_model(runs: list[str], k: int, with_info: bool = False):
 
 def ensemble(runs: list[str], data: list[str], negatives: list[str], extra_val: list[str], cache: str, out: str,
              hops: list[float], folds: list[int]) -> dict:
-    arch = json.loads(Path(runs[0], "folds.json").read_text())["fit"]["arch"]
+    archs = [json.loads(Path(run, "folds.json").read_text())["fit"]["arch"] for run in runs]
     fe = frontends.get(fold_model(runs, folds[0], with_info=True)[1]["front_end"])  # a mixed ensemble reads rows
     allcalls, metas = load_all(data, cache, 2, fe)
     neg_corpus, more = load_all(negatives, cache, 2, fe)
@@ -45,7 +45,8 @@ def ensemble(runs: list[str], data: list[str], negatives: list[str], extra_val: 
         corpus, more = load_all([root], cache, 2, fe)
         metas.update(more)
         extras.append((Path(root).name, corpus))
-    report: dict = {"runs": runs, "archs": [arch], "folds": {}, "data": data, "negatives": negatives}
+    report: dict = {"runs": runs, "archs": sorted(set(archs)), "front_end": fe.name, "folds": {}, "data": data,
+                    "negatives": negatives}
     pooled = {h: {"rows": [], "neg": [], "hours": 0.0, **{name: [] for name, _ in extras}} for h in hops}
     for k in folds:
         held = lambda uid, k=k: fold_of(metas[uid]) == k  # noqa: E731

@@ -81,13 +81,16 @@ def conditions(report_path: str, cache: str, hop: float = 1.0) -> str:
     checkpoint on its own held-out calls (from the feature cache)."""
     from pathlib import Path
 
+    from kws_stream import frontends
+
     from .ensemble_folds import fold_model
     from .fit import window_scores
     from .folds import fold_of, load_all, subset
     from .nets import ModelConfig
     report = json.loads(open(report_path, encoding="utf-8").read())
     threshold = report[f"pooled_hop_{hop}"]["threshold_at_0.5"]
-    front_end = ModelConfig(arch=report.get("archs", ["emb"])[0]).front_end
+    front_end = frontends.get(report["front_end"]) if "front_end" in report else \
+        ModelConfig(arch=report.get("archs", ["emb"])[0]).front_end  # an ensemble_folds report names it
     calls, metas = load_all(report["data"], cache, 1, front_end)
     negatives = report["negatives"]  # one directory (kws-train folds) or several (ensemble_folds)
     neg, neg_metas = load_all([negatives] if isinstance(negatives, str) else negatives, cache, 1, front_end)
