@@ -82,6 +82,7 @@ def test_rows_stream_equals_whole_file_and_keeps_the_embedding_grid(hop_frames, 
     assert ref.shape == (192, 2 * emb.n_embeddings_for(x.size) + 8)
     got = stream_windows(x, hop_frames, chunks or np.random.default_rng(hop_frames), rows_fe)
     assert [s for s, _ in got] == [s for s, _ in stream_windows(x, hop_frames, 4096)]
+    assert rows_fe.window_frame(len(got), hop_frames) >= rows_fe.start_limit(ref.shape[1])  # the batch view has no more
     for k, (s, w) in enumerate(got):
         first = rows_fe.window_frame(k, hop_frames)
         assert first == 2 * (s // emb.EMB_STRIDE) and first < rows_fe.start_limit(ref.shape[1])

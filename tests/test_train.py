@@ -192,6 +192,15 @@ def test_tuned_tail_starts_as_the_front_end_and_fits_exports_and_scores(corpus, 
     np.testing.assert_allclose(both.score(x.numpy()), (tuned_p.score(x.numpy()) + head_p.score(e)) / 2, atol=1e-4)
 
 
+def test_folds_refuse_archs_that_read_different_front_ends(tmp_path):
+    from kws_train.fit import FitConfig
+    from kws_train.folds import run_folds
+    with pytest.raises(ValueError, match="emb-tune read another front end than emb-deep"):
+        run_folds([str(tmp_path)], str(tmp_path), str(tmp_path / "out"), FitConfig(data=(), out="-", arch="emb-deep"),
+                  [0], archs=("emb-tune",))
+    assert not (tmp_path / "out").exists()
+
+
 def test_negative_weight_ramps_and_weight_one_is_the_plain_loss():
     import torch
     from kws_train.fit import FitConfig, negative_weight, window_loss

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-EMB_ARCHS = ["emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn", "emb-tune"]  # heads on speech embeddings (kws_train.nets)
+EMB_ARCHS = ["emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn", "emb-tune"]  # on speech embeddings (emb-tune: on rows; kws_train.nets)
 
 
 def _synth_parser(sub) -> None:

@@ -140,7 +140,9 @@ def improved_windows(rng: np.random.Generator, n_frames: int, phrase: tuple[int,
                      min_cover: float, front_end: type[FrontEnd] = SeedFrontEnd) -> list[tuple[int, int]]:
     """(start, label) pairs: for a positive, one window with the whole phrase at a random
     offset and windows clear of it (label 0); for a negative, random windows including
-    ones running past the end, as the daemon's last windows do."""
+    ones running past the end, as the daemon's last windows do. Starts are any frame: on
+    the rows front end half of them are odd rows, which the daemon's grid never starts on
+    (the tail's time pool then pairs rows the other way), a shift the models trained with."""
     out = []
     width = front_end.window_frames
     hi = max(n_frames - front_end.tail, 1)

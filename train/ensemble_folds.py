@@ -16,9 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from kws_stream import frontends
-
-from .export import load_checkpoints
+from .export import ensemble_front_end, load_checkpoints
 from .fit import window_scores
 from .folds import fold_of, load_all, report_entry, subset, val_rows
 from .synth_tts import FOLDS
@@ -26,17 +24,16 @@ from .synth_tts import FOLDS
 log = logging.getLogger(__name__)
 
 
-def fold_model(runs: list[str], k: int, with_info: bool = False):
-    """The runs' fold-k models as one: the mean of their probabilities (as export writes it);
-    with_info, also what load_checkpoints tells of it (the front end it reads)."""
-    model, info = load_checkpoints([str(Path(run) / f"fold{k}" / "ckpt.pt") for run in runs])
-    return (model, info) if with_info else model
+def fold_model(runs: list[str], k: int):
+    """The runs' fold-k models as one: the mean of their probabilities (as export writes it)."""
+    model, _ = load_checkpoints([str(Path(run) / f"fold{k}" / "ckpt.pt") for run in runs])
+    return model
 
 
 def ensemble(runs: list[str], data: list[str], negatives: list[str], extra_val: list[str], cache: str, out: str,
              hops: list[float], folds: list[int]) -> dict:
     archs = [json.loads(Path(run, "folds.json").read_text())["fit"]["arch"] for run in runs]
-    fe = frontends.get(fold_model(runs, folds[0], with_info=True)[1]["front_end"])  # a mixed ensemble reads rows
+    fe = ensemble_front_end(archs)  # emb-tune with heads on embeddings: rows
     allcalls, metas = load_all(data, cache, 2, fe)
     neg_corpus, more = load_all(negatives, cache, 2, fe)
     metas.update(more)

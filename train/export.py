@@ -1,6 +1,6 @@
 """`kws-train export`: a checkpoint to the ONNX file the daemon loads.
 
-The graph takes features [batch, 7200] and returns probabilities [batch]; its metadata
+The graph takes features [batch, the front end's feature_size] and returns probabilities [batch]; its metadata
 carries the front end, the threshold, name, version and a summary of the training data.
 The threshold is chosen for a target false-accept rate on held-out negative audio.
 onnxruntime is checked against torch before the file is kept.
@@ -70,19 +70,26 @@ class MeanProbability(torch.nn.Module):
         return torch.log(p) - torch.log1p(-p)
 
 
+def ensemble_front_end(archs: list[str]):
+    """The front end a model of these archs (several: their mean) reads: theirs, or the
+    earlier stage nets.LIFTS names when some read that stage and the others the later one."""
+    fronts = [ModelConfig(arch=a).front_end for a in archs]
+    reads = {LIFTS[fe][0] if fe in LIFTS and LIFTS[fe][0] in fronts else fe for fe in fronts}
+    if len(reads) != 1:
+        raise ExportError("an ensemble's checkpoints must read the same front end")
+    return reads.pop()
+
+
 def load_checkpoints(paths: list[str]) -> tuple[torch.nn.Module, dict]:
     """One checkpoint, or several as their mean (an ensemble). Members must read one front
     end, or (nets.LIFTS) one front end and an earlier stage of it, which the ensemble then
     reads: emb-tune models with heads on embeddings read part-3a rows."""
     loaded = [load_checkpoint(p) for p in paths]
+    front_end = ensemble_front_end([info["model_args"]["arch"] for _, info in loaded])
     if len(loaded) == 1:
         model, info = loaded[0]
-        return model, {**info, "front_end": ModelConfig(arch=info["model_args"]["arch"]).front_end.name}
+        return model, {**info, "front_end": front_end.name}
     fronts = [ModelConfig(arch=info["model_args"]["arch"]).front_end for _, info in loaded]
-    reads = {LIFTS[fe][0] if fe in LIFTS and LIFTS[fe][0] in fronts else fe for fe in fronts}
-    if len(reads) != 1:
-        raise ExportError("an ensemble's checkpoints must read the same front end")
-    (front_end,) = reads
     direct = [m for (m, _), fe in zip(loaded, fronts) if fe is front_end]
     lifted = [m for (m, _), fe in zip(loaded, fronts) if fe is not front_end]
     info = dict(loaded[0][1])

@@ -134,7 +134,7 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
     for epoch in range(1, cfg.epochs + 1):
         began = time.time()
         x, y = epoch_windows(train, recipe, rng)
-        n_drawn, mined = len(y), None
+        hard, n_drawn, mined = None, len(y), None
         if pool is not None and epoch > 1:  # kept apart from x: no copy of the epoch's windows
             hard, top = hardest_negatives(model, train, pool, int(cfg.hard_negatives * len(y)))
             y = np.concatenate([y, np.zeros(len(hard), dtype=np.float32)])
@@ -161,6 +161,7 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
+        x = hard = None  # free this epoch's windows before the next epoch's are drawn
         if sched is not None:
             sched.step()
         row = {"epoch": epoch, "loss": total / len(y), "seconds": round(time.time() - began, 1)}

@@ -177,6 +177,8 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
     report each arch, and with several archs their ensemble (the mean probability)."""
     archs = tuple(dict.fromkeys((fit_cfg.arch,) + tuple(archs)))
     fe = ModelConfig(arch=fit_cfg.arch).front_end
+    if other := [a for a in archs if ModelConfig(arch=a).front_end is not fe]:
+        raise ValueError(f"{', '.join(other)} read another front end than {fit_cfg.arch}; run them apart")
     cache = fit_cfg.cache or str(Path(out) / "cache")
     allcalls, metas = load_all(list(data), cache, fit_cfg.threads, fe)
     extras = []
@@ -218,7 +220,8 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
         for arch in archs:
             cfg = replace(fit_cfg, arch=arch, out=str(Path(out) / f"fold{k}{'' if arch == archs[0] else '-' + arch}"),
                           data=tuple(data) + (negatives, *train_extra),
-                          init=fit_cfg.init and str(Path(fit_cfg.init) / f"fold{k}" / "ckpt.pt"))
+                          init=fit_cfg.init and arch == archs[0] and str(Path(fit_cfg.init) / f"fold{k}" / "ckpt.pt")
+                          or None)  # --init is for the first arch
             began = time.time()
             model, history = train_model(cfg, train)
             save(cfg, model, history, train)

@@ -9,7 +9,6 @@ import torch
 import torch.nn as nn
 
 from kws_stream.frontends import EmbeddingFrontEnd, EmbeddingRowsFrontEnd, FrontEnd, SeedFrontEnd
-from kws_stream.frontends import embedding as emb
 
 SEED_SHAPE = SeedFrontEnd.feature_shape  # (channels, mel bands, time bins)
 EMB_WINDOW, EMB_DIM = EmbeddingFrontEnd.feature_shape  # (embeddings per window, dimensions), time-major
@@ -112,11 +111,15 @@ class EmbeddingHead(nn.Module):
         return self.head(self.dropout(h.amax(dim=2))).squeeze(-1)  # max over time
 
 
-class _Clamped(nn.Module):
-    """The embedding network's activation: LeakyReLU(0.2), then max with -0.4."""
+class _Activation(nn.Module):
+    """The embedding network's activation: LeakyReLU, then (its Max node) a floor."""
+
+    def __init__(self, alpha: float):
+        super().__init__()
+        self.alpha, self.floor = alpha, float("-inf")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(nn.functional.leaky_relu(x, 0.2), min=-0.4)
+        return torch.clamp(nn.functional.leaky_relu(x, self.alpha), min=self.floor)
 
 
 class EmbeddingTail(nn.Module):
@@ -129,9 +132,11 @@ class EmbeddingTail(nn.Module):
         super().__init__()
         import onnx
         from onnx import numpy_helper
+        fe = EmbeddingRowsFrontEnd
         layers: list[nn.Module] = []
-        for name, after in ((emb.EMBEDDING_PARTS[2], _rows_cut()), (emb.EMBEDDING_PARTS[3], None)):
-            graph = onnx.load_from_string(emb._checked_bytes(name)).graph
+        cut = onnx.load_from_string(fe.network_bytes(fe.rows_part)).graph.output[0].name
+        for name, after in zip(fe.tail_parts, (cut, None)):
+            graph = onnx.load_from_string(fe.network_bytes(name)).graph
             weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
             started = after is None
             for node in graph.node:
@@ -140,6 +145,9 @@ class EmbeddingTail(nn.Module):
                     continue
                 attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
                 if node.op_type == "Conv":
+                    if any(v != 1 for v in attrs.get("strides", [1, 1]) + attrs.get("dilations", [1, 1])) \
+                            or attrs.get("group", 1) != 1:
+                        raise ValueError(f"{name}: {node.name} is strided, dilated or grouped; not handled")
                     w = weights[node.input[1]]
                     conv = nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), bias=len(node.input) > 2,
                                      padding=tuple(attrs.get("pads", [0, 0])[:2]))
@@ -148,21 +156,18 @@ class EmbeddingTail(nn.Module):
                         conv.bias.data = torch.from_numpy(weights[node.input[2]].copy())
                     layers.append(conv)
                 elif node.op_type == "LeakyRelu":
-                    layers.append(_Clamped())
+                    layers.append(_Activation(attrs["alpha"]))
+                elif node.op_type == "Max" and isinstance(layers[-1], _Activation) and node.input[1] in weights:
+                    layers[-1].floor = float(weights[node.input[1]].reshape(-1)[0])  # max with a constant
                 elif node.op_type == "MaxPool":
                     layers.append(nn.MaxPool2d(tuple(attrs["kernel_shape"]), tuple(attrs["strides"])))
+                elif node.op_type not in ("Reshape", "Transpose"):  # the last part's (1, 96, n, 1) -> (n, 96)
+                    raise ValueError(f"{name}: operator {node.op_type} is not handled")
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(-1, ROWS_WINDOW, ROW_DIM // 2, 2).permute(0, 2, 1, 3)  # (B, channels, rows, bins)
         return self.net(x).squeeze(-1).transpose(1, 2)  # (B, 22 embeddings, 96)
-
-
-def _rows_cut() -> str:
-    """The tensor part 3a ends at: the output of part 3's frequency-only pool."""
-    import onnx
-    graph = onnx.load_from_string(emb._checked_bytes(emb.ROWS_PART)).graph
-    return graph.output[0].name
 
 
 class TunedEmbeddingHead(nn.Module):
@@ -202,8 +207,8 @@ ARCH_FRONT_END: dict[str, type[FrontEnd]] = {"dnn": SeedFrontEnd, "cnn": SeedFro
                                              "emb-tune": EmbeddingRowsFrontEnd}
 
 
-# A front end whose frames are an earlier stage of another's: (that earlier front end, the
-# module that computes the other's frames from it). An ensemble of models on both reads the earlier.
+# Front end A -> (front end B whose frames are an earlier stage of A's, the module that computes
+# A's frames from B's). An ensemble of models on A and on B reads B.
 LIFTS: dict[type[FrontEnd], tuple[type[FrontEnd], type[nn.Module]]] = {
     EmbeddingFrontEnd: (EmbeddingRowsFrontEnd, EmbeddingTail)}
 

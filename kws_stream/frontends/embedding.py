@@ -139,7 +139,7 @@ class EmbeddingStream:
             x, self._held[i] = part.run(x)
             if x is None:
                 return np.empty((0, self.width), dtype=np.float32)
-        if x.ndim == 4:  # part 3a: (1, 96 channels, rows, 2 bins) -> (rows, 192), channel-major
+        if self.width == ROW_DIM:  # part 3a: (1, 96 channels, rows, 2 bins) -> (rows, 192), channel-major
             return np.ascontiguousarray(x[0].transpose(1, 0, 2)).reshape(x.shape[2], -1)
         return x
 
@@ -189,7 +189,8 @@ def window_start(k: int, hop_frames: int) -> int:
 
 
 def _mask(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
-    """SpecAugment's idea on embedding frames (EMB_DIM, W): mask a few frames and dimensions."""
+    """SpecAugment's idea on a window's frames (dimensions, W), embeddings or rows: mask up
+    to 3 frames and 9 dimensions."""
     w = w.copy()
     fill = w.mean(axis=1, keepdims=True)
     t = int(rng.integers(0, 4))
@@ -363,6 +364,8 @@ class EmbeddingRowsFrontEnd(EmbeddingFrontEnd):
     samples each window hears are EmbeddingFrontEnd's."""
 
     name = "oww-embedding-rows-v1"
+    tail_parts = (EMBEDDING_PARTS[2], EMBEDDING_PARTS[3])  # the network's rest, from part 3a's output on
+    rows_part = ROWS_PART
     rows = True
     row_dim = ROW_DIM
     rows_per_embedding = ROWS_PER_EMBEDDING
@@ -372,3 +375,12 @@ class EmbeddingRowsFrontEnd(EmbeddingFrontEnd):
     frame_rate = EMBEDDINGS_PER_SECOND * ROWS_PER_EMBEDDING
     tail = WINDOW_ROWS - 1
     reach = -(-(WINDOW_SAMPLES - WINDOW_ROWS * EMB_HOP // ROWS_PER_EMBEDDING) // (EMB_HOP // ROWS_PER_EMBEDDING))
+
+    @staticmethod
+    def load() -> None:
+        shared_nets().rows_parts  # loads and checks part 3a too
+
+    @staticmethod
+    def network_bytes(name: str) -> bytes:
+        """A packaged network file, checked (a model on this front end carries the tail's copy)."""
+        return _checked_bytes(name)
