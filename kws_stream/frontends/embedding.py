@@ -213,7 +213,7 @@ class EmbeddingFrontEnd:
     """
 
     name = "oww-embedding-v1"
-    rows = False  # frames are embeddings (True: part 3a's rows, EmbeddingRowsFrontEnd)
+    stops_at_rows = False  # frames are embeddings (True: part 3a's rows, EmbeddingRowsFrontEnd)
     row_dim = EMB_DIM
     rows_per_embedding = 1
     feature_size = FEATURE_SIZE
@@ -236,7 +236,7 @@ class EmbeddingFrontEnd:
     @classmethod
     def file_frames(cls, signal: np.ndarray) -> np.ndarray:
         """(row_dim, n) embeddings (or rows) of a whole signal, as a stream computes them."""
-        return np.ascontiguousarray(file_embeddings(signal, rows=cls.rows).T)
+        return np.ascontiguousarray(file_embeddings(signal, rows=cls.stops_at_rows).T)
 
     @classmethod
     def features(cls, frames: np.ndarray, start: int, out: np.ndarray,
@@ -264,7 +264,7 @@ class EmbeddingFrontEnd:
         self.hop_frames = max(hop_frames, EMB_STRIDE)  # finer hops would repeat windows: 80 ms is the grid
         self.nets = nets or shared_nets()
         self._pcm = np.zeros(WINDOW_SAMPLES + WINDOW_HOPS * MEL_HOP, dtype=np.float64)
-        self._stream = EmbeddingStream(self.nets, self.rows)  # holds the mel frames and layer rows still needed
+        self._stream = EmbeddingStream(self.nets, self.stops_at_rows)  # holds the mel frames and layer rows still needed
         # mirrored ring of S = window_frames rows: output e at e % S and e % S + S, so a window is a view
         self._ring = np.zeros((2 * self.window_frames, self.row_dim), dtype=np.float32)  # the pending window
         self.reset()
@@ -274,7 +274,7 @@ class EmbeddingFrontEnd:
         self._pcm_first = 0  # absolute index of self._pcm[0]
         self._n_pcm = 0
         self._stream.reset()
-        self.embeddings = 0  # embeddings (or rows) computed since reset
+        self.frames_out = 0  # embeddings (or rows) computed since reset
         self.window = 0  # index of the next window
         self.total_samples = None  # known once the stream is finished
 
@@ -322,9 +322,9 @@ class EmbeddingFrontEnd:
         self._n_pcm -= used
         self._pcm_first += used
         for e in range(emb.shape[0]):
-            row = (self.embeddings + e) % self.window_frames
+            row = (self.frames_out + e) % self.window_frames
             self._ring[row] = self._ring[row + self.window_frames] = emb[e]
-        self.embeddings += emb.shape[0]
+        self.frames_out += emb.shape[0]
 
     # -- windows out ------------------------------------------------------------
 
@@ -338,9 +338,9 @@ class EmbeddingFrontEnd:
         if have < self._need_samples():
             return False
         last = self.rows_per_embedding * self._first_embedding() + self.window_frames
-        if self.embeddings < last:
+        if self.frames_out < last:
             self._advance()
-        return self.embeddings >= last
+        return self.frames_out >= last
 
     def take(self, out: np.ndarray) -> int:
         """Write the next window's features into out; return its start in mel frames."""
@@ -366,7 +366,7 @@ class EmbeddingRowsFrontEnd(EmbeddingFrontEnd):
     name = "oww-embedding-rows-v1"
     tail_parts = (EMBEDDING_PARTS[2], EMBEDDING_PARTS[3])  # the network's rest, from part 3a's output on
     rows_part = ROWS_PART
-    rows = True
+    stops_at_rows = True
     row_dim = ROW_DIM
     rows_per_embedding = ROWS_PER_EMBEDDING
     feature_size = WINDOW_ROWS * ROW_DIM  # 9984
