@@ -206,7 +206,7 @@ def epoch_windows(corpus: Corpus, recipe: Recipe, rng: np.random.Generator, indi
             for j, s in enumerate(seed_starts(rng, mel.shape[1], phrase_frames(corpus, i), k, fe.window_frames)):
                 fe.features(mel, s, x[row, j])
         return x, corpus.labels[indices].astype(np.float32)
-    x = np.empty((len(indices) * k, fe.feature_size), dtype=np.float32)  # at most k per file; pages past the end stay untouched
+    x = np.empty((len(indices) * k, fe.feature_size), dtype=np.float32)  # at most k per file; the rest is never touched
     ys = []
     for i in indices:
         n = corpus.mels[i].shape[1]

@@ -178,7 +178,8 @@ def file_embeddings(signal: np.ndarray, nets: EmbeddingNets | None = None, rows:
     out = np.concatenate([stream.push(mel[a:a + FILE_BLOCK]) for a in range(0, mel.shape[0], FILE_BLOCK)])
     want = (ROWS_PER_EMBEDDING * (n - 1) + TAIL_CONTEXT, ROW_DIM) if rows else (n, EMB_DIM)
     if out.shape != want:  # every output whose mel frames exist, none more
-        raise RuntimeError(f"embedding parts gave {out.shape[0]} rows for {want[0]}; the packaged parts are inconsistent")
+        raise RuntimeError(f"embedding parts gave {out.shape[0]} rows for {want[0]}; "
+                           "the packaged parts are inconsistent")
     return out
 
 
@@ -224,7 +225,8 @@ class EmbeddingFrontEnd:
     window_samples = WINDOW_SAMPLES
     frame_rate = EMBEDDINGS_PER_SECOND
     tail = WINDOW_EMBEDDINGS - 1  # windows starting inside the stream run on into silence
-    reach = -(-(WINDOW_SAMPLES - WINDOW_EMBEDDINGS * EMB_HOP) // EMB_HOP)  # an embedding hears 0.78 s: past its 80 ms slot
+    # an embedding hears 0.78 s, past its 80 ms slot: the window hears this many frames past its last
+    reach = -(-(WINDOW_SAMPLES - WINDOW_EMBEDDINGS * EMB_HOP) // EMB_HOP)
 
     @staticmethod
     def load() -> None:
@@ -264,7 +266,7 @@ class EmbeddingFrontEnd:
         self.hop_frames = max(hop_frames, EMB_STRIDE)  # finer hops would repeat windows: 80 ms is the grid
         self.nets = nets or shared_nets()
         self._pcm = np.zeros(WINDOW_SAMPLES + WINDOW_HOPS * MEL_HOP, dtype=np.float64)
-        self._stream = EmbeddingStream(self.nets, self.stops_at_rows)  # holds the mel frames and layer rows still needed
+        self._stream = EmbeddingStream(self.nets, self.stops_at_rows)  # holds the rows its layers still need
         # mirrored ring of S = window_frames rows: output e at e % S and e % S + S, so a window is a view
         self._ring = np.zeros((2 * self.window_frames, self.row_dim), dtype=np.float32)  # the pending window
         self.reset()
