@@ -9,7 +9,8 @@ import argparse
 import importlib
 import sys
 
-EMB_ARCHS = ["emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn", "emb-tune"]  # on speech embeddings (emb-tune: on rows; kws_train.nets)
+# on speech embeddings (emb-tune: on the network's part-3a rows); kws_train.nets
+EMB_ARCHS = ["emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn", "emb-tune"]
 
 
 def _synth_parser(sub) -> None:

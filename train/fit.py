@@ -148,8 +148,9 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
         for i in range(0, len(order), cfg.batch):
             idx = order[i:i + cfg.batch]
             if mined is not None:  # drawn windows first, then mined ones
-                idx = np.concatenate([idx[idx < n_drawn], idx[idx >= n_drawn]])
-                xb = torch.from_numpy(np.concatenate([x[idx[idx < n_drawn]], hard[idx[idx >= n_drawn] - n_drawn]]))
+                drawn, extra = idx[idx < n_drawn], idx[idx >= n_drawn]
+                idx = np.concatenate([drawn, extra])
+                xb = torch.from_numpy(np.concatenate([x[drawn], hard[extra - n_drawn]]))
             else:
                 xb = torch.from_numpy(x[idx])
             yb = torch.from_numpy(y[idx])

@@ -220,8 +220,8 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
         for arch in archs:
             cfg = replace(fit_cfg, arch=arch, out=str(Path(out) / f"fold{k}{'' if arch == archs[0] else '-' + arch}"),
                           data=tuple(data) + (negatives, *train_extra),
-                          init=fit_cfg.init and arch == archs[0] and str(Path(fit_cfg.init) / f"fold{k}" / "ckpt.pt")
-                          or None)  # --init is for the first arch
+                          init=str(Path(fit_cfg.init) / f"fold{k}" / "ckpt.pt")
+                          if fit_cfg.init and arch == archs[0] else None)  # --init is for the first arch
             began = time.time()
             model, history = train_model(cfg, train)
             save(cfg, model, history, train)

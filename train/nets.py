@@ -3,7 +3,7 @@
 front end, and takes its input's shape from that front end's class."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -177,7 +177,7 @@ class TunedEmbeddingHead(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.tail = EmbeddingTail()
-        self.head = EmbeddingHead(ModelConfig(**{**cfg.__dict__, "arch": "emb-deep"}))
+        self.head = EmbeddingHead(replace(cfg, arch="emb-deep"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.tail(x))

@@ -123,6 +123,7 @@ class EmbeddingStream:
 
     def __init__(self, nets: EmbeddingNets, rows: bool = False):
         self.nets = nets
+        self.rows = rows
         self.parts = nets.rows_parts if rows else nets.parts
         self.width = ROW_DIM if rows else EMB_DIM
         self.reset()
@@ -139,7 +140,7 @@ class EmbeddingStream:
             x, self._held[i] = part.run(x)
             if x is None:
                 return np.empty((0, self.width), dtype=np.float32)
-        if self.width == ROW_DIM:  # part 3a: (1, 96 channels, rows, 2 bins) -> (rows, 192), channel-major
+        if self.rows:  # part 3a: (1, 96 channels, rows, 2 bins) -> (rows, 192), channel-major
             return np.ascontiguousarray(x[0].transpose(1, 0, 2)).reshape(x.shape[2], -1)
         return x
 
