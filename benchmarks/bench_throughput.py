@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from kws_stream import KwsModel, Spotter  # noqa: E402
 from kws_stream.frontends import HOP_LENGTH, SAMPLE_RATE  # noqa: E402
+from kws_stream.resample import resample  # noqa: E402
 from modelkit import save_seed_dnn  # noqa: E402
 from seed_reference import seed_predict  # noqa: E402
 
@@ -98,8 +99,7 @@ def main() -> int:
         wav = Path(tmp) / "long.wav"
         sf.write(wav, audio, SAMPLE_RATE, subtype="PCM_16")
         opus = Path(tmp) / "long.opus"
-        import soxr
-        sf.write(opus, soxr.resample(audio, SAMPLE_RATE, 48000), 48000, format="OGG", subtype="OPUS")
+        sf.write(opus, resample(audio, SAMPLE_RATE, 48000), 48000, format="OGG", subtype="OPUS")
         base = [sys.executable, "-m", "kws_stream.cli", "--pub", "none", "--quiet"]
         if args.model:
             base += ["--model", args.model]

@@ -1,7 +1,9 @@
 """Audio files in: any format libsndfile reads, any rate, any channel count; and stdin.
 
 Files are read in blocks, averaged to mono in float64 (as the seed does) and resampled
-to 16 kHz with a streaming soxr resampler, so a 10-hour recording needs bounded memory.
+to 16 kHz with a streaming resampler (resample.py), so a 10-hour recording needs bounded
+memory. soundfile (libsndfile) is imported when a file is first opened: the live daemon
+never loads it.
 Stdin (`-`) carries a WAV stream or raw mono PCM, read as it arrives.
 """
 from __future__ import annotations
@@ -14,10 +16,8 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 import numpy as np
-import soundfile as sf
-import soxr
 
-from . import ogg
+from . import ogg, resample
 from .frontends import SAMPLE_RATE
 
 BLOCK_SECONDS = 2.0  # decoded per read: bounds memory, and a decode error loses at most this much
@@ -27,20 +27,13 @@ class AudioError(Exception):
     """A file that cannot be turned into audio; the message names the reason."""
 
 
-class Resampler:
+class Resampler(resample.Resampler):
     """Streaming resampler to SAMPLE_RATE; a pass-through when the rate already matches."""
 
     def __init__(self, rate: int):
         if rate <= 0:
             raise AudioError(f"invalid sample rate {rate}")
-        self.rate = rate
-        self._stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float64",
-                                                                            quality="HQ")
-
-    def __call__(self, mono: np.ndarray, last: bool = False) -> np.ndarray:
-        if self._stream is None:
-            return mono
-        return self._stream.resample_chunk(mono, last=last)
+        super().__init__(rate, SAMPLE_RATE)
 
 
 def to_mono(block: np.ndarray) -> np.ndarray:
@@ -56,7 +49,9 @@ def check_finite(x: np.ndarray, at_seconds: float) -> None:
         raise AudioError(f"NaN or Inf sample at {at_seconds + bad / SAMPLE_RATE:.2f} s")
 
 
-def _open(path: Path) -> sf.SoundFile:
+def _open(path: Path):
+    """An open soundfile.SoundFile, or AudioError naming why not."""
+    import soundfile as sf
     if not path.exists():
         raise AudioError("no such file")
     if path.is_dir():
@@ -89,6 +84,7 @@ def _output(resample: Resampler, mono: np.ndarray, last: bool, at_seconds: float
 
 def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
     """Yield a file's audio as float64 mono 16 kHz blocks. Raises AudioError."""
+    import soundfile as sf
     path = Path(path)
     with _open(path) as f:
         container_problem = ogg.problem(path) if ogg.is_ogg(path) else wav_problem(path)

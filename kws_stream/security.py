@@ -12,7 +12,6 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +116,7 @@ class CurveServer:
         clients = Path(clients_dir)
         check_clients_dir(clients)
         self.context = context or zmq.Context.instance()
+        from zmq.auth.thread import ThreadAuthenticator  # it loads asyncio and ssl: only with CURVE on
         self.auth = ThreadAuthenticator(self.context)
         self.auth.start()
         self.auth.configure_curve(domain="*", location=str(clients))

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-import soxr
 import zmq
 
+from kws_stream.resample import resample
 from modelkit import burst_signal, read_until
 
 RATE = 16000
@@ -34,7 +34,7 @@ def kws(*args, timeout=120, **kw):
 
 def write(path, x, rate=RATE, channels=1, fmt=None, subtype=None):
     if rate != RATE:
-        x = soxr.resample(x, RATE, rate)
+        x = resample(x, RATE, rate)
     if channels == 2:
         x = np.stack([x, 0.8 * x], axis=1)
     sf.write(path, x, rate, format=fmt, subtype=subtype)

@@ -18,10 +18,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import soxr
 
 from kws_stream.frontends import SAMPLE_RATE
 from kws_stream.pool import imap
+from kws_stream.resample import resample
 
 from . import synth_channel as ch
 from . import synth_voice
@@ -246,7 +246,7 @@ def make_call(cfg: SynthConfig, index: int) -> tuple[bytes, dict]:
         # and played at SAMPLE_RATE, the track becomes `factor` times longer.
         factor = float(rng.uniform(0.88, 1.12))
         rate = int(SAMPLE_RATE * factor)
-        x = soxr.resample(x, SAMPLE_RATE, rate)
+        x = resample(x, SAMPLE_RATE, rate)
         if span is not None:
             span = (span[0] * rate // SAMPLE_RATE, span[1] * rate // SAMPLE_RATE)
         meta.update(engine=engine, voice=voice, texts=texts, speed=round(factor, 4))

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
 
 from kws_stream.frontends import SAMPLE_RATE
+from kws_stream.resample import resample
 
 from .synth_tts import CACHE
 
@@ -70,7 +70,7 @@ def load_16k(path: str | Path, max_seconds: float = 120.0) -> np.ndarray:
     with sf.SoundFile(str(path)) as f:
         x = f.read(int(max_seconds * f.samplerate), dtype="float64", always_2d=True).mean(axis=1)
         rate = f.samplerate
-    return soxr.resample(x, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else x
+    return resample(x, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else x
 
 
 @lru_cache(maxsize=None)
@@ -217,20 +217,20 @@ def _through_opus(x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndar
     data = opus_bytes(x, rate, bitrate_kbps=float(rng.uniform(6, 12)))
     y, got_rate = sf.read(io.BytesIO(data), dtype="float64")
     if got_rate != rate:
-        y = soxr.resample(y, got_rate, rate)
+        y = resample(y, got_rate, rate)
     return np.pad(y, (0, max(0, x.size - y.size)))[:x.size]
 
 
 def telephone(x: np.ndarray, codec: str, rng: np.random.Generator) -> np.ndarray:
     """Down to 8 kHz with a 300-3400 Hz band, through a codec, and back up to 16 kHz."""
-    y = soxr.resample(x, SAMPLE_RATE, NARROW_RATE)
+    y = resample(x, SAMPLE_RATE, NARROW_RATE)
     spec = np.fft.rfft(y)
     f = np.fft.rfftfreq(y.size, 1 / NARROW_RATE)
     low = rng.uniform(200, 400)
     spec *= 1 / (1 + (low / np.maximum(f, 1)) ** 4)  # gentle high-pass
     y = np.fft.irfft(spec, y.size)
     y = encode(y, codec, NARROW_RATE, rng)
-    return soxr.resample(y, NARROW_RATE, SAMPLE_RATE)[:x.size]
+    return resample(y, NARROW_RATE, SAMPLE_RATE)[:x.size]
 
 
 def encode(y: np.ndarray, codec: str, rate: int, rng: np.random.Generator) -> np.ndarray:

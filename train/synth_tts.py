@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
 
 from kws_stream.frontends import SAMPLE_RATE
+from kws_stream.resample import resample
 
 CACHE = Path(os.environ.get("KWS_CACHE", Path.home() / ".cache" / "kws-stream"))
 
@@ -119,7 +119,7 @@ def speech(u: Utterance) -> np.ndarray:
         x, rate = sf.read(wav, dtype="float64", always_2d=True)
     x = x.mean(axis=1)
     if rate != SAMPLE_RATE:
-        x = soxr.resample(x, rate, SAMPLE_RATE)
+        x = resample(x, rate, SAMPLE_RATE)
     x = trim(x)
     peak = np.abs(x).max() if x.size else 0.0
     x = (x / peak * 0.5 if peak > 0 else x).astype(np.float32)

@@ -56,7 +56,8 @@ FILE_BLOCK = 4096  # mel frames per run in a whole-file pass (about 6 MB of acti
 
 class EmbeddingNets:
     """The mel network and the embedding network's parts, single-threaded sessions over the
-    packaged files."""
+    packaged files. A part is loaded (and checked) when a front end first needs it, so a
+    process holds only the parts its model reads."""
 
     def __init__(self, threads: int = 1):
         import onnxruntime as ort
@@ -68,16 +69,23 @@ class EmbeddingNets:
         def session(name: str):
             return ort.InferenceSession(_checked_bytes(name), sess_options=opts, providers=["CPUExecutionProvider"])
         self._mel = session(MEL_FILE)
-        self.parts = tuple(_Part(session(name)) for name in EMBEDDING_PARTS)
         self._session = session
-        self._rows_parts = None
+        self._parts: dict[str, _Part] = {}
+
+    def _part(self, name: str) -> "_Part":
+        if name not in self._parts:
+            self._parts[name] = _Part(self._session(name))
+        return self._parts[name]
+
+    @property
+    def parts(self) -> tuple["_Part", ...]:
+        """Parts 1 to 4: the embedding front end's network."""
+        return tuple(self._part(name) for name in EMBEDDING_PARTS)
 
     @property
     def rows_parts(self) -> tuple["_Part", ...]:
-        """Parts 1, 2 and 3a: the rows front end's network (part 3a loaded on first use)."""
-        if self._rows_parts is None:
-            self._rows_parts = (*self.parts[:2], _Part(self._session(ROWS_PART)))
-        return self._rows_parts
+        """Parts 1, 2 and 3a: the rows front end's network."""
+        return tuple(self._part(name) for name in (*EMBEDDING_PARTS[:2], ROWS_PART))
 
     def mel(self, pcm: np.ndarray) -> np.ndarray:
         """(n_frames, 32) mel frames of float audio in [-1, 1]; n_frames = (n - 512) // 160 + 1."""
@@ -232,7 +240,7 @@ class EmbeddingFrontEnd:
     @staticmethod
     def load() -> None:
         """Load and check the networks once (raises RuntimeError naming a damaged file)."""
-        shared_nets()
+        shared_nets().parts
 
     # -- batch view -------------------------------------------------------------
 
@@ -381,7 +389,7 @@ class EmbeddingRowsFrontEnd(EmbeddingFrontEnd):
 
     @staticmethod
     def load() -> None:
-        shared_nets().rows_parts  # loads and checks part 3a too
+        shared_nets().rows_parts
 
     @staticmethod
     def network_bytes(name: str) -> bytes:
