@@ -20,7 +20,6 @@ from .events import DEFAULT_ENDPOINT, PublishError, check_endpoint_syntax, is_lo
 from .listen import listen
 from .mic import DeviceError, check_input, list_devices
 from .model import KwsModel, ModelError
-from .replay import InputError, ReplayJob, check_writable, expand_inputs
 from .spotter import SpotterConfig
 
 log = logging.getLogger("kws_stream")
@@ -203,16 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     stop.install()
     if args.file is not None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a replay has no model to reload: SIGHUP is ignored
-        try:
-            args.file = expand_inputs(args.file)
-            for flag, path, folder in (("--csv", args.csv, False), ("--scores", args.scores, False),
-                                       ("--plot", args.plot, True)):
-                if path:
-                    check_writable(path, folder)
-            if args.plot:
-                plot.require()
-        except (InputError, OSError, plot.PlotError) as e:
-            log.error("%s", e)
+        problem = check_replay(args)
+        if problem is not None:
+            log.error("%s", problem)
             return EXIT_USAGE
     try:
         model = KwsModel(args.model, expect_sha256=args.model_sha256)
@@ -245,7 +237,24 @@ def main(argv: list[str] | None = None) -> int:
             curve.stop()
 
 
+def check_replay(args) -> str | None:
+    """Expand --file's inputs in place and check that its outputs can be written; the
+    problem, or None. (The replay modules load here, so a live daemon never holds them.)"""
+    from .replay import InputError, check_writable, expand_inputs
+    try:
+        args.file = expand_inputs(args.file)
+        for path, folder in ((args.csv, False), (args.scores, False), (args.plot, True)):
+            if path:
+                check_writable(path, folder)
+        if args.plot:
+            plot.require()
+    except (InputError, OSError, plot.PlotError) as e:
+        return str(e)
+    return None
+
+
 def run_files(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop) -> int:
+    from .replay import ReplayJob
     job = ReplayJob(args.file, model, config, publisher, args.jobs, args.realtime, args.csv, args.scores, args.plot,
                     StdinFormat(args.format, args.rate))
     began = time.monotonic()

@@ -5,7 +5,6 @@ tuned for, its name and version. The daemon reads that and needs no matching fla
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import frontends
+from .onnxfile import open_session, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def weights_sha256(data: bytes) -> str:
         elif wire == 2:
             size, pos = _varint(data, pos)
             if field == GRAPH_FIELD:
-                found = hashlib.sha256(data[pos:pos + size]).hexdigest()
+                found = sha256_hex(data[pos:pos + size])
             pos += size
         else:
             raise ValueError(f"protobuf wire type {wire} at byte {pos}")
@@ -112,24 +112,20 @@ class KwsModel:
         path = Path(path) if path is not None else default_model_path()
         self.path = path
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401 (open_session uses it)
         except ImportError as e:  # pragma: no cover - a broken install
             raise ModelError(f"onnxruntime is not importable: {e}") from e
         if not path.is_file():
             raise ModelError(f"{path}: no such model file")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
         try:
             data = path.read_bytes()  # read once: the bytes checked are the bytes run
         except OSError as e:
             raise ModelError(f"{path}: cannot read ({e.strerror or e})") from e
-        self.sha256 = hashlib.sha256(data).hexdigest()
+        self.sha256 = sha256_hex(data)
         if expect_sha256 is not None and expect_sha256.lower() != self.sha256:
             raise ModelError(f"{path}: SHA-256 is {self.sha256}, not the pinned {expect_sha256}")
         try:
-            self._session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+            self._session = open_session(data, threads)
         except Exception as e:  # onnxruntime raises its own untyped errors for bad files
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelError(f"{path}: not a loadable ONNX model ({reason})") from e

@@ -15,12 +15,12 @@ flattened time-major. Streaming gives the values of a whole-file pass to float r
 """
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from importlib import resources
 
 import numpy as np
 
+from ..onnxfile import open_session, sha256_hex
 from .base import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, WINDOW_HOPS
 
 PCM_SCALE = 32768.0  # openWakeWord feeds 16-bit-range floats to the mel model
@@ -60,21 +60,13 @@ class EmbeddingNets:
     process holds only the parts its model reads."""
 
     def __init__(self, threads: int = 1):
-        import onnxruntime as ort
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-
-        def session(name: str):
-            return ort.InferenceSession(_checked_bytes(name), sess_options=opts, providers=["CPUExecutionProvider"])
-        self._mel = session(MEL_FILE)
-        self._session = session
+        self.threads = threads
+        self._mel = open_session(_checked_bytes(MEL_FILE), threads)
         self._parts: dict[str, _Part] = {}
 
     def _part(self, name: str) -> "_Part":
         if name not in self._parts:
-            self._parts[name] = _Part(self._session(name))
+            self._parts[name] = _Part(open_session(_checked_bytes(name), self.threads))
         return self._parts[name]
 
     @property
@@ -158,7 +150,7 @@ def _checked_bytes(name: str) -> bytes:
         data = resources.files("kws_stream.models").joinpath(name).read_bytes()
     except OSError as e:
         raise RuntimeError(f"{name}: cannot read the packaged front-end model ({e.strerror or e}); reinstall kws-stream") from e
-    if hashlib.sha256(data).hexdigest() != SHA256[name]:
+    if sha256_hex(data) != SHA256[name]:
         raise RuntimeError(f"{name}: checksum mismatch; the packaged front-end model is damaged, reinstall kws-stream")
     return data
 
