@@ -27,12 +27,15 @@ class AudioError(Exception):
     """A file that cannot be turned into audio; the message names the reason."""
 
 
+RATES = (1000, 768000)  # input sample rates taken, in Hz: beyond them a header is more likely wrong than audio
+
+
 class Resampler(resample.Resampler):
     """Streaming resampler to SAMPLE_RATE; a pass-through when the rate already matches."""
 
     def __init__(self, rate: int):
-        if rate <= 0:
-            raise AudioError(f"invalid sample rate {rate}")
+        if not RATES[0] <= rate <= RATES[1]:
+            raise AudioError(f"unsupported sample rate {rate} Hz (kws-stream takes {RATES[0]} to {RATES[1]} Hz)")
         super().__init__(rate, SAMPLE_RATE)
 
 
@@ -49,9 +52,18 @@ def check_finite(x: np.ndarray, at_seconds: float) -> None:
         raise AudioError(f"NaN or Inf sample at {at_seconds + bad / SAMPLE_RATE:.2f} s")
 
 
+def soundfile():
+    """The soundfile module (libsndfile), imported on first use; AudioError if it is not usable."""
+    try:
+        import soundfile
+    except (ImportError, OSError) as e:
+        raise AudioError(f"cannot decode audio files: soundfile is not usable ({e})") from None
+    return soundfile
+
+
 def _open(path: Path):
     """An open soundfile.SoundFile, or AudioError naming why not."""
-    import soundfile as sf
+    sf = soundfile()
     if not path.exists():
         raise AudioError("no such file")
     if path.is_dir():
@@ -84,7 +96,7 @@ def _output(resample: Resampler, mono: np.ndarray, last: bool, at_seconds: float
 
 def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
     """Yield a file's audio as float64 mono 16 kHz blocks. Raises AudioError."""
-    import soundfile as sf
+    sf = soundfile()
     path = Path(path)
     with _open(path) as f:
         container_problem = ogg.problem(path) if ogg.is_ogg(path) else wav_problem(path)

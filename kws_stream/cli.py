@@ -240,15 +240,18 @@ def main(argv: list[str] | None = None) -> int:
 def check_replay(args) -> str | None:
     """Expand --file's inputs in place and check that its outputs can be written; the
     problem, or None. (The replay modules load here, so a live daemon never holds them.)"""
+    from .audio import STDIN, AudioError, soundfile
     from .replay import InputError, check_writable, expand_inputs
     try:
         args.file = expand_inputs(args.file)
+        if any(path != STDIN for path in args.file):
+            soundfile()
         for path, folder in ((args.csv, False), (args.scores, False), (args.plot, True)):
             if path:
                 check_writable(path, folder)
         if args.plot:
             plot.require()
-    except (InputError, OSError, plot.PlotError) as e:
+    except (InputError, AudioError, OSError, plot.PlotError) as e:
         return str(e)
     return None
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .audio import Resampler
+from .audio import AudioError, Resampler
 from .events import Heartbeat, error_event, heartbeat_event
 from .mic import DeviceError, MicSource
 from .model import KwsModel, ModelError
@@ -103,10 +103,10 @@ class Daemon:
     def _open(self) -> bool:
         try:
             self.source.open()
-        except DeviceError as e:
-            self._fail(str(e))
+            self.resample = Resampler(self.source.rate)
+        except (DeviceError, AudioError) as e:
+            self._fail(f"{self.source.name}: {e}" if isinstance(e, AudioError) else str(e))
             return False
-        self.resample = Resampler(self.source.rate)
         self.device_state = "open"
         self.device_error = None
         self.heartbeat(state="capturing")

@@ -35,6 +35,7 @@ def test_each_bad_file_is_one_line_and_the_others_are_scored(tmp_path, burst_mod
         "cut.wav": wav[:len(wav) // 2 + 1],  # libsndfile reads it to its end without complaint
         "corrupt.opus": b"OggS" + bytes(range(256)) * 40,
         "notes.wav": "just some text\n".encode() * 50,
+        "absurd-rate.wav": wav[:24] + (2**31 - 1).to_bytes(4, "little") + wav[28:],  # a header's sample rate
     }
     for name, content in bad.items():
         if content == "dir":
@@ -51,7 +52,7 @@ def test_each_bad_file_is_one_line_and_the_others_are_scored(tmp_path, burst_mod
     expected = {"missing.wav": "no such file", "adir": "directory", "empty.wav": "empty", "cut.mp3": "truncated",
                 "cut.wav": "truncated: the WAV header promises",
                 "cut.flac": "decoding failed", "corrupt.opus": "", "notes.wav": "not readable audio",
-                "nan.wav": "NaN or Inf", "inf.wav": "NaN or Inf"}
+                "nan.wav": "NaN or Inf", "inf.wav": "NaN or Inf", "absurd-rate.wav": "unsupported sample rate"}
     assert len(errors) == len(expected), r.stderr
     for name, reason in expected.items():
         (line,) = [e for e in errors if f"/{name}:" in e]

@@ -238,3 +238,15 @@ def test_a_corpus_is_its_manifest_when_a_stopped_run_left_more_audio(tmp_path):
     (tmp_path / "manifest.jsonl").write_text("".join(json.dumps({"uid": u}) + "\n" for u in ("all1-000000", "all1-000001")))
     files, _ = data.corpus_files(tmp_path)
     assert [f.stem for f in files] == ["all1-000000", "all1-000001"]
+
+
+@pytest.mark.parametrize("phrase, target, around", [
+    ("Я вообще не слышу вас совсем!", "не слышу", "before and after"),
+    ("Не слышно.", "не слышно", "none"),
+    ("Алло, не  слышу", "не слышу", "before only"),
+    ("не слышно ничего", "не слышно", "after only"),
+    ("Вы меня слышите?", "other", "other"),
+])
+def test_folds_table_groups_positives_by_the_words_around_the_target(phrase, target, around):
+    from kws_train.folds_table import target_word, words_around
+    assert (target_word({"phrase": phrase}), words_around({"phrase": phrase})) == (target, around)

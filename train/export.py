@@ -175,6 +175,12 @@ def threshold_from_folds(path: str, target_fa_per_hour: float = 0.5, arch: str |
                                    f"negatives spoken by held-out voices, pooled over leave-voices-out folds ({path})"}
 
 
+# A model on the rows front end holds the network's last layers itself (Apache-2.0, section 4b)
+NOTICE = ("holds layers of Google's speech_embedding network (Apache-2.0, as openWakeWord packages it): the "
+          "packaged weights and, for emb-tune members, a copy modified by fine-tuning in kws-stream; see "
+          "THIRD_PARTY.md")
+
+
 def export(ckpt: str, out: str, name: str, version: str, threshold: float | None = None,
            negatives: str | None = None, target_fa_per_hour: float = 0.5, jobs: int = 2,
            folds_report: str | None = None) -> dict:
@@ -207,8 +213,11 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
                                   "a negative window scores 1.0; give --threshold")
             chosen = {"threshold": t, "how": f"{target_fa_per_hour} false accepts/h on {hours:.2f} h of {negatives}"}
         training["threshold"] = chosen
-        write_onnx(model, out_path, metadata_for(name=name, version=version, threshold=chosen["threshold"],
-                                                 front_end=front_end, training=training))
+        meta = metadata_for(name=name, version=version, threshold=chosen["threshold"], front_end=front_end,
+                            training=training)
+        if getattr(frontends.get(front_end), "stops_at_rows", False):
+            meta["kws.notice"] = NOTICE
+        write_onnx(model, out_path, meta)
     check_parity(model, out_path, probe_features(front_end, seed=1))
     return {"out": str(out_path), "max_abs_diff": diff, **chosen}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 from .folds import FA_RATES
 
@@ -76,6 +77,26 @@ def snr_bin(meta: dict) -> str:
     return next(f"{lo}-{hi} dB" for lo, hi in ((0, 5), (5, 10), (10, 20), (20, 31)) if lo <= snr < hi)
 
 
+TARGET = re.compile(r"не\s+слыш(у|но)")
+
+
+def target_word(meta: dict) -> str:
+    found = TARGET.search(meta["phrase"].lower())
+    return " ".join(found.group(0).split()) if found else "other"
+
+
+def words_around(meta: dict) -> str:
+    """Where the phrase's other words stand: the bench found the target inside longer
+    speech far less often than alone."""
+    text = meta["phrase"].lower()
+    found = TARGET.search(text)
+    if not found:
+        return "other"
+    before, after = bool(re.search(r"\w", text[:found.start()])), bool(re.search(r"\w", text[found.end():]))
+    return {(False, False): "none", (True, False): "before only", (False, True): "after only",
+            (True, True): "before and after"}[(before, after)]
+
+
 def conditions(report_path: str, cache: str, hop: float = 1.0) -> str:
     """Recall at the pooled threshold by noise level and room, re-scored with each fold's
     checkpoint on its own held-out calls (from the feature cache)."""
@@ -109,6 +130,8 @@ def conditions(report_path: str, cache: str, hop: float = 1.0) -> str:
         "noise source": lambda m: m.get("noise", "none"),
         "bench-like (SNR >= 5 dB or none, no room)":
             lambda m: "yes" if (m.get("snr_db") is None or m["snr_db"] >= 5) and "room" not in m else "no",
+        "target": target_word,
+        "words around the target in its sentence": words_around,
     }
     out = [plain_speech_curve(folds, neg, metas, hop),
            f"Positives found at the pooled threshold {threshold:.4f} (hop {hop} s):\n"]
