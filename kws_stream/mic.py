@@ -64,6 +64,20 @@ def parse_device(text: str | None):
     return int(text) if text.isdigit() else text
 
 
+def _release_alsa_config() -> None:
+    """Drop ALSA's parsed configuration once the stream is open. PortAudio's device scan
+    loads every PCM plugin the configuration names (with libasound2-plugins: a52 and its
+    libavcodec, jack, speex, upmix...) and ALSA keeps them until this call; the open stream
+    holds its own references. Measured on the daemon: RSS 103.0 -> 91.9 MB. ALSA
+    parses its files anew at the next open, and PortAudio makes the same call when it ends."""
+    import ctypes  # only here: the daemon loads it once, after capture has started
+
+    try:
+        ctypes.CDLL("libasound.so.2").snd_config_update_free_global()
+    except (OSError, AttributeError) as e:  # another ALSA build: only the memory is lost
+        log.debug("ALSA configuration not released: %s", e)
+
+
 class MicSource:
     def __init__(self, device: str | None = None):
         self.device = parse_device(device)
@@ -93,6 +107,8 @@ class MicSource:
         except (ValueError, sd.PortAudioError) as e:
             self.close()
             raise DeviceError(f"{self.name}: cannot open input ({e})") from e
+        if sd.query_hostapis(sd.query_devices(self._stream.device)["hostapi"])["name"] == "ALSA":
+            _release_alsa_config()
         self._last_audio = time.monotonic()
         self._stall = FIRST_AUDIO_SECONDS
         log.info("capturing from %s at %d Hz", self.name, self.rate)

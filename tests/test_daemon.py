@@ -113,6 +113,22 @@ def test_live_detection_reaches_a_listener(pulse, burst_model, burst_wav):
         sub.stop()
 
 
+def test_capture_keeps_only_the_alsa_plugin_it_reads_through(pulse, burst_model):
+    """PortAudio's device scan loads every ALSA PCM plugin; the daemon lets ALSA drop them."""
+    plugins = sorted(Path("/usr/lib").glob("*/alsa-lib/libasound_module_pcm_*.so"))
+    if len(plugins) < 2:
+        pytest.skip("no ALSA plugins besides pulse on this machine")
+    d = daemon(burst_model, pulse.env, "none")
+    try:
+        d.wait_for("capturing from pulse")
+        maps = Path(f"/proc/{d.p.pid}/maps").read_text()
+        loaded = set(re.findall(r"libasound_module_pcm_(\w+)\.so", maps))
+        assert loaded == {"pulse"}, loaded
+        assert "libavcodec" not in maps  # a52's, the largest
+    finally:
+        d.stop()
+
+
 def test_sigterm_exits_cleanly_within_a_second(pulse, burst_model):
     endpoint = f"ipc://{pulse.env['XDG_RUNTIME_DIR']}/kws.sock"
     sub = listener(pulse.env, endpoint, "--topic", "kws.status")
