@@ -33,6 +33,10 @@ def _synth_parser(sub) -> None:
                    help="share of speech tracks given a new pitch and vocal-tract length (WORLD vocoder)")
     p.add_argument("--codecs", choices=["train", "heldout"], default="train",
                    help="heldout: every call through a codec that training never uses (g723, codec2)")
+    p.add_argument("--real-context", type=float, default=0.0, metavar="SHARE",
+                   help="share of positives and confusables put among real Russian recordings, not synthetic fillers")
+    p.add_argument("--real-speech", choices=["train", "heldout"], default="train",
+                   help="which real recordings go around them: three files of four (train) or the fourth (heldout)")
     p.add_argument("--no-fetch", action="store_true",
                    help="do not apt-get download the packages of real recordings and music")
 

@@ -93,7 +93,8 @@ def group_rates(rows: list[dict], key, threshold: float) -> dict:
 
 
 def context_of(meta: dict) -> str:
-    return meta.get("form", "alone")
+    form = meta.get("form", "alone")
+    return f"{form}, real speech around" if meta.get("context") == "real" else form
 
 
 def channel_of(meta: dict) -> str:

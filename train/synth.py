@@ -59,6 +59,8 @@ class SynthConfig:
     sentence_share: float = 0.65  # positives and confusables said inside one whole sentence
     pseudo_speakers: float = 0.3  # share of speech tracks with pitch and formants moved (WORLD)
     codecs: str = "train"  # train: the training codecs; heldout: only codecs training never uses
+    real_context: float = 0.0  # share of positives and confusables among real Russian recordings
+    real_speech: str = "train"  # which real recordings: train (3 of 4 files) or heldout (the 4th)
 
 
 # -- choices ---------------------------------------------------------------------
@@ -203,6 +205,10 @@ def speech_track(rng: np.random.Generator, cfg: SynthConfig, kind: str, seconds:
     parts, texts, span = [gap(rng, 0.1, 1.0)], [], None
     total = parts[0].size
     target_budget = int(seconds * SAMPLE_RATE)
+    if special is not None and cfg.real_context > 0 and rng.random() < cfg.real_context:
+        x, span, texts = real_context(rng, cfg, special, target_budget)
+        how["context"] = "real"
+        return _converted(rng, cfg, x, how), span, texts, engine, voice, how
     n_before = rng.integers(0, 3)
     n_after = 3 + int(seconds // 4)  # enough to fill the call; the loop stops at the budget
     plan = [filler(rng, engine) for _ in range(n_before)] + [special] + [filler(rng, engine) for _ in range(n_after)]
@@ -223,12 +229,40 @@ def speech_track(rng: np.random.Generator, cfg: SynthConfig, kind: str, seconds:
         total += x.size
         parts.append(gap(rng))
         total += parts[-1].size
-    x = np.concatenate(parts)
+    return _converted(rng, cfg, np.concatenate(parts), how), span, texts, engine, voice, how
+
+
+def _converted(rng: np.random.Generator, cfg: SynthConfig, x: np.ndarray, how: dict) -> np.ndarray:
     if rng.random() < cfg.pseudo_speakers:
         pitch, formant = synth_voice.pick(rng)
         x = synth_voice.convert(x, pitch, formant)
         how["pseudo_speaker"] = {"pitch": round(pitch, 3), "formant": round(formant, 3)}
-    return x, span, texts, engine, voice, how
+    return x
+
+
+def real_context(rng: np.random.Generator, cfg: SynthConfig, special: tuple, budget: int):
+    """The synthetic target (or confusable) among real Russian recordings: one to three
+    before it, then as many after as fill the call, each at the special part's speech level
+    within +-6 dB, with pauses between. The bench puts real speech around the phrase; in
+    the other forms a model hears real voices only in calls without the target."""
+    x, sub_span, special_texts = special
+    files = ch.real_speech_files(cfg.real_speech)
+    if not files:
+        raise ValueError("real speech context needs the Russian recordings (run without --no-fetch)")
+    level = ch.speech_level(x)
+    parts, texts, span = [gap(rng, 0.1, 1.0)], [], None
+    total, before = parts[0].size, int(rng.integers(1, 4))
+    while span is None or total < budget:
+        if span is None and len(texts) == before:
+            span, piece, texts = (total + sub_span[0], total + sub_span[1]), x, texts + special_texts
+        else:
+            path = files[rng.integers(len(files))]
+            clip = ch.real_clip(path)
+            piece = clip * (level / ch.speech_level(clip) * 10 ** (rng.uniform(-6, 6) / 20))
+            texts = texts + [f"[real {Path(path).name}]"]
+        parts += [piece, gap(rng)]
+        total += piece.size + parts[-1].size
+    return np.concatenate(parts), span, texts
 
 
 def make_call(cfg: SynthConfig, index: int) -> tuple[bytes, dict]:
@@ -423,7 +457,8 @@ def run(args) -> int:
     cfg = SynthConfig(out=args.out, n=args.n, seed=args.seed, split=args.split, pos_fraction=args.pos_fraction,
                       holdout_engine=args.holdout_engine, min_seconds=args.min_seconds,
                       max_seconds=args.max_seconds, jobs=args.jobs, fetch=not args.no_fetch,
-                      sentence_share=args.sentence_share, pseudo_speakers=args.pseudo_speakers, codecs=args.codecs)
+                      sentence_share=args.sentence_share, pseudo_speakers=args.pseudo_speakers, codecs=args.codecs,
+                      real_context=args.real_context, real_speech=args.real_speech)
     try:
         metas = generate(cfg)
     except (MissingTool, ValueError) as e:

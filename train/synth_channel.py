@@ -109,6 +109,33 @@ def excerpt(rng: np.random.Generator, kind: str, n: int) -> tuple[np.ndarray, st
     return x[start:start + n].copy(), Path(path).name
 
 
+def real_speech_files(half: str) -> tuple[str, ...]:
+    """Real Russian speech to put around a synthetic phrase: the spoken tuxpaint
+    descriptions and ktuberling words; `train` is three files of every four (in sorted
+    order), `heldout` the fourth, so a validation corpus can use recordings training never
+    heard (the speakers are the same one or two)."""
+    files = [f for f in sound_files("russian") if "/tuxpaint/" in f or "/ktuberling/" in f]
+    return tuple(f for i, f in enumerate(files) if (i % 4 == 3) == (half == "heldout"))
+
+
+def real_clip(path: str) -> np.ndarray:
+    """A recording without its leading and trailing silence (20 ms frames 40 dB below its loudest)."""
+    x = _clip(path)
+    n = x.size // 320
+    if n == 0:
+        return x
+    energy = (x[:n * 320].reshape(n, 320) ** 2).mean(axis=1)
+    loud = np.flatnonzero(energy > energy.max() * 1e-4)
+    return x[loud[0] * 320:(loud[-1] + 1) * 320]
+
+
+def speech_level(x: np.ndarray) -> float:
+    """RMS over the louder half of 20 ms frames: a level that pauses do not dilute."""
+    n = max(x.size // 320, 1)
+    energy = (np.resize(x, n * 320).reshape(n, 320) ** 2).mean(axis=1)
+    return float(np.sqrt(np.mean(np.sort(energy)[n // 2:])) + 1e-9)
+
+
 def coloured_noise(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
     """Noise with a 1/f**exponent power spectrum (0 white, 1 pink, 2 brown)."""
     spec = np.fft.rfft(rng.standard_normal(n))
