@@ -126,3 +126,40 @@ def test_missing_engine_is_one_clear_line(tmp_path):
                         "--no-fetch"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "apt-get install" in r.stderr, r.stderr
+
+
+def test_real_context_puts_recordings_around_the_exact_target(tmp_path, monkeypatch):
+    """--real-context: one to three recordings before the target, more after, each at the
+    target's speech level within 6 dB; the span is the target's own samples."""
+    paths = []
+    for k, seconds in enumerate((0.8, 1.3, 2.1)):  # stand-ins for the Russian recordings: tone bursts
+        n = int(seconds * RATE)
+        x = np.zeros(n + int(0.4 * RATE))
+        x[int(0.2 * RATE):int(0.2 * RATE) + n] = 0.3 * np.sin(2 * np.pi * (200 + 100 * k) * np.arange(n) / RATE)
+        paths.append(str(tmp_path / f"rec{k}.wav"))
+        sf.write(paths[-1], x, RATE)
+    monkeypatch.setattr(synth.ch, "real_speech_files", lambda half: tuple(paths))
+    cfg = synth.SynthConfig(out="unused", n=1, seed=9, fetch=False, sentence_share=0.0, pseudo_speakers=0.0,
+                            real_context=1.0)
+    for i in range(4):
+        rng = np.random.default_rng([9, i])
+        x, span, texts, engine, voice, how = synth.speech_track(rng, cfg, "positive", 8.0)
+        assert how == {"form": "alone", "context": "real"}
+        first = next(j for j, text in enumerate(texts) if not text.startswith("[real "))
+        assert 1 <= first <= 3 and texts[-1].startswith("[real ") and x.size >= 8.0 * RATE
+        target = speech(Utterance(engine, voice["voice"], voice["rate"], voice["pitch"],
+                                  [text for text in texts if text in synth.TARGETS][0]))
+        np.testing.assert_allclose(x[span[0]:span[1]], target.astype(np.float64))
+        before = x[:span[0]]
+        level = synth.ch.speech_level(target)
+        loud = before[np.abs(before) > 1e-6]
+        tone_rms = np.sqrt(np.mean(loud ** 2))
+        assert level / 2.2 < tone_rms < level * 2.2  # +-6 dB, and the rest of the tone is flat
+
+
+def test_real_speech_halves_are_disjoint(monkeypatch):
+    files = tuple(f"/x/usr/share/tuxpaint/stamps/{k:03d}_desc_ru.ogg" for k in range(10)) + \
+        ("/x/usr/share/klettres/ru/a.ogg",)
+    monkeypatch.setattr(synth.ch, "sound_files", lambda kind: files)
+    train, heldout = synth.ch.real_speech_files("train"), synth.ch.real_speech_files("heldout")
+    assert not set(train) & set(heldout) and len(heldout) == 2 and len(train) == 8  # klettres: letters, not used

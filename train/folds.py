@@ -127,11 +127,13 @@ def report_entry(rows: list[dict], negatives: list[list], hours: float,
                  extras: dict[str, list[dict]] | None = None) -> dict:
     """What a fold (or all folds pooled) reports: the curve, and the recall tables at the
     threshold for 0.5 FA/h on these negatives; for each extra validation corpus, its
-    recall by channel at that threshold."""
+    recall by channel and by phrase context at that threshold."""
     t = pooled_threshold(negatives, hours, 0.5)
     entry = {**curve(rows, negatives, hours), "threshold_at_0.5": t, **summarise(rows, t)}
     for name, extra_rows in (extras or {}).items():
-        entry[f"{name}_recall_by_channel"] = summarise(extra_rows, t)["recall_by_channel"]
+        extra = summarise(extra_rows, t)
+        entry[f"{name}_recall_by_channel"] = extra["recall_by_channel"]
+        entry[f"{name}_recall_by_context"] = extra["recall_by_context"]
     return entry
 
 

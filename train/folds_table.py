@@ -63,8 +63,9 @@ def main(argv=None) -> int:
                       ("recall_by_channel", "channel"), ("negatives_flagged_by_kind", "negative calls flagged")):
         print(rates_table(pooled[key], what), "\n")
     for key in pooled:
-        if key.endswith("_recall_by_channel") and key != "recall_by_channel":
-            print(rates_table(pooled[key], f"{key.split('_recall')[0]}: channel"), "\n")
+        for by in ("channel", "context"):
+            if key.endswith(f"_recall_by_{by}") and key != f"recall_by_{by}":
+                print(rates_table(pooled[key], f"{key.split('_recall')[0]}: {by}"), "\n")
     print(f"Confusable calls flagged: {pooled['confusables_flagged']:.3f}; texts:",
           "; ".join(pooled["confusables_flagged_texts"][:12]))
     return 0
