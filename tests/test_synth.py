@@ -155,6 +155,10 @@ def test_real_context_puts_recordings_around_the_exact_target(tmp_path, monkeypa
         loud = before[np.abs(before) > 1e-6]
         tone_rms = np.sqrt(np.mean(loud ** 2))
         assert level / 2.2 < tone_rms < level * 2.2  # +-6 dB, and the rest of the tone is flat
+    # ordinary speech too: one synthetic sentence among the recordings, no target
+    x, span, texts, *_, how = synth.speech_track(np.random.default_rng([9, 7]), cfg, "speech", 8.0)
+    assert span is None and how == {"context": "real"} and texts[0].startswith("[real ")
+    assert sum(not text.startswith("[real ") for text in texts) == 1 and not any(map(synth.has_target, texts))
 
 
 def test_real_speech_halves_are_disjoint(monkeypatch):

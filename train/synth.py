@@ -205,7 +205,10 @@ def speech_track(rng: np.random.Generator, cfg: SynthConfig, kind: str, seconds:
     parts, texts, span = [gap(rng, 0.1, 1.0)], [], None
     total = parts[0].size
     target_budget = int(seconds * SAMPLE_RATE)
-    if special is not None and cfg.real_context > 0 and rng.random() < cfg.real_context:
+    if cfg.real_context > 0 and rng.random() < cfg.real_context:
+        if special is None:  # ordinary speech: one synthetic sentence among the recordings, so that
+            text = filler(rng, engine)  # a synthetic voice among real ones is no sign of the target
+            special = (say_filler(rng, engine, voice, text), None, [text])
         x, span, texts = real_context(rng, cfg, special, target_budget)
         how["context"] = "real"
         return _converted(rng, cfg, x, how), span, texts, engine, voice, how
@@ -241,7 +244,7 @@ def _converted(rng: np.random.Generator, cfg: SynthConfig, x: np.ndarray, how: d
 
 
 def real_context(rng: np.random.Generator, cfg: SynthConfig, special: tuple, budget: int):
-    """The synthetic target (or confusable) among real Russian recordings: one to three
+    """The synthetic target (a confusable, a sentence) among real Russian recordings: one to three
     before it, then as many after as fill the call, each at the special part's speech level
     within +-6 dB, with pauses between. The bench puts real speech around the phrase; in
     the other forms a model hears real voices only in calls without the target."""
@@ -254,7 +257,8 @@ def real_context(rng: np.random.Generator, cfg: SynthConfig, special: tuple, bud
     total, before = parts[0].size, int(rng.integers(1, 4))
     while span is None or total < budget:
         if span is None and len(texts) == before:
-            span, piece, texts = (total + sub_span[0], total + sub_span[1]), x, texts + special_texts
+            span = (total + sub_span[0], total + sub_span[1]) if sub_span is not None else (total, total)
+            piece, texts = x, texts + special_texts
         else:
             path = files[rng.integers(len(files))]
             clip = ch.real_clip(path)
@@ -262,7 +266,7 @@ def real_context(rng: np.random.Generator, cfg: SynthConfig, special: tuple, bud
             texts = texts + [f"[real {Path(path).name}]"]
         parts += [piece, gap(rng)]
         total += piece.size + parts[-1].size
-    return np.concatenate(parts), span, texts
+    return np.concatenate(parts), span if sub_span is not None else None, texts
 
 
 def make_call(cfg: SynthConfig, index: int) -> tuple[bytes, dict]:
