@@ -104,10 +104,11 @@ class MicSource:
                                           blocksize=int(self.rate * BLOCK_SECONDS), latency=BUFFER_SECONDS,
                                           callback=self._callback)
             self._stream.start()
+            alsa = sd.query_hostapis(sd.query_devices(self._stream.device)["hostapi"])["name"] == "ALSA"
         except (ValueError, sd.PortAudioError) as e:
             self.close()
             raise DeviceError(f"{self.name}: cannot open input ({e})") from e
-        if sd.query_hostapis(sd.query_devices(self._stream.device)["hostapi"])["name"] == "ALSA":
+        if alsa:
             _release_alsa_config()
         self._last_audio = time.monotonic()
         self._stall = FIRST_AUDIO_SECONDS

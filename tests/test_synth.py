@@ -131,13 +131,13 @@ def test_missing_engine_is_one_clear_line(tmp_path):
 def test_real_context_puts_recordings_around_the_exact_target(tmp_path, monkeypatch):
     """--real-context: one to three recordings before the target, more after, each at the
     target's speech level within 6 dB; the span is the target's own samples."""
-    paths = []
-    for k, seconds in enumerate((0.8, 1.3, 2.1)):  # stand-ins for the Russian recordings: tone bursts
+    paths, amplitudes = [], (0.01, 0.3, 0.9)  # far apart: only level matching brings them near the target's
+    for k, (seconds, amplitude) in enumerate(zip((0.8, 1.3, 2.1), amplitudes)):  # stand-ins: tone bursts
         n = int(seconds * RATE)
         x = np.zeros(n + int(0.4 * RATE))
-        x[int(0.2 * RATE):int(0.2 * RATE) + n] = 0.3 * np.sin(2 * np.pi * (200 + 100 * k) * np.arange(n) / RATE)
+        x[int(0.2 * RATE):int(0.2 * RATE) + n] = amplitude * np.sin(2 * np.pi * (200 + 100 * k) * np.arange(n) / RATE)
         paths.append(str(tmp_path / f"rec{k}.wav"))
-        sf.write(paths[-1], x, RATE)
+        sf.write(paths[-1], x, RATE, subtype="FLOAT")  # float: no samples rounded to zero inside a burst
     monkeypatch.setattr(synth.ch, "real_speech_files", lambda half: tuple(paths))
     cfg = synth.SynthConfig(out="unused", n=1, seed=9, fetch=False, sentence_share=0.0, pseudo_speakers=0.0,
                             real_context=1.0)
@@ -145,16 +145,20 @@ def test_real_context_puts_recordings_around_the_exact_target(tmp_path, monkeypa
         rng = np.random.default_rng([9, i])
         x, span, texts, engine, voice, how = synth.speech_track(rng, cfg, "positive", 8.0)
         assert how == {"form": "alone", "context": "real"}
-        first = next(j for j, text in enumerate(texts) if not text.startswith("[real "))
-        assert 1 <= first <= 3 and texts[-1].startswith("[real ") and x.size >= 8.0 * RATE
+        first = next(j for j, text in enumerate(texts) if not text.startswith(synth.REAL_MARK))
+        assert 1 <= first <= 3 and texts[-1].startswith(synth.REAL_MARK) and x.size >= 8.0 * RATE
         target = speech(Utterance(engine, voice["voice"], voice["rate"], voice["pitch"],
                                   [text for text in texts if text in synth.TARGETS][0]))
         np.testing.assert_allclose(x[span[0]:span[1]], target.astype(np.float64))
-        before = x[:span[0]]
-        level = synth.ch.speech_level(target)
-        loud = before[np.abs(before) > 1e-6]
-        tone_rms = np.sqrt(np.mean(loud ** 2))
-        assert level / 2.2 < tone_rms < level * 2.2  # +-6 dB, and the rest of the tone is flat
+    # each recording at the phrase's level within 6 dB, whatever its own: a 0.2 burst stands for the phrase
+    phrase = 0.2 * np.sin(2 * np.pi * 500 * np.arange(RATE) / RATE)
+    x, span, texts = synth.real_context(np.random.default_rng(3), cfg, (phrase, (0, RATE), ["не слышу"]), 8 * RATE)
+    edges = np.flatnonzero(np.diff(np.r_[0, (x != 0).astype(int), 0]))
+    runs = [x[a:b] for a, b in zip(edges[::2], edges[1::2])]
+    assert len(runs) == len(texts) >= 3 and x[span[0]:span[1]].tolist() == phrase.tolist()
+    level = synth.ch.speech_level(phrase)
+    for run in runs:
+        assert level / 2.1 < np.sqrt(np.mean(run ** 2)) < level * 2.1  # within 6 dB (x 2.0), and a little for rounding
     # ordinary speech too: one synthetic sentence among the recordings, no target
     x, span, texts, *_, how = synth.speech_track(np.random.default_rng([9, 7]), cfg, "speech", 8.0)
     assert span is None and how == {"context": "real"} and texts[0].startswith("[real ")
@@ -167,3 +171,14 @@ def test_real_speech_halves_are_disjoint(monkeypatch):
     monkeypatch.setattr(synth.ch, "sound_files", lambda kind: files)
     train, heldout = synth.ch.real_speech_files("train"), synth.ch.real_speech_files("heldout")
     assert not set(train) & set(heldout) and len(heldout) == 2 and len(train) == 8  # klettres: letters, not used
+
+
+def test_a_corpus_begun_before_a_setting_existed_resumes(tmp_path):
+    """synth.json records the recipe; settings added since then count as their defaults."""
+    cfg = synth.SynthConfig(out=str(tmp_path), n=1, seed=24, fetch=False)
+    old = {k: v for k, v in json.loads(json.dumps(synth.asdict(cfg))).items()
+           if k not in ("out", "n", "jobs", "fetch", "real_context", "real_speech")}
+    (tmp_path / "synth.json").write_text(json.dumps(old))
+    synth.check_same_recipe(cfg)
+    with pytest.raises(ValueError, match="real_context"):
+        synth.check_same_recipe(synth.SynthConfig(out=str(tmp_path), n=1, seed=24, fetch=False, real_context=0.5))

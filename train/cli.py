@@ -34,7 +34,8 @@ def _synth_parser(sub) -> None:
     p.add_argument("--codecs", choices=["train", "heldout"], default="train",
                    help="heldout: every call through a codec that training never uses (g723, codec2)")
     p.add_argument("--real-context", type=float, default=0.0, metavar="SHARE",
-                   help="share of positives and confusables put among real Russian recordings, not synthetic fillers")
+                   help="share of calls with speech whose words around are real Russian recordings, not synthetic "
+                        "sentences (positives, confusables and ordinary speech alike)")
     p.add_argument("--real-speech", choices=["train", "heldout"], default="train",
                    help="which real recordings go around them: three files of four (train) or the fourth (heldout)")
     p.add_argument("--no-fetch", action="store_true",

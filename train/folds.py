@@ -32,6 +32,7 @@ from .data import Corpus, load_corpus
 from .evaluate import auc, file_metrics, threshold_for_windows
 from .fit import FitConfig, save, train_model, window_scores
 from .nets import ModelConfig
+from .synth_phrases import REAL_MARK
 from .synth_tts import FOLDS
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,8 @@ def val_rows(corpus: Corpus, metas: dict, windows) -> list[dict]:
         m = metas[f.stem]
         rows.append({"uid": f.stem, "label": m["label"], "kind": m["kind"], "score": float(probs.max(initial=0.0)),
                      "voice": (m.get("voice") or {}).get("voice", m.get("source", "?").split(":")[0]),
-                     "context": context_of(m), "channel": channel_of(m), "text": " / ".join(m.get("texts", []))[:120]})
+                     "context": context_of(m), "channel": channel_of(m),
+                     "text": " / ".join(t for t in m.get("texts", []) if not t.startswith(REAL_MARK))[:120]})
     return rows
 
 

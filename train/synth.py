@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from kws_stream.resample import resample
 from . import synth_channel as ch
 from . import synth_voice
 from .align import locate
-from .synth_phrases import CONFUSABLE_CORES, TARGETS, confusable_sentence, has_target, target_sentence
+from .synth_phrases import CONFUSABLE_CORES, REAL_MARK, TARGETS, confusable_sentence, has_target, target_sentence
 from .synth_tts import (ENGINES, ESPEAK_VARIANTS, RHVOICE_ALLOWED, RHVOICE_TRAIN, RHVOICE_VAL, MissingTool,
                         Utterance, check_engines, speech)
 
@@ -39,6 +39,9 @@ CARRIERS = (("", ""), ("алло, я вас", ""), ("я вас", ""), ("алло
             ("", "говорите громче"))
 SENTENCE_POOL = 6000  # filler sentences, de-duplicated; bounded so the TTS cache is reused across corpora
 FESTIVAL_POOL = 250  # Festival reloads its voice per utterance (1.7 s); a smaller pool keeps it cheap
+
+
+REAL_LEVEL_DB = 6.0  # a recording's level around the phrase's: within this many dB
 
 
 DEFAULT_STYLE = {"rhvoice": (100, 100), "espeak": (160, 50), "festival": (100, 100)}
@@ -59,8 +62,8 @@ class SynthConfig:
     sentence_share: float = 0.65  # positives and confusables said inside one whole sentence
     pseudo_speakers: float = 0.3  # share of speech tracks with pitch and formants moved (WORLD)
     codecs: str = "train"  # train: the training codecs; heldout: only codecs training never uses
-    real_context: float = 0.0  # share of positives and confusables among real Russian recordings
-    real_speech: str = "train"  # which real recordings: train (3 of 4 files) or heldout (the 4th)
+    real_context: float = 0.0  # share of speech tracks among real Russian recordings (cli.py says more)
+    real_speech: str = "train"  # which recordings: train or heldout (synth_channel.real_speech_files)
 
 
 # -- choices ---------------------------------------------------------------------
@@ -246,12 +249,10 @@ def _converted(rng: np.random.Generator, cfg: SynthConfig, x: np.ndarray, how: d
 def real_context(rng: np.random.Generator, cfg: SynthConfig, special: tuple, budget: int):
     """The synthetic target (a confusable, a sentence) among real Russian recordings: one to three
     before it, then as many after as fill the call, each at the special part's speech level
-    within +-6 dB, with pauses between. The bench puts real speech around the phrase; in
+    within REAL_LEVEL_DB, with pauses between. The bench puts real speech around the phrase; in
     the other forms a model hears real voices only in calls without the target."""
     x, sub_span, special_texts = special
     files = ch.real_speech_files(cfg.real_speech)
-    if not files:
-        raise ValueError("real speech context needs the Russian recordings (run without --no-fetch)")
     level = ch.speech_level(x)
     parts, texts, span = [gap(rng, 0.1, 1.0)], [], None
     total, before = parts[0].size, int(rng.integers(1, 4))
@@ -262,8 +263,10 @@ def real_context(rng: np.random.Generator, cfg: SynthConfig, special: tuple, bud
         else:
             path = files[rng.integers(len(files))]
             clip = ch.real_clip(path)
-            piece = clip * (level / ch.speech_level(clip) * 10 ** (rng.uniform(-6, 6) / 20))
-            texts = texts + [f"[real {Path(path).name}]"]
+            if ch.speech_level(clip) < ch.SILENT_LEVEL:  # none among today's files; never a huge gain
+                continue
+            piece = clip * (level / ch.speech_level(clip) * 10 ** (rng.uniform(-1, 1) * REAL_LEVEL_DB / 20))
+            texts = texts + [f"{REAL_MARK}{Path(path).name}]"]
         parts += [piece, gap(rng)]
         total += piece.size + parts[-1].size
     return np.concatenate(parts), span if sub_span is not None else None, texts
@@ -398,7 +401,8 @@ def check_same_recipe(cfg: SynthConfig) -> None:
     record = Path(cfg.out) / "synth.json"
     recipe = {k: v for k, v in asdict(cfg).items() if k not in ("out", "n", "jobs", "fetch")}
     if record.exists():
-        before = json.loads(record.read_text(encoding="utf-8"))
+        defaults = {f.name: f.default for f in fields(SynthConfig) if f.name in recipe}
+        before = {**defaults, **json.loads(record.read_text(encoding="utf-8"))}  # settings added since: defaults
         if before != recipe:
             changed = sorted(k for k in set(before) | set(recipe) if before.get(k) != recipe.get(k))
             raise ValueError(f"{cfg.out} was begun with other settings ({', '.join(changed)}); use a new --out")
@@ -430,11 +434,15 @@ def _one(index: int) -> dict:
 def generate(cfg: SynthConfig, progress: bool = True) -> list[dict]:
     if cfg.holdout_engine is not None and cfg.holdout_engine not in ENGINES:
         raise ValueError(f"--holdout-engine must be one of {', '.join(ENGINES)}")
+    if not 0.0 <= cfg.real_context <= 1.0 or cfg.real_speech not in ("train", "heldout"):
+        raise ValueError("--real-context must be a share in 0..1 and --real-speech train or heldout")
     check_engines(engines_for(cfg))
     sentences()
     if cfg.fetch:
         for pkg in ch.fetch_sources():
             log.warning("%s: could not be fetched with apt-get download; calls are made without it", pkg)
+    if cfg.real_context > 0:
+        ch.check_real_speech()
     for sub in ("audio", "calls"):
         (Path(cfg.out) / sub).mkdir(parents=True, exist_ok=True)
     check_same_recipe(cfg)

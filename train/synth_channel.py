@@ -109,30 +109,47 @@ def excerpt(rng: np.random.Generator, kind: str, n: int) -> tuple[np.ndarray, st
     return x[start:start + n].copy(), Path(path).name
 
 
+REAL_SPEECH_SOURCES = ("/tuxpaint/", "/ktuberling/")  # sentences and words; klettres' letters are too short
+FRAME = SAMPLE_RATE // 50  # 20 ms
+SILENT_LEVEL = 1e-4  # a speech level below this is no speech
+
+
 def real_speech_files(half: str) -> tuple[str, ...]:
     """Real Russian speech to put around a synthetic phrase: the spoken tuxpaint
     descriptions and ktuberling words; `train` is three files of every four (in sorted
     order), `heldout` the fourth, so a validation corpus can use recordings training never
-    heard (the speakers are the same one or two)."""
-    files = [f for f in sound_files("russian") if "/tuxpaint/" in f or "/ktuberling/" in f]
+    puts around a phrase (the speakers are the same one or two, and training's calls of
+    real speech alone draw from every file)."""
+    files = [f for f in sound_files("russian") if any(s in f for s in REAL_SPEECH_SOURCES)]
     return tuple(f for i, f in enumerate(files) if (i % 4 == 3) == (half == "heldout"))
+
+
+def check_real_speech() -> None:
+    """Both sources must be there: the halves are cut by position, so a missing one would move them."""
+    files = sound_files("russian")
+    missing = [s.strip("/") for s in REAL_SPEECH_SOURCES if not any(s in f for f in files)]
+    if missing:
+        raise ValueError(f"--real-context needs the Russian recordings of {', '.join(missing)} "
+                         "(fetched with apt-get download; run without --no-fetch)")
 
 
 def real_clip(path: str) -> np.ndarray:
     """A recording without its leading and trailing silence (20 ms frames 40 dB below its loudest)."""
     x = _clip(path)
-    n = x.size // 320
-    if n == 0:
+    n = x.size // FRAME
+    energy = (x[:n * FRAME].reshape(n, FRAME) ** 2).mean(axis=1)
+    loud = np.flatnonzero(energy > energy.max(initial=0.0) * 1e-4) if n else np.zeros(0, dtype=int)
+    if loud.size == 0 or energy.max() == 0.0:
         return x
-    energy = (x[:n * 320].reshape(n, 320) ** 2).mean(axis=1)
-    loud = np.flatnonzero(energy > energy.max() * 1e-4)
-    return x[loud[0] * 320:(loud[-1] + 1) * 320]
+    return x[loud[0] * FRAME:(loud[-1] + 1) * FRAME]
 
 
 def speech_level(x: np.ndarray) -> float:
     """RMS over the louder half of 20 ms frames: a level that pauses do not dilute."""
-    n = max(x.size // 320, 1)
-    energy = (np.resize(x, n * 320).reshape(n, 320) ** 2).mean(axis=1)
+    if x.size == 0:
+        return 0.0
+    n = max(x.size // FRAME, 1)
+    energy = (np.resize(x, n * FRAME).reshape(n, FRAME) ** 2).mean(axis=1)
     return float(np.sqrt(np.mean(np.sort(energy)[n // 2:])) + 1e-9)
 
 

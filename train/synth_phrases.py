@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+REAL_MARK = "[real "  # a real recording among a call's texts: "[real frog_desc_ru.ogg]"
+
 TARGETS = ("не слышу", "не слышно")
 
 # Words before and after the target. {t} is the target; a few frames carry their own
