@@ -161,8 +161,8 @@ def test_real_context_puts_recordings_around_the_exact_target(tmp_path, monkeypa
         assert level / 2.1 < np.sqrt(np.mean(run ** 2)) < level * 2.1  # within 6 dB (x 2.0), and a little for rounding
     # ordinary speech too: one synthetic sentence among the recordings, no target
     x, span, texts, *_, how = synth.speech_track(np.random.default_rng([9, 7]), cfg, "speech", 8.0)
-    assert span is None and how == {"context": "real"} and texts[0].startswith("[real ")
-    assert sum(not text.startswith("[real ") for text in texts) == 1 and not any(map(synth.has_target, texts))
+    assert span is None and how == {"context": "real"} and texts[0].startswith(synth.REAL_MARK)
+    assert sum(not text.startswith(synth.REAL_MARK) for text in texts) == 1 and not any(map(synth.has_target, texts))
 
 
 def test_real_speech_halves_are_disjoint(monkeypatch):

@@ -254,22 +254,24 @@ def real_context(rng: np.random.Generator, cfg: SynthConfig, special: tuple, bud
     x, sub_span, special_texts = special
     files = ch.real_speech_files(cfg.real_speech)
     level = ch.speech_level(x)
-    parts, texts, span = [gap(rng, 0.1, 1.0)], [], None
+    parts, texts, span, placed = [gap(rng, 0.1, 1.0)], [], None, False
     total, before = parts[0].size, int(rng.integers(1, 4))
-    while span is None or total < budget:
-        if span is None and len(texts) == before:
-            span = (total + sub_span[0], total + sub_span[1]) if sub_span is not None else (total, total)
-            piece, texts = x, texts + special_texts
+    while not placed or total < budget:
+        if not placed and len(texts) == before:
+            placed, piece, texts = True, x, texts + special_texts
+            if sub_span is not None:
+                span = (total + sub_span[0], total + sub_span[1])
         else:
             path = files[rng.integers(len(files))]
             clip = ch.real_clip(path)
-            if ch.speech_level(clip) < ch.SILENT_LEVEL:  # none among today's files; never a huge gain
+            clip_level = ch.speech_level(clip)
+            if clip_level < ch.SILENT_LEVEL:  # none among today's files; never a huge gain
                 continue
-            piece = clip * (level / ch.speech_level(clip) * 10 ** (rng.uniform(-1, 1) * REAL_LEVEL_DB / 20))
+            piece = clip * (level / clip_level * 10 ** (rng.uniform(-1, 1) * REAL_LEVEL_DB / 20))
             texts = texts + [f"{REAL_MARK}{Path(path).name}]"]
         parts += [piece, gap(rng)]
         total += piece.size + parts[-1].size
-    return np.concatenate(parts), span if sub_span is not None else None, texts
+    return np.concatenate(parts), span, texts
 
 
 def make_call(cfg: SynthConfig, index: int) -> tuple[bytes, dict]:

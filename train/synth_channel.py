@@ -138,8 +138,8 @@ def real_clip(path: str) -> np.ndarray:
     x = _clip(path)
     n = x.size // FRAME
     energy = (x[:n * FRAME].reshape(n, FRAME) ** 2).mean(axis=1)
-    loud = np.flatnonzero(energy > energy.max(initial=0.0) * 1e-4) if n else np.zeros(0, dtype=int)
-    if loud.size == 0 or energy.max() == 0.0:
+    loud = np.flatnonzero(energy > energy.max(initial=0.0) * 1e-4)  # none when silent or shorter than a frame
+    if loud.size == 0:
         return x
     return x[loud[0] * FRAME:(loud[-1] + 1) * FRAME]
 
