@@ -250,3 +250,23 @@ def test_a_corpus_is_its_manifest_when_a_stopped_run_left_more_audio(tmp_path):
 def test_folds_table_groups_positives_by_the_words_around_the_target(phrase, target, around):
     from kws_train.folds_table import target_word, words_around
     assert (target_word({"phrase": phrase}), words_around({"phrase": phrase})) == (target, around)
+
+
+def test_verifier_sees_the_daemons_windows_and_their_half_hop_neighbours(run, corpus):
+    """Of the windows scored every half hop, the even ones are the daemon's (hop 1 s) with
+    the same probabilities, and each is paired with the better of the windows beside it."""
+    from kws_train.export import load_checkpoint
+    from kws_train.fit import window_scores
+    from kws_train.verifier import neighbours, verified
+    model, _ = load_checkpoint(str(run / "ckpt.pt"))
+    c = data.load_corpus(corpus)
+    half, whole = window_scores(model, c, 0.5), window_scores(model, c, 1.0)
+    for (s, p), (s1, p1), (sv, pv) in zip(half, whole, verified(half, "window", 0.0)):
+        assert np.array_equal(sv, s1) and np.array_equal(s[0::2], s1)
+        assert np.allclose(pv, p1, atol=1e-6)
+    starts, e, n = neighbours(np.arange(5) * 8000, np.array([0.1, 0.9, 0.2, 0.3, 0.6]))
+    assert starts.tolist() == [0, 16000, 32000] and e.tolist() == [0.1, 0.2, 0.6]
+    assert n.tolist() == [0.9, 0.9, 0.3]
+    (_, mean), = verified([(np.arange(5) * 8000, np.array([0.1, 0.9, 0.2, 0.3, 0.6]))],
+                          "mean with its better neighbour", 0.5)
+    assert np.allclose(mean, [0.1, 0.2, 0.45])  # only the window at or above 0.5 is re-scored

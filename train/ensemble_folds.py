@@ -14,8 +14,10 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from .data import Corpus
 from .export import ensemble_front_end, load_checkpoints
 from .fit import window_scores
 from .folds import fold_of, load_all, report_entry, subset, val_rows
@@ -30,26 +32,45 @@ def fold_model(runs: list[str], k: int):
     return model
 
 
+@dataclass
+class HeldOut:
+    """The validation sets every fold is cut from: calls, negative streams, extra corpora."""
+    calls: Corpus
+    negatives: Corpus
+    extras: list[tuple[str, Corpus]]
+    metas: dict
+
+    @classmethod
+    def load(cls, data: list[str], negatives: list[str], extra_val: list[str], cache: str, fe) -> "HeldOut":
+        calls, metas = load_all(data, cache, 2, fe)
+        streams, more = load_all(negatives, cache, 2, fe)
+        metas.update(more)
+        extras = []
+        for root in extra_val:
+            corpus, more = load_all([root], cache, 2, fe)
+            metas.update(more)
+            extras.append((Path(root).name, corpus))
+        return cls(calls, streams, extras, metas)
+
+    def fold(self, k: int) -> tuple[Corpus, Corpus, list[tuple[str, Corpus]], float]:
+        """Fold k's held-out calls, negative streams, extra corpora, and the streams' hours."""
+        held = lambda uid: fold_of(self.metas[uid]) == k  # noqa: E731
+        neg = subset(self.negatives, held)
+        hours = sum(self.metas[f.stem]["seconds"] for f in neg.files) / 3600
+        return subset(self.calls, held), neg, [(name, subset(c, held)) for name, c in self.extras], hours
+
+
 def ensemble(runs: list[str], data: list[str], negatives: list[str], extra_val: list[str], cache: str, out: str,
              hops: list[float], folds: list[int]) -> dict:
     archs = [json.loads(Path(run, "folds.json").read_text())["fit"]["arch"] for run in runs]
     fe = ensemble_front_end(archs)  # emb-tune with heads on embeddings: rows
-    allcalls, metas = load_all(data, cache, 2, fe)
-    neg_corpus, more = load_all(negatives, cache, 2, fe)
-    metas.update(more)
-    extras = []
-    for root in extra_val:
-        corpus, more = load_all([root], cache, 2, fe)
-        metas.update(more)
-        extras.append((Path(root).name, corpus))
-    report: dict = {"runs": runs, "archs": sorted(set(archs)), "front_end": fe.name, "folds": {}, "data": data,
-                    "negatives": negatives}
-    pooled = {h: {"rows": [], "neg": [], "hours": 0.0, **{name: [] for name, _ in extras}} for h in hops}
+    sets = HeldOut.load(data, negatives, extra_val, cache, fe)
+    metas = sets.metas
+    report: dict = {"runs": runs, "archs": sorted(set(archs)), "front_end": sets.calls.front_end.name, "folds": {},
+                    "data": data, "negatives": negatives}
+    pooled = {h: {"rows": [], "neg": [], "hours": 0.0, **{name: [] for name, _ in sets.extras}} for h in hops}
     for k in folds:
-        held = lambda uid, k=k: fold_of(metas[uid]) == k  # noqa: E731
-        val, neg = subset(allcalls, held), subset(neg_corpus, held)
-        evs = [(name, subset(c, held)) for name, c in extras]
-        hours = sum(metas[f.stem]["seconds"] for f in neg.files) / 3600
+        val, neg, evs, hours = sets.fold(k)
         model = fold_model(runs, k)
         entry_k: dict = {"voices": list(FOLDS[k]), "negative_hours": round(hours, 3)}
         for h in hops:
@@ -66,7 +87,8 @@ def ensemble(runs: list[str], data: list[str], negatives: list[str], extra_val: 
         log.info("fold %d: %s", k, json.dumps({h: {x: entry_k[f"hop_{h}"].get(x) for x in ("auc", "at_0.5_fa_per_hour")}
                                               for h in hops}))
     for h, p in pooled.items():
-        report[f"pooled_hop_{h}"] = report_entry(p["rows"], p["neg"], p["hours"], {name: p[name] for name, _ in extras})
+        report[f"pooled_hop_{h}"] = report_entry(p["rows"], p["neg"], p["hours"],
+                                                 {name: p[name] for name, _ in sets.extras})
     Path(out).mkdir(parents=True, exist_ok=True)
     Path(out, "folds.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     return report
