@@ -252,21 +252,32 @@ def test_folds_table_groups_positives_by_the_words_around_the_target(phrase, tar
     assert (target_word({"phrase": phrase}), words_around({"phrase": phrase})) == (target, around)
 
 
-def test_verifier_sees_the_daemons_windows_and_their_half_hop_neighbours(run, corpus):
-    """Of the windows scored every half hop, the even ones are the daemon's (hop 1 s) with
-    the same probabilities, and each is paired with the better of the windows beside it."""
+
+def test_verifier_pairs_each_daemon_window_with_its_better_half_hop_neighbour():
+    from kws_train.verifier import neighbours, verified
+    rng = np.random.default_rng(5)
+    for n in range(1, 8):  # one window, and odd and even counts
+        starts, probs = np.arange(n) * (frontend.SAMPLE_RATE // 2), rng.random(n)
+        s, e, best = neighbours(starts, probs)
+        assert np.array_equal(s, starts[0::2]) and np.array_equal(e, probs[0::2])
+        expect = [max(probs[i - 1] if i > 0 else 0.0, probs[i + 1] if i + 1 < n else 0.0) for i in range(0, n, 2)]
+        assert np.array_equal(best, expect)
+        (gs, gp), = verified([(starts, probs)], "half-hop grid", 0.5)
+        assert gs is starts and gp is probs
+    stream = (np.arange(5) * (frontend.SAMPLE_RATE // 2), np.array([0.1, 0.9, 0.5, 0.3, 0.6]))
+    (_, mean), = verified([stream], "mean with its better neighbour", 0.5)
+    (_, least), = verified([stream], "min with its better neighbour", 0.5)
+    assert np.allclose(mean, [0.0, 0.7, 0.45]) and np.allclose(least, [0.0, 0.5, 0.3])  # 0.1 < low: dropped
+
+
+def test_verifier_sees_the_daemons_windows(run, corpus):
+    """Of the windows scored every half hop, the even ones are the daemon's (hop 1 s), with
+    the same probabilities."""
     from kws_train.export import load_checkpoint
     from kws_train.fit import window_scores
-    from kws_train.verifier import neighbours, verified
+    from kws_train.verifier import verified
     model, _ = load_checkpoint(str(run / "ckpt.pt"))
     c = data.load_corpus(corpus)
     half, whole = window_scores(model, c, 0.5), window_scores(model, c, 1.0)
-    for (s, p), (s1, p1), (sv, pv) in zip(half, whole, verified(half, "window", 0.0)):
-        assert np.array_equal(sv, s1) and np.array_equal(s[0::2], s1)
-        assert np.allclose(pv, p1, atol=1e-6)
-    starts, e, n = neighbours(np.arange(5) * 8000, np.array([0.1, 0.9, 0.2, 0.3, 0.6]))
-    assert starts.tolist() == [0, 16000, 32000] and e.tolist() == [0.1, 0.2, 0.6]
-    assert n.tolist() == [0.9, 0.9, 0.3]
-    (_, mean), = verified([(np.arange(5) * 8000, np.array([0.1, 0.9, 0.2, 0.3, 0.6]))],
-                          "mean with its better neighbour", 0.5)
-    assert np.allclose(mean, [0.1, 0.2, 0.45])  # only the window at or above 0.5 is re-scored
+    for (s1, p1), (sv, pv) in zip(whole, verified(half, "window", 0.0)):
+        assert np.array_equal(sv, s1) and np.allclose(pv, p1, atol=1e-6)

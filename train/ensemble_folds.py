@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from kws_stream.frontends import FrontEnd
+
 from .data import Corpus
 from .export import ensemble_front_end, load_checkpoints
 from .fit import window_scores
@@ -26,13 +28,18 @@ from .synth_tts import FOLDS
 log = logging.getLogger(__name__)
 
 
+def runs_front_end(runs: list[str]) -> type[FrontEnd]:
+    """The front end the runs' models read together (emb-tune with heads on embeddings: rows)."""
+    return ensemble_front_end([json.loads(Path(run, "folds.json").read_text())["fit"]["arch"] for run in runs])
+
+
 def fold_model(runs: list[str], k: int):
     """The runs' fold-k models as one: the mean of their probabilities (as export writes it)."""
     model, _ = load_checkpoints([str(Path(run) / f"fold{k}" / "ckpt.pt") for run in runs])
     return model
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeldOut:
     """The validation sets every fold is cut from: calls, negative streams, extra corpora."""
     calls: Corpus
@@ -41,7 +48,8 @@ class HeldOut:
     metas: dict
 
     @classmethod
-    def load(cls, data: list[str], negatives: list[str], extra_val: list[str], cache: str, fe) -> "HeldOut":
+    def load(cls, data: list[str], negatives: list[str], extra_val: list[str], cache: str,
+             fe: type[FrontEnd]) -> "HeldOut":
         calls, metas = load_all(data, cache, 2, fe)
         streams, more = load_all(negatives, cache, 2, fe)
         metas.update(more)
@@ -63,10 +71,10 @@ class HeldOut:
 def ensemble(runs: list[str], data: list[str], negatives: list[str], extra_val: list[str], cache: str, out: str,
              hops: list[float], folds: list[int]) -> dict:
     archs = [json.loads(Path(run, "folds.json").read_text())["fit"]["arch"] for run in runs]
-    fe = ensemble_front_end(archs)  # emb-tune with heads on embeddings: rows
+    fe = runs_front_end(runs)
     sets = HeldOut.load(data, negatives, extra_val, cache, fe)
     metas = sets.metas
-    report: dict = {"runs": runs, "archs": sorted(set(archs)), "front_end": sets.calls.front_end.name, "folds": {},
+    report: dict = {"runs": runs, "archs": sorted(set(archs)), "front_end": fe.name, "folds": {},
                     "data": data, "negatives": negatives}
     pooled = {h: {"rows": [], "neg": [], "hours": 0.0, **{name: [] for name, _ in sets.extras}} for h in hops}
     for k in folds:

@@ -1,9 +1,9 @@
 """A second stage over half-hop neighbours: what re-scoring the candidate windows would buy.
 
-The daemon scores a window every second. A verifier takes each window that scores at
-least `--low`, also scores the windows half a hop before and after it (the one after is
-complete half a second later, so a candidate's event would come up to 0.5 s later), and
-decides on a combination of the three. Measured without building it, on the
+The daemon scores a window every second. A verifier drops each window that scores below
+`--low`, and re-scores the others from their own probability and the better of the windows
+half a hop before and after (the one after is complete half a second later, so a
+candidate's event would come up to 0.5 s later). Measured without building it, on the
 leave-voices-out folds: every fold's ensemble scores its held-out calls and negative
 streams every half hop, and each rule is reported as `kws-train folds` reports (its own
 threshold for each false-accept rate, pooled over the folds):
@@ -22,47 +22,62 @@ from pathlib import Path
 
 import numpy as np
 
-from .ensemble_folds import HeldOut, fold_model
-from .export import ensemble_front_end
+from .ensemble_folds import HeldOut, fold_model, runs_front_end
 from .fit import window_scores
-from .folds import report_entry, val_rows
+from .folds import FA_RATES, report_entry, val_rows
 
 log = logging.getLogger(__name__)
-
-# Combinations of a window's probability e with its better half-hop neighbour n = max(before, after).
-RULES = {
-    "window": lambda e, n: e,  # the daemon as it is
-    "half-hop grid": None,  # every window of the 0.5 s grid, as if the daemon scored every half hop
-    "mean with its better neighbour": lambda e, n: (e + n) / 2,
-    "min with its better neighbour": np.minimum,
-}
 
 
 def neighbours(starts: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """From a stream's windows every half hop: the daemon's windows (the even ones), their
-    probabilities, and the better of each one's two half-hop neighbours (0 past the ends)."""
+    probabilities, and the better of each one's two half-hop neighbours (0 past the ends).
+    The odd windows sit on the front end's frame grid, so a neighbour is about, not exactly,
+    half a hop away (embedding rows: 0.52 s before, 0.48 s after)."""
     odd = np.concatenate([[0.0], probs[1::2], [0.0]])
     even = probs[0::2]
     return starts[0::2], even, np.maximum(odd[:even.size], odd[1:even.size + 1])
 
 
-def verified(windows: list[tuple[np.ndarray, np.ndarray]], rule: str, low: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The windows the daemon would report under `rule`, re-scored only where e >= low."""
-    if RULES[rule] is None:
-        return windows
-    out = []
-    for starts, probs in windows:
+def _window(starts: np.ndarray, probs: np.ndarray, low: float) -> tuple[np.ndarray, np.ndarray]:
+    return starts[0::2], probs[0::2]
+
+
+def _half_hop_grid(starts: np.ndarray, probs: np.ndarray, low: float) -> tuple[np.ndarray, np.ndarray]:
+    return starts, probs
+
+
+def _verifier(combine):
+    """A cascade: a daemon window below `low` is dropped (scored 0); one at or above it is
+    re-scored as combine(its probability, its better neighbour's)."""
+    def rule(starts: np.ndarray, probs: np.ndarray, low: float) -> tuple[np.ndarray, np.ndarray]:
         s, e, n = neighbours(starts, probs)
-        out.append((s, np.where(e >= low, RULES[rule](e, n), e)))
-    return out
+        return s, np.where(e >= low, combine(e, n), 0.0)
+    rule.gated = True
+    return rule
+
+
+# Each rule turns a stream's windows every half hop into the windows that would be reported.
+RULES = {
+    "window": _window,  # the daemon as it is, every hop
+    "half-hop grid": _half_hop_grid,  # as if the daemon scored every half hop
+    "mean with its better neighbour": _verifier(lambda e, n: (e + n) / 2),
+    "min with its better neighbour": _verifier(np.minimum),
+}
+GATED = {name for name, rule in RULES.items() if getattr(rule, "gated", False)}  # scores below `low` are 0
+
+
+def verified(windows: list[tuple[np.ndarray, np.ndarray]], rule: str, low: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [RULES[rule](starts, probs, low) for starts, probs in windows]
 
 
 def measure(runs: list[str], data: list[str], negatives: list[str], extra_val: list[str], cache: str,
             low: float, folds: list[int]) -> dict:
-    archs = [json.loads(Path(run, "folds.json").read_text())["fit"]["arch"] for run in runs]
-    sets = HeldOut.load(data, negatives, extra_val, cache, ensemble_front_end(archs))
+    fe = runs_front_end(runs)
+    sets = HeldOut.load(data, negatives, extra_val, cache, fe)
     pooled = {r: {"rows": [], "neg": [], "hours": 0.0, **{name: [] for name, _ in sets.extras}} for r in RULES}
-    report: dict = {"runs": runs, "low": low, "folds": {}}
+    report: dict = {"runs": runs, "data": data, "negatives": negatives, "extra_val": extra_val,
+                    "front_end": fe.name, "low": low, "folds": {}}
     for k in folds:
         val, neg, evs, hours = sets.fold(k)
         model = fold_model(runs, k)
@@ -71,25 +86,41 @@ def measure(runs: list[str], data: list[str], negatives: list[str], extra_val: l
         for rule, p in pooled.items():
             vw, nw, *ews = (verified(w, rule, low) for w in half)
             rows = val_rows(val, sets.metas, vw)
-            report["folds"][k][rule] = report_entry(rows, [nw], hours)
+            extra_rows = {name: val_rows(ev, sets.metas, ew) for (name, ev), ew in zip(evs, ews)}
+            report["folds"][k][rule] = report_entry(rows, [nw], hours, extra_rows)
             p["rows"] += rows
             p["neg"].append(nw)
             p["hours"] += hours
-            for (name, ev), ew in zip(evs, ews):
-                p[name] += val_rows(ev, sets.metas, ew)
+            for name, erows in extra_rows.items():
+                p[name] += erows
         log.info("fold %d: %s", k, {r: e["at_0.5_fa_per_hour"]["frr"] for r, e in report["folds"][k].items()})
     report["pooled"] = {r: report_entry(p["rows"], p["neg"], p["hours"], {name: p[name] for name, _ in sets.extras})
                         for r, p in pooled.items()}
     return report
 
 
+def _found(entry: dict, name: str) -> str:
+    groups = entry[f"{name}_recall_by_context"].values()
+    fired, n = sum(g["fired"] for g in groups), sum(g["n"] for g in groups)
+    return f"{fired} of {n} ({fired / max(n, 1):.3f})"
+
+
 def table(report: dict) -> str:
-    rates = (0.1, 0.5, 1.0, 5.0)
-    lines = ["| rule | AUC | " + " | ".join(f"FRR @ {r} FA/h" for r in rates) + " | threshold @ 0.5 |",
-             "|---|---|" + "---|" * len(rates) + "---|"]
+    """The pooled results as a Markdown table. A gated rule's AUC, and its FRR at a
+    threshold below `low`, would measure the first stage, not the rule: left out."""
+    extras = [Path(root).name for root in report["extra_val"]]
+    lines = ["| rule | AUC | " + " | ".join(f"FRR @ {r} FA/h" for r in FA_RATES) + " | threshold @ 0.5 | "
+             + "".join(f"found in {name} | " for name in extras) + "confusables flagged |",
+             "|---|---|" + "---|" * (len(FA_RATES) + len(extras) + 2)]
     for rule, e in report["pooled"].items():
-        frr = [f"{e[f'at_{r}_fa_per_hour']['frr']:.3f}" if f"at_{r}_fa_per_hour" in e else "—" for r in rates]
-        lines.append(f"| {rule} | {e['auc']:.4f} | " + " | ".join(frr) + f" | {e['threshold_at_0.5']:.4f} |")
+        frr = []
+        for r in FA_RATES:
+            at = e.get(f"at_{r}_fa_per_hour")
+            shown = at is not None and not (rule in GATED and at["threshold"] < report["low"])
+            frr.append(f"{at['frr']:.3f}" if shown else "—")
+        auc = "—" if rule in GATED else f"{e['auc']:.4f}"  # the gate ties every window below `low` at 0
+        lines.append(f"| {rule} | {auc} | " + " | ".join(frr) + f" | {e['threshold_at_0.5']:.4f} | "
+                     + "".join(f"{_found(e, name)} | " for name in extras) + f"{e['confusables_flagged']:.3f} |")
     return "\n".join(lines)
 
 
@@ -102,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra-val", nargs="*", default=[], metavar="DIR")
     ap.add_argument("--cache", required=True, metavar="DIR")
     ap.add_argument("--out", required=True, metavar="DIR")
-    ap.add_argument("--low", type=float, default=0.5, help="the first stage's threshold: windows below it keep their score")
+    ap.add_argument("--low", type=float, default=0.3, help="the first stage's threshold: the verifiers drop windows below it")
     ap.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
     args = ap.parse_args(argv)
     report = measure(args.runs, args.data, args.negatives, args.extra_val, args.cache, args.low, args.folds)
