@@ -254,17 +254,18 @@ def test_folds_table_groups_positives_by_the_words_around_the_target(phrase, tar
 
 
 def test_verifier_pairs_each_daemon_window_with_its_better_half_hop_neighbour():
+    from kws_stream.frontends import SAMPLE_RATE
     from kws_train.verifier import neighbours, verified
     rng = np.random.default_rng(5)
     for n in range(1, 8):  # one window, and odd and even counts
-        starts, probs = np.arange(n) * (frontend.SAMPLE_RATE // 2), rng.random(n)
+        starts, probs = np.arange(n) * (SAMPLE_RATE // 2), rng.random(n)
         s, e, best = neighbours(starts, probs)
         assert np.array_equal(s, starts[0::2]) and np.array_equal(e, probs[0::2])
         expect = [max(probs[i - 1] if i > 0 else 0.0, probs[i + 1] if i + 1 < n else 0.0) for i in range(0, n, 2)]
         assert np.array_equal(best, expect)
         (gs, gp), = verified([(starts, probs)], "half-hop grid", 0.5)
         assert gs is starts and gp is probs
-    stream = (np.arange(5) * (frontend.SAMPLE_RATE // 2), np.array([0.1, 0.9, 0.5, 0.3, 0.6]))
+    stream = (np.arange(5) * (SAMPLE_RATE // 2), np.array([0.1, 0.9, 0.5, 0.3, 0.6]))
     (_, mean), = verified([stream], "mean with its better neighbour", 0.5)
     (_, least), = verified([stream], "min with its better neighbour", 0.5)
     assert np.allclose(mean, [0.0, 0.7, 0.45]) and np.allclose(least, [0.0, 0.5, 0.3])  # 0.1 < low: dropped
