@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 # PortAudio's "high" latency, a 0.4 s buffer, 5.6% of a core; a 0.6 s buffer 0.13%, with
 # blocks still every 200 ms, none older than 5 ms when delivered). A window is scored once a
 # second, so the block adds little delay against it. A deeper buffer polls less but hands the
-# blocks over in bursts, 200 ms late with 1.2 s (benchmarks/bench_device_buffer.py).
+# blocks over in bursts, at least 200 ms late with 1.2 s (benchmarks/bench_device_buffer.py).
 BLOCK_SECONDS = 0.2
 BUFFER_SECONDS = 3 * BLOCK_SECONDS
 QUEUE_BLOCKS = 50  # 10 s of audio may wait for the worker before blocks are dropped
