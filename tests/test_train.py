@@ -252,7 +252,6 @@ def test_folds_table_groups_positives_by_the_words_around_the_target(phrase, tar
     assert (target_word({"phrase": phrase}), words_around({"phrase": phrase})) == (target, around)
 
 
-
 def test_verifier_pairs_each_daemon_window_with_its_better_half_hop_neighbour():
     from kws_stream.frontends import SAMPLE_RATE
     from kws_train.verifier import neighbours, verified

@@ -28,9 +28,14 @@ from .synth_tts import FOLDS
 log = logging.getLogger(__name__)
 
 
+def run_archs(runs: list[str]) -> list[str]:
+    """Each `kws-train folds` run's architecture, from its report."""
+    return [json.loads(Path(run, "folds.json").read_text())["fit"]["arch"] for run in runs]
+
+
 def runs_front_end(runs: list[str]) -> type[FrontEnd]:
     """The front end the runs' models read together (emb-tune with heads on embeddings: rows)."""
-    return ensemble_front_end([json.loads(Path(run, "folds.json").read_text())["fit"]["arch"] for run in runs])
+    return ensemble_front_end(run_archs(runs))
 
 
 def fold_model(runs: list[str], k: int):
@@ -70,8 +75,8 @@ class HeldOut:
 
 def ensemble(runs: list[str], data: list[str], negatives: list[str], extra_val: list[str], cache: str, out: str,
              hops: list[float], folds: list[int]) -> dict:
-    archs = [json.loads(Path(run, "folds.json").read_text())["fit"]["arch"] for run in runs]
-    fe = runs_front_end(runs)
+    archs = run_archs(runs)
+    fe = ensemble_front_end(archs)
     sets = HeldOut.load(data, negatives, extra_val, cache, fe)
     metas = sets.metas
     report: dict = {"runs": runs, "archs": sorted(set(archs)), "front_end": fe.name, "folds": {},
