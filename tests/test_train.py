@@ -60,6 +60,38 @@ def test_mined_negative_windows_never_hear_the_phrase(corpus):
                 assert s + fe.window_frames + fe.reach <= phrase[0] or s >= phrase[1]
 
 
+def test_a_verifiers_candidates_are_the_windows_its_first_stage_passes(corpus):
+    import torch
+    from kws_train.fit import candidates
+
+    class FirstFeature(torch.nn.Module):  # a first stage whose logit is a window's first feature
+        def forward(self, x):
+            return x[:, 0]
+
+    c = data.load_corpus(corpus)
+    pool = data.negative_pool(c)
+    logits = np.array([data.window_of(c, i, s)[0] for i, s in pool])
+    low = 1 / (1 + np.exp(-np.median(logits)))  # about half the pool passes
+    picked = candidates(FirstFeature(), c, pool, low, len(pool))
+    passing = {tuple(w) for w, z in zip(pool.tolist(), logits) if z >= np.median(logits) - 1e-6}
+    assert 0 < len(picked) and {tuple(w) for w in picked.tolist()} <= passing
+    assert len(passing) - len(picked) <= 1  # float32 rounding at the boundary, at most
+    top = candidates(FirstFeature(), c, pool, low, 3)  # capped: the three it scores highest
+    assert np.array_equal(top, picked[:3])
+    assert np.allclose(sorted(logits, reverse=True)[:3], [data.window_of(c, i, s)[0] for i, s in top])
+
+
+def test_a_verifier_trains_on_its_candidates_every_epoch(run, corpus, tmp_path):
+    kws_train("fit", "--data", corpus, "--arch", "cnn", "--out", tmp_path, "--epochs", "2", "--threads", "1",
+              "--init", run / "ckpt.pt", "--candidate-low", "0.01")
+    history = json.loads((tmp_path / "metrics.json").read_text())
+    assert all(h["mined"]["candidates"] > 0 and "windows" not in h["mined"] for h in history)
+    r = subprocess.run([sys.executable, "-m", "kws_train.cli", "fit", "--data", str(corpus), "--arch", "cnn", "--out",
+                        str(tmp_path / "x"), "--epochs", "1", "--candidate-low", "0.3"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "kws-train fit: a verifier (--candidate-low) needs --init: its first stage"]
+
+
 def test_seed_dnn_trains_with_the_seed_recipe(corpus, tmp_path):
     kws_train("fit", "--data", corpus, "--arch", "dnn", "--recipe", "seed", "--out", tmp_path, "--epochs", "1",
               "--threads", "1")
@@ -262,12 +294,16 @@ def test_verifier_pairs_each_daemon_window_with_its_better_half_hop_neighbour():
         assert np.array_equal(s, starts[0::2]) and np.array_equal(e, probs[0::2])
         expect = [max(probs[i - 1] if i > 0 else 0.0, probs[i + 1] if i + 1 < n else 0.0) for i in range(0, n, 2)]
         assert np.array_equal(best, expect)
-        (gs, gp), = verified([(starts, probs)], "half-hop grid", 0.5)
+        (gs, gp), = verified([(starts, probs)], None, "half-hop grid", 0.5)
         assert gs is starts and gp is probs
     stream = (np.arange(5) * (SAMPLE_RATE // 2), np.array([0.1, 0.9, 0.5, 0.3, 0.6]))
-    (_, mean), = verified([stream], "mean with its better neighbour", 0.5)
-    (_, least), = verified([stream], "min with its better neighbour", 0.5)
+    (_, mean), = verified([stream], None, "mean with its better neighbour", 0.5)
+    (_, least), = verified([stream], None, "min with its better neighbour", 0.5)
     assert np.allclose(mean, [0.0, 0.7, 0.45]) and np.allclose(least, [0.0, 0.5, 0.3])  # 0.1 < low: dropped
+    second = [(stream[0], np.array([0.9, 0.2, 0.1, 0.8, 0.4]))]  # a second model on the same grid
+    (_, alone), = verified([stream], second, "the second model alone", 0.5)
+    (_, both), = verified([stream], second, "mean with the second model", 0.5)
+    assert np.allclose(alone, [0.0, 0.1, 0.4]) and np.allclose(both, [0.0, 0.3, 0.5])  # gated by the first
 
 
 def test_verifier_sees_the_daemons_windows(run, corpus):
@@ -279,5 +315,5 @@ def test_verifier_sees_the_daemons_windows(run, corpus):
     model, _ = load_checkpoint(str(run / "ckpt.pt"))
     c = data.load_corpus(corpus)
     half, whole = window_scores(model, c, 0.5), window_scores(model, c, 1.0)
-    for (s1, p1), (sv, pv) in zip(whole, verified(half, "window", 0.0)):
+    for (s1, p1), (sv, pv) in zip(whole, verified(half, None, "window", 0.0)):
         assert np.array_equal(sv, s1) and np.allclose(pv, p1, atol=1e-6)

@@ -72,6 +72,9 @@ def _fit_parser(sub) -> None:
                         "windows are left out)")
     p.add_argument("--init", metavar="RUN/ckpt.pt",
                    help="start from this checkpoint (emb-tune: an emb-deep one, for its head)")
+    p.add_argument("--candidate-low", type=float, metavar="P",
+                   help="train a verifier: every epoch also holds the target-free windows the --init model "
+                        "scores at or above P (at most a quarter of the epoch's windows, the highest first)")
 
 
 def _folds_parser(sub) -> None:
@@ -108,6 +111,9 @@ def _folds_parser(sub) -> None:
     p.add_argument("--min-cover", type=float, default=0.9, metavar="SHARE")
     p.add_argument("--init", metavar="RUN",
                    help="start fold k from RUN/foldk/ckpt.pt (a `kws-train folds` run; emb-tune: of emb-deep)")
+    p.add_argument("--candidate-low", type=float, metavar="P",
+                   help="train verifiers: fold k's epochs also hold the target-free windows RUN/foldk scores "
+                        "at or above P (measure the cascade with python -m kws_train.verifier --stage2)")
 
 
 def _eval_parser(sub) -> None:

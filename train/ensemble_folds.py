@@ -22,7 +22,7 @@ from kws_stream.frontends import FrontEnd
 from .data import Corpus
 from .export import ensemble_front_end, load_checkpoints
 from .fit import window_scores
-from .folds import fold_of, load_all, report_entry, subset, val_rows
+from .folds import Pooled, fold_of, load_all, report_entry, subset, val_rows
 from .synth_tts import FOLDS
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def ensemble(runs: list[str], data: list[str], negatives: list[str], extra_val: 
     metas = sets.metas
     report: dict = {"runs": runs, "archs": sorted(set(archs)), "front_end": fe.name, "folds": {},
                     "data": data, "negatives": negatives}
-    pooled = {h: {"rows": [], "neg": [], "hours": 0.0, **{name: [] for name, _ in sets.extras}} for h in hops}
+    pooled = {h: Pooled() for h in hops}
     for k in folds:
         val, neg, evs, hours = sets.fold(k)
         model = fold_model(runs, k)
@@ -90,18 +90,12 @@ def ensemble(runs: list[str], data: list[str], negatives: list[str], extra_val: 
             vw, nw = window_scores(model, val, h), window_scores(model, neg, h)
             rows = val_rows(val, metas, vw)
             entry_k[f"hop_{h}"] = report_entry(rows, [nw], hours)
-            p = pooled[h]
-            p["rows"] += rows
-            p["neg"].append(nw)
-            p["hours"] += hours
-            for name, ev in evs:
-                p[name] += val_rows(ev, metas, window_scores(model, ev, h))
+            pooled[h].add(rows, nw, hours, {name: val_rows(ev, metas, window_scores(model, ev, h)) for name, ev in evs})
         report["folds"][k] = entry_k
         log.info("fold %d: %s", k, json.dumps({h: {x: entry_k[f"hop_{h}"].get(x) for x in ("auc", "at_0.5_fa_per_hour")}
                                               for h in hops}))
     for h, p in pooled.items():
-        report[f"pooled_hop_{h}"] = report_entry(p["rows"], p["neg"], p["hours"],
-                                                 {name: p[name] for name, _ in sets.extras})
+        report[f"pooled_hop_{h}"] = p.entry()
     Path(out).mkdir(parents=True, exist_ok=True)
     Path(out, "folds.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     return report

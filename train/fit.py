@@ -46,6 +46,14 @@ class FitConfig:
     negative_weight: float = 1.0  # target-free windows' loss weight, ramped linearly from 1 to this by the last epoch
     min_cover: float = 0.9  # a training window is positive when it holds this share of the phrase
     init: str | None = None  # start from this checkpoint (emb-tune: an emb-deep head's, its tail the packaged network)
+    candidate_low: float | None = None  # a verifier: every target-free window the init model scores at or above this
+    candidate_share: float = 0.25  # join every epoch, at most this share of the epoch's windows (the highest first)
+
+    def __post_init__(self):
+        if self.candidate_low is not None and not self.init:
+            raise ValueError("a verifier (--candidate-low) needs --init: its first stage")
+        if self.candidate_low is not None and not 0.0 < self.candidate_low < 1.0:
+            raise ValueError(f"--candidate-low {self.candidate_low:g}: a probability between 0 and 1, exclusive")
 
 
 def window_scores(model: nn.Module | KwsModel, corpus: Corpus, hop_seconds: float = 1.0,
@@ -82,18 +90,32 @@ def file_scores(model: nn.Module, corpus: Corpus) -> np.ndarray:
     return np.array([p.max(initial=0.0) for _, p in window_scores(model, corpus)])
 
 
-def hardest_negatives(model: nn.Module, corpus, pool: np.ndarray, k: int, batch: int = 2048):
-    """Features of the k target-free windows the model scores highest, and the pool's
-    highest score: hard-negative mining over every negative window of the corpus."""
+def pool_logits(model: nn.Module, corpus, pool: np.ndarray, batch: int = 2048) -> np.ndarray:
+    """The model's logit for every (file, start) window of the pool."""
     scores = np.empty(len(pool), dtype=np.float32)
     model.eval()
     with torch.no_grad():
         for a in range(0, len(pool), batch):
             x = np.stack([window_of(corpus, i, s) for i, s in pool[a:a + batch]])
             scores[a:a + batch] = model(torch.from_numpy(x)).numpy()
+    return scores
+
+
+def hardest_negatives(model: nn.Module, corpus, pool: np.ndarray, k: int):
+    """Features of the k target-free windows the model scores highest, and the pool's
+    highest score: hard-negative mining over every negative window of the corpus."""
+    scores = pool_logits(model, corpus, pool)
     top = np.argsort(scores)[-k:]
     x = np.stack([window_of(corpus, i, s) for i, s in pool[top]])
     return x, float(scores[top[-1]])
+
+
+def candidates(model: nn.Module, corpus, pool: np.ndarray, low: float, k: int) -> np.ndarray:
+    """The pool's windows a first stage passes (probability >= low), at most the k it
+    scores highest: the target-free windows a verifier is trained to reject."""
+    scores = pool_logits(model, corpus, pool)
+    passed = np.flatnonzero(scores >= np.log(low / (1 - low)))
+    return pool[passed[np.argsort(scores[passed])[::-1][:k]]]
 
 
 def best_on_grid(labels: np.ndarray, scores: np.ndarray) -> dict:
@@ -129,7 +151,14 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
     pos_weight = torch.tensor([(labels == 0).sum() / max((labels == 1).sum(), 1)], dtype=torch.float32)
     log.info("train: %d files (%d positive); model %s, %d parameters", len(labels), labels.sum(), cfg.arch,
              parameter_count(model))
-    pool = negative_pool(train) if cfg.hard_negatives > 0 else None
+    pool = negative_pool(train) if cfg.hard_negatives > 0 or cfg.candidate_low is not None else None
+    fixed = None  # a verifier's: the windows its first stage (the init model) passes, in every epoch
+    if cfg.candidate_low is not None:
+        most = int(cfg.candidate_share * recipe.windows_per_file * len(train.files))  # about an epoch's windows
+        picked = candidates(model, train, pool, cfg.candidate_low, most)
+        fixed = np.stack([window_of(train, i, s) for i, s in picked]) if len(picked) else None
+        log.info("verifier: %d of %d target-free windows pass %.2f", len(picked), len(pool), cfg.candidate_low)
+        pool = None if cfg.hard_negatives <= 0 else pool
     history = []
     for epoch in range(1, cfg.epochs + 1):
         began = time.time()
@@ -137,8 +166,12 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
         hard, n_drawn, mined = None, len(y), None
         if pool is not None and epoch > 1:  # kept apart from x: no copy of the epoch's windows
             hard, top = hardest_negatives(model, train, pool, int(cfg.hard_negatives * len(y)))
-            y = np.concatenate([y, np.zeros(len(hard), dtype=np.float32)])
             mined = {"windows": len(hard), "pool": len(pool), "top_logit": round(top, 2)}
+        if fixed is not None:
+            hard = fixed if hard is None else np.concatenate([fixed, hard])
+            mined = {**(mined or {}), "candidates": len(fixed)}
+        if hard is not None:
+            y = np.concatenate([y, np.zeros(len(hard), dtype=np.float32)])
         if cfg.recipe != "seed":  # window labels: weight positives to balance windows
             pos_weight = torch.tensor([(y == 0).sum() / max((y == 1).sum(), 1)], dtype=torch.float32)
         neg_weight = negative_weight(cfg, epoch)
@@ -216,9 +249,14 @@ def save(cfg: FitConfig, model: nn.Module, history: list[dict], train) -> Path:
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    cfg = FitConfig(data=tuple(args.data), exclude_engine=args.exclude_engine, out=args.out, val=args.val,
-                    arch=args.arch, recipe=args.recipe, epochs=args.epochs, batch=args.batch, lr=args.lr,
-                    seed=args.seed, threads=args.threads, cache=args.cache, hard_negatives=args.hard_negatives,
-                    negative_weight=args.negative_weight, min_cover=args.min_cover, init=args.init)
-    fit(cfg)
+    try:
+        cfg = FitConfig(data=tuple(args.data), exclude_engine=args.exclude_engine, out=args.out, val=args.val,
+                        arch=args.arch, recipe=args.recipe, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                        seed=args.seed, threads=args.threads, cache=args.cache, hard_negatives=args.hard_negatives,
+                        negative_weight=args.negative_weight, min_cover=args.min_cover, init=args.init,
+                        candidate_low=args.candidate_low)
+        fit(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"kws-train fit: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -20,7 +20,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +139,26 @@ def report_entry(rows: list[dict], negatives: list[list], hours: float,
     return entry
 
 
+@dataclass
+class Pooled:
+    """The folds added up: validation rows, each fold's negative windows, their hours, and
+    the extra corpora's rows by name; reported with one threshold across the folds."""
+    rows: list[dict] = field(default_factory=list)
+    negatives: list[list] = field(default_factory=list)
+    hours: float = 0.0
+    extras: dict[str, list[dict]] = field(default_factory=dict)
+
+    def add(self, rows: list[dict], negatives: list, hours: float, extras: dict[str, list[dict]] | None = None) -> None:
+        self.rows += rows
+        self.negatives.append(negatives)
+        self.hours += hours
+        for name, extra_rows in (extras or {}).items():
+            self.extras.setdefault(name, []).extend(extra_rows)
+
+    def entry(self) -> dict:
+        return report_entry(self.rows, self.negatives, self.hours, self.extras)
+
+
 def curve(rows: list[dict], negatives: list[list], hours: float) -> dict:
     labels = np.array([r["label"] for r in rows])
     scores = np.array([r["score"] for r in rows])
@@ -206,7 +226,7 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
     report: dict = {"folds": {}, "fit": {k: v for k, v in vars(fit_cfg).items() if k != "data"},
                     "data": list(data), "negatives": negatives, "voices": [list(v) for v in FOLDS],
                     "without": list(without), "archs": list(archs), "train_extra": list(train_extra)}
-    pooled = {(v, h): {"rows": [], "neg": [], "hours": 0.0} for v in variants for h in hops}
+    pooled = {(v, h): Pooled() for v in variants for h in hops}
     dropped = lambda uid: any(WITHOUT[w](metas[uid]) for w in without)  # noqa: E731
     for k in folds:
         held = lambda uid, k=k: fold_of(metas[uid]) == k  # noqa: E731
@@ -244,14 +264,9 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
             if variant == "baseline":
                 fold_report[f"baseline_hop_{h}"] = {**report_entry(rows, [nw], hours), "model": baseline}
                 continue
-            pool = pooled[variant, h]
             extra_rows = {name: val_rows(ev, metas, ew) for (name, ev), ew in zip(evs, ews)}
-            for name, erows in extra_rows.items():
-                pool.setdefault(name, []).extend(erows)
             fold_report[f"{prefix[variant]}hop_{h}"] = report_entry(rows, [nw], hours, extra_rows)
-            pool["rows"] += rows
-            pool["neg"].append(nw)
-            pool["hours"] += hours
+            pooled[variant, h].add(rows, nw, hours, extra_rows)
         report["folds"][k] = fold_report
         log.info("fold %d: %s", k, json.dumps({f"{v} {h}": {x: fold_report[f"{prefix[v]}hop_{h}"].get(x)
                                                              for x in ("auc", "at_0.5_fa_per_hour")}
@@ -259,8 +274,7 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
         Path(out).mkdir(parents=True, exist_ok=True)
         Path(out, "folds.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     for (variant, h), p in pooled.items():
-        report[f"pooled_{prefix[variant]}hop_{h}"] = report_entry(p["rows"], p["neg"], p["hours"],
-                                                                  {name: p[name] for name, _ in extras})
+        report[f"pooled_{prefix[variant]}hop_{h}"] = p.entry()
     Path(out, "folds.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     return report
 
@@ -272,11 +286,11 @@ def _mean_windows(per_model: list[list[tuple[np.ndarray, np.ndarray]]]) -> list[
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    cfg = FitConfig(data=tuple(args.data), out=args.out, arch=args.arch, epochs=args.epochs, batch=args.batch,
-                    lr=args.lr, seed=args.seed, threads=args.threads, cache=args.cache,
-                    hard_negatives=args.hard_negatives, negative_weight=args.negative_weight,
-                    min_cover=args.min_cover, init=args.init)
     try:
+        cfg = FitConfig(data=tuple(args.data), out=args.out, arch=args.arch, epochs=args.epochs, batch=args.batch,
+                        lr=args.lr, seed=args.seed, threads=args.threads, cache=args.cache,
+                        hard_negatives=args.hard_negatives, negative_weight=args.negative_weight,
+                        min_cover=args.min_cover, init=args.init, candidate_low=args.candidate_low)
         report = run_folds(args.data, args.negatives, args.out, cfg, args.folds, args.extra_val, tuple(args.hops),
                            tuple(args.without), tuple(args.also_arch), args.baseline, args.train_extra)
     except (ValueError, FileNotFoundError) as e:

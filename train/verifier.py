@@ -1,16 +1,18 @@
-"""A second stage over half-hop neighbours: what re-scoring the candidate windows would buy.
+"""A second stage: what re-scoring the candidate windows would buy.
 
 The daemon scores a window every second. A verifier drops each window that scores below
-`--low`, and re-scores the others from their own probability and the better of the windows
+`--low`, and re-scores the others: from their own probability and the better of the windows
 half a hop before and after (the one after is complete half a second later, so a
-candidate's event would come up to 0.5 s later). Measured without building it, on the
-leave-voices-out folds: every fold's ensemble scores its held-out calls and negative
-streams every half hop, and each rule is reported as `kws-train folds` reports (its own
-threshold for each false-accept rate, pooled over the folds):
+candidate's event would come up to 0.5 s later), or with `--stage2` from a second model
+trained to reject what the first passes (`kws-train folds --candidate-low`). Measured
+without building it, on the leave-voices-out folds: every fold's ensemble scores its
+held-out calls and negative streams every half hop, and each rule is reported as
+`kws-train folds` reports (its own threshold for each false-accept rate, pooled over the
+folds):
 
     python -m kws_train.verifier --runs runs/folds-deep5 runs/folds-tune-lr1e3 runs/folds-tune4-lr1e3 \\
         --data data/folds --negatives data/negatives data/negatives2 --extra-val data/realctx \\
-        --cache runs/cache --out runs/verifier-5-tune46
+        --cache runs/cache --out runs/verifier-5-tune46 [--stage2 runs/folds-verifier4]
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import numpy as np
 
 from .ensemble_folds import HeldOut, fold_model, runs_front_end
 from .fit import window_scores
-from .folds import FA_RATES, report_entry, val_rows
+from .folds import FA_RATES, Pooled, report_entry, val_rows
 
 log = logging.getLogger(__name__)
 
@@ -39,63 +41,83 @@ def neighbours(starts: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.nd
     return starts[0::2], even, np.maximum(odd[:even.size], odd[1:even.size + 1])
 
 
-def _window(starts: np.ndarray, probs: np.ndarray, low: float) -> tuple[np.ndarray, np.ndarray]:
+def _window(starts: np.ndarray, probs: np.ndarray, second: np.ndarray | None, low: float):
     return starts[0::2], probs[0::2]
 
 
-def _half_hop_grid(starts: np.ndarray, probs: np.ndarray, low: float) -> tuple[np.ndarray, np.ndarray]:
+def _half_hop_grid(starts: np.ndarray, probs: np.ndarray, second: np.ndarray | None, low: float):
     return starts, probs
 
 
 def _verifier(combine):
     """A cascade: a daemon window below `low` is dropped (scored 0); one at or above it is
     re-scored as combine(its probability, its better neighbour's)."""
-    def rule(starts: np.ndarray, probs: np.ndarray, low: float) -> tuple[np.ndarray, np.ndarray]:
+    def rule(starts: np.ndarray, probs: np.ndarray, second: np.ndarray | None, low: float):
         s, e, n = neighbours(starts, probs)
         return s, np.where(e >= low, combine(e, n), 0.0)
     rule.gated = True
     return rule
 
 
-# Each rule turns a stream's windows every half hop into the windows that would be reported.
+def _second_stage(combine):
+    """A cascade with a second model: a daemon window below `low` is dropped (scored 0);
+    one at or above it is re-scored as combine(its probability, the second model's)."""
+    def rule(starts: np.ndarray, probs: np.ndarray, second: np.ndarray | None, low: float):
+        e, v = probs[0::2], second[0::2]
+        return starts[0::2], np.where(e >= low, combine(e, v), 0.0)
+    rule.gated = True
+    return rule
+
+
+# Each rule turns a stream's windows every half hop (and the second model's, if any) into
+# the windows that would be reported.
 RULES = {
     "window": _window,  # the daemon as it is, every hop
     "half-hop grid": _half_hop_grid,  # as if the daemon scored every half hop
     "mean with its better neighbour": _verifier(lambda e, n: (e + n) / 2),
     "min with its better neighbour": _verifier(np.minimum),
 }
-GATED = {name for name, rule in RULES.items() if getattr(rule, "gated", False)}  # scores below `low` are 0
+STAGE2_RULES = {
+    "the second model alone": _second_stage(lambda e, v: v),
+    "mean with the second model": _second_stage(lambda e, v: (e + v) / 2),
+}
+GATED = {name for name, rule in {**RULES, **STAGE2_RULES}.items() if getattr(rule, "gated", False)}
 
 
-def verified(windows: list[tuple[np.ndarray, np.ndarray]], rule: str, low: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [RULES[rule](starts, probs, low) for starts, probs in windows]
+def verified(windows, second, rule, low: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A rule over one corpus's streams: `windows` the first stage's (starts, probs) every
+    half hop, `second` the second model's on the same grid (or None)."""
+    rules = {**RULES, **STAGE2_RULES}
+    return [rules[rule](starts, probs, None if second is None else second[i][1], low)
+            for i, (starts, probs) in enumerate(windows)]
 
 
 def measure(runs: list[str], data: list[str], negatives: list[str], extra_val: list[str], cache: str,
-            low: float, folds: list[int]) -> dict:
+            low: float, folds: list[int], stage2: list[str] = ()) -> dict:
     fe = runs_front_end(runs)
+    if stage2 and runs_front_end(list(stage2)) is not fe:
+        raise ValueError(f"--stage2 reads {runs_front_end(list(stage2)).name}, --runs {fe.name}: score them apart")
     sets = HeldOut.load(data, negatives, extra_val, cache, fe)
-    pooled = {r: {"rows": [], "neg": [], "hours": 0.0, **{name: [] for name, _ in sets.extras}} for r in RULES}
-    report: dict = {"runs": runs, "data": data, "negatives": negatives, "extra_val": extra_val,
-                    "front_end": fe.name, "low": low, "folds": {}}
+    rules = [*RULES, *(STAGE2_RULES if stage2 else ())]
+    pooled = {r: Pooled() for r in rules}
+    report: dict = {"runs": runs, "stage2": list(stage2), "data": data, "negatives": negatives,
+                    "extra_val": extra_val, "front_end": fe.name, "low": low, "folds": {}}
     for k in folds:
         val, neg, evs, hours = sets.fold(k)
+        corpora = (val, neg, *(c for _, c in evs))
         model = fold_model(runs, k)
-        half = [window_scores(model, c, 0.5) for c in (val, neg, *(c for _, c in evs))]
+        half = [window_scores(model, c, 0.5) for c in corpora]
+        model2 = fold_model(list(stage2), k) if stage2 else None
+        second = [window_scores(model2, c, 0.5) if model2 else None for c in corpora]
         report["folds"][k] = {}
         for rule, p in pooled.items():
-            vw, nw, *ews = (verified(w, rule, low) for w in half)
+            vw, nw, *ews = (verified(w, w2, rule, low) for w, w2 in zip(half, second))
             rows = val_rows(val, sets.metas, vw)
             extra_rows = {name: val_rows(ev, sets.metas, ew) for (name, ev), ew in zip(evs, ews)}
             report["folds"][k][rule] = report_entry(rows, [nw], hours, extra_rows)
-            p["rows"] += rows
-            p["neg"].append(nw)
-            p["hours"] += hours
-            for name, erows in extra_rows.items():
-                p[name] += erows
+            p.add(rows, nw, hours, extra_rows)
         log.info("fold %d: %s", k, {r: e["at_0.5_fa_per_hour"]["frr"] for r, e in report["folds"][k].items()})
-    report["pooled"] = {r: report_entry(p["rows"], p["neg"], p["hours"], {name: p[name] for name, _ in sets.extras})
-                        for r, p in pooled.items()}
+    report["pooled"] = {r: p.entry() for r, p in pooled.items()}
     return report
 
 
@@ -135,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, metavar="DIR")
     ap.add_argument("--low", type=float, default=0.3, help="the first stage's threshold: the verifiers drop windows below it")
     ap.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
+    ap.add_argument("--stage2", nargs="*", default=[], metavar="RUN",
+                    help="`kws-train folds --candidate-low` runs: a second model for the candidates (their mean)")
     args = ap.parse_args(argv)
-    report = measure(args.runs, args.data, args.negatives, args.extra_val, args.cache, args.low, args.folds)
+    report = measure(args.runs, args.data, args.negatives, args.extra_val, args.cache, args.low, args.folds,
+                     args.stage2)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     Path(args.out, "verifier.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     print(table(report))
