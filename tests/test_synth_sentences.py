@@ -169,3 +169,24 @@ def test_kws_train_folds_end_to_end(tmp_path):
         assert KwsModel(onnx_path).info.threshold == pytest.approx(want)
     else:
         assert r.returncode == 1 and "no threshold" in r.stderr
+    # verifiers of these fold models (with a second arch, which is no verifier), and the cascade they make
+    import torch
+    second = tmp_path / "second"
+    r = subprocess.run([sys.executable, "-m", "kws_train.cli", "folds", "--data", str(calls), "--negatives", str(neg),
+                        "--out", str(second), "--epochs", "1", "--threads", "1", "--init", str(run), "--cache", str(run / "cache"),
+                        "--candidate-low", "0.01", "--hard-negatives", "0", "--also-arch", "emb-deep"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for k in report["folds"]:
+        first = torch.load(second / f"fold{k}" / "ckpt.pt", weights_only=False)["history"][0]
+        other = torch.load(second / f"fold{k}-emb-deep" / "ckpt.pt", weights_only=False)["history"][0]
+        assert first["mined"]["candidates"] > 0 and "mined" not in other
+    r = subprocess.run([sys.executable, "-m", "kws_train.verifier", "--runs", str(run), "--stage2", str(second),
+                        "--data", str(calls), "--negatives", str(neg), "--out", str(tmp_path / "v"), "--low", "0.2",
+                        "--cache", str(run / "cache")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    pooled = json.loads((tmp_path / "v" / "verifier.json").read_text())["pooled"]
+    assert {"window", "the second model alone", "mean with the second model"} <= set(pooled)
+    assert pooled["window"]["files"] == held and pooled["window"]["auc"] == pytest.approx(report["pooled_hop_1.0"]["auc"])
+    assert "| the second model alone | — |" in r.stdout  # gated: its AUC would be the first stage's

@@ -81,15 +81,30 @@ def test_a_verifiers_candidates_are_the_windows_its_first_stage_passes(corpus):
     assert np.allclose(sorted(logits, reverse=True)[:3], [data.window_of(c, i, s)[0] for i, s in top])
 
 
-def test_a_verifier_trains_on_its_candidates_every_epoch(run, corpus, tmp_path):
+def test_a_verifier_trains_on_its_candidates_every_epoch(run, corpus, tmp_path, monkeypatch):
+    from dataclasses import replace
+    from kws_train import fit
     kws_train("fit", "--data", corpus, "--arch", "cnn", "--out", tmp_path, "--epochs", "2", "--threads", "1",
               "--init", run / "ckpt.pt", "--candidate-low", "0.01")
     history = json.loads((tmp_path / "metrics.json").read_text())
     assert all(h["mined"]["candidates"] > 0 and "windows" not in h["mined"] for h in history)
-    r = subprocess.run([sys.executable, "-m", "kws_train.cli", "fit", "--data", str(corpus), "--arch", "cnn", "--out",
-                        str(tmp_path / "x"), "--epochs", "1", "--candidate-low", "0.3"], capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "kws-train fit: a verifier (--candidate-low) needs --init: its first stage"]
+    # the same epoch with and without them: exactly that many more target-free windows in the loss
+    zeros, loss = [], fit.window_loss
+    monkeypatch.setattr(fit, "window_loss", lambda z, y, *w: zeros.append(int((y == 0).sum())) or loss(z, y, *w))
+    cfg = fit.FitConfig(data=(str(corpus),), out=str(tmp_path), arch="cnn", epochs=1, threads=1,
+                        init=str(run / "ckpt.pt"))
+    c = data.load_corpus(corpus)
+    fit.train_model(cfg, c)
+    without, zeros[:] = sum(zeros), []
+    _, history = fit.train_model(replace(cfg, candidate_low=0.01), c)
+    assert sum(zeros) - without == history[0]["mined"]["candidates"] > 0
+    for bad, why in ((["--candidate-low", "0.3"], "no --init was given"),
+                     (["--init", run / "ckpt.pt", "--candidate-low", "1.5"], "between 0 and 1"),
+                     (["--recipe", "seed", "--hard-negatives", "0.2"], "the seed recipe trains on whole files")):
+        r = subprocess.run([sys.executable, "-m", "kws_train.cli", "fit", "--data", str(corpus), "--arch", "dnn",
+                            "--out", str(tmp_path / "x"), "--epochs", "1", *map(str, bad)], capture_output=True, text=True)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("kws-train fit: ") and why in lines[0]
 
 
 def test_seed_dnn_trains_with_the_seed_recipe(corpus, tmp_path):

@@ -112,8 +112,9 @@ def _folds_parser(sub) -> None:
     p.add_argument("--init", metavar="RUN",
                    help="start fold k from RUN/foldk/ckpt.pt (a `kws-train folds` run; emb-tune: of emb-deep)")
     p.add_argument("--candidate-low", type=float, metavar="P",
-                   help="train verifiers: fold k's epochs also hold the target-free windows RUN/foldk scores "
-                        "at or above P (measure the cascade with python -m kws_train.verifier --stage2)")
+                   help="train verifiers of the --init RUN: fold k's epochs also hold the target-free windows "
+                        "RUN/foldk scores at or above P (measure the cascade with python -m kws_train.verifier "
+                        "--stage2)")
 
 
 def _eval_parser(sub) -> None:

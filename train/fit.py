@@ -46,14 +46,19 @@ class FitConfig:
     negative_weight: float = 1.0  # target-free windows' loss weight, ramped linearly from 1 to this by the last epoch
     min_cover: float = 0.9  # a training window is positive when it holds this share of the phrase
     init: str | None = None  # start from this checkpoint (emb-tune: an emb-deep head's, its tail the packaged network)
-    candidate_low: float | None = None  # a verifier: every target-free window the init model scores at or above this
-    candidate_share: float = 0.25  # join every epoch, at most this share of the epoch's windows (the highest first)
+    # A verifier: every epoch also holds the target-free windows the init model (its first
+    # stage) scores at or above candidate_low, at most candidate_share of an epoch's windows.
+    candidate_low: float | None = None
+    candidate_share: float = 0.25
 
     def __post_init__(self):
-        if self.candidate_low is not None and not self.init:
-            raise ValueError("a verifier (--candidate-low) needs --init: its first stage")
-        if self.candidate_low is not None and not 0.0 < self.candidate_low < 1.0:
-            raise ValueError(f"--candidate-low {self.candidate_low:g}: a probability between 0 and 1, exclusive")
+        if self.candidate_low is not None:
+            if not self.init:
+                raise ValueError("--candidate-low trains a verifier of the --init model, and no --init was given")
+            if not 0.0 < self.candidate_low < 1.0:
+                raise ValueError(f"--candidate-low {self.candidate_low:g}: a probability between 0 and 1, exclusive")
+        if self.recipe == "seed" and (self.candidate_low is not None or self.hard_negatives > 0):
+            raise ValueError("the seed recipe trains on whole files: no --hard-negatives or --candidate-low")
 
 
 def window_scores(model: nn.Module | KwsModel, corpus: Corpus, hop_seconds: float = 1.0,
@@ -135,8 +140,9 @@ def fit(cfg: FitConfig) -> dict:
 
 def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]:
     """The training loop over loaded corpora: per-window BCE (or the seed's MIL), cosine
-    learning rate, hard-negative mining from epoch 2, target-free windows weighted up over
-    the epochs when asked; val scored each epoch if given."""
+    learning rate, hard-negative mining from epoch 2, a verifier's candidates in every
+    epoch, target-free windows weighted up over the epochs when asked; val scored each
+    epoch if given."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -158,7 +164,8 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
         picked = candidates(model, train, pool, cfg.candidate_low, most)
         fixed = np.stack([window_of(train, i, s) for i, s in picked]) if len(picked) else None
         log.info("verifier: %d of %d target-free windows pass %.2f", len(picked), len(pool), cfg.candidate_low)
-        pool = None if cfg.hard_negatives <= 0 else pool
+        key = lambda w: w[:, 0] << 32 | w[:, 1]  # noqa: E731  (file, start) as one integer
+        pool = pool[~np.isin(key(pool), key(picked))] if cfg.hard_negatives > 0 else None  # no candidate mined too
     history = []
     for epoch in range(1, cfg.epochs + 1):
         began = time.time()
@@ -255,8 +262,12 @@ def run(args) -> int:
                         seed=args.seed, threads=args.threads, cache=args.cache, hard_negatives=args.hard_negatives,
                         negative_weight=args.negative_weight, min_cover=args.min_cover, init=args.init,
                         candidate_low=args.candidate_low)
+    except ValueError as e:
+        print(f"kws-train fit: {e}", file=sys.stderr)
+        return 2
+    try:
         fit(cfg)
-    except (ValueError, FileNotFoundError) as e:
+    except FileNotFoundError as e:
         print(f"kws-train fit: {e}", file=sys.stderr)
         return 2
     return 0

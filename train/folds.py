@@ -245,8 +245,9 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
         for arch in archs:
             cfg = replace(fit_cfg, arch=arch, out=str(Path(out) / f"fold{k}{'' if arch == archs[0] else '-' + arch}"),
                           data=tuple(data) + (negatives, *train_extra),
-                          init=str(Path(fit_cfg.init) / f"fold{k}" / "ckpt.pt")
-                          if fit_cfg.init and arch == archs[0] else None)  # --init is for the first arch
+                          init=str(Path(fit_cfg.init) / f"fold{k}" / "ckpt.pt") if fit_cfg.init and arch == archs[0]
+                          else None,  # --init (and a verifier's first stage) is the first arch's
+                          candidate_low=fit_cfg.candidate_low if arch == archs[0] else None)
             began = time.time()
             model, history = train_model(cfg, train)
             save(cfg, model, history, train)

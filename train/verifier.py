@@ -81,26 +81,30 @@ STAGE2_RULES = {
     "the second model alone": _second_stage(lambda e, v: v),
     "mean with the second model": _second_stage(lambda e, v: (e + v) / 2),
 }
-GATED = {name for name, rule in {**RULES, **STAGE2_RULES}.items() if getattr(rule, "gated", False)}
+ALL_RULES = {**RULES, **STAGE2_RULES}
+GATED = {name for name, rule in ALL_RULES.items() if getattr(rule, "gated", False)}  # scores below `low` are 0
+
+Windows = list[tuple[np.ndarray, np.ndarray]]  # per stream, (window starts, probabilities)
 
 
-def verified(windows, second, rule, low: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """A rule over one corpus's streams: `windows` the first stage's (starts, probs) every
-    half hop, `second` the second model's on the same grid (or None)."""
-    rules = {**RULES, **STAGE2_RULES}
-    return [rules[rule](starts, probs, None if second is None else second[i][1], low)
+def verified(windows: Windows, second: Windows | None, rule: str, low: float) -> Windows:
+    """A rule over one corpus's streams: `windows` the first stage's every half hop,
+    `second` the second model's on the same streams and grid (or None)."""
+    return [ALL_RULES[rule](starts, probs, None if second is None else second[i][1], low)
             for i, (starts, probs) in enumerate(windows)]
 
 
 def measure(runs: list[str], data: list[str], negatives: list[str], extra_val: list[str], cache: str,
             low: float, folds: list[int], stage2: list[str] = ()) -> dict:
     fe = runs_front_end(runs)
-    if stage2 and runs_front_end(list(stage2)) is not fe:
-        raise ValueError(f"--stage2 reads {runs_front_end(list(stage2)).name}, --runs {fe.name}: score them apart")
+    if stage2 and (fe2 := runs_front_end(list(stage2))) is not fe:
+        raise ValueError(f"--stage2 reads {fe2.name}, --runs {fe.name}: score them apart")
     sets = HeldOut.load(data, negatives, extra_val, cache, fe)
     rules = [*RULES, *(STAGE2_RULES if stage2 else ())]
     pooled = {r: Pooled() for r in rules}
-    report: dict = {"runs": runs, "stage2": list(stage2), "data": data, "negatives": negatives,
+    trained = {run: json.loads(Path(run, "folds.json").read_text())["fit"] for run in stage2}
+    report: dict = {"runs": runs, "stage2": {run: {x: fit.get(x) for x in ("init", "candidate_low")}
+                                             for run, fit in trained.items()}, "data": data, "negatives": negatives,
                     "extra_val": extra_val, "front_end": fe.name, "low": low, "folds": {}}
     for k in folds:
         val, neg, evs, hours = sets.fold(k)
@@ -108,7 +112,7 @@ def measure(runs: list[str], data: list[str], negatives: list[str], extra_val: l
         model = fold_model(runs, k)
         half = [window_scores(model, c, 0.5) for c in corpora]
         model2 = fold_model(list(stage2), k) if stage2 else None
-        second = [window_scores(model2, c, 0.5) if model2 else None for c in corpora]
+        second = [window_scores(model2, c, 0.5) if model2 is not None else None for c in corpora]
         report["folds"][k] = {}
         for rule, p in pooled.items():
             vw, nw, *ews = (verified(w, w2, rule, low) for w, w2 in zip(half, second))
@@ -116,7 +120,8 @@ def measure(runs: list[str], data: list[str], negatives: list[str], extra_val: l
             extra_rows = {name: val_rows(ev, sets.metas, ew) for (name, ev), ew in zip(evs, ews)}
             report["folds"][k][rule] = report_entry(rows, [nw], hours, extra_rows)
             p.add(rows, nw, hours, extra_rows)
-        log.info("fold %d: %s", k, {r: e["at_0.5_fa_per_hour"]["frr"] for r, e in report["folds"][k].items()})
+        log.info("fold %d: %s", k, {r: e.get("at_0.5_fa_per_hour", {}).get("frr")  # none without negatives
+                                         for r, e in report["folds"][k].items()})
     report["pooled"] = {r: p.entry() for r, p in pooled.items()}
     return report
 
@@ -157,11 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, metavar="DIR")
     ap.add_argument("--low", type=float, default=0.3, help="the first stage's threshold: the verifiers drop windows below it")
     ap.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
-    ap.add_argument("--stage2", nargs="*", default=[], metavar="RUN",
-                    help="`kws-train folds --candidate-low` runs: a second model for the candidates (their mean)")
+    ap.add_argument("--stage2", nargs="+", default=[], metavar="RUN",
+                    help="`kws-train folds` runs (verifiers: made with --candidate-low) whose fold models, "
+                         "averaged, re-score the windows the --runs pass")
     args = ap.parse_args(argv)
-    report = measure(args.runs, args.data, args.negatives, args.extra_val, args.cache, args.low, args.folds,
-                     args.stage2)
+    try:
+        report = measure(args.runs, args.data, args.negatives, args.extra_val, args.cache, args.low, args.folds,
+                         args.stage2)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"kws_train.verifier: {e}", file=sys.stderr)
+        return 2
     Path(args.out).mkdir(parents=True, exist_ok=True)
     Path(args.out, "verifier.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     print(table(report))
