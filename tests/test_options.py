@@ -231,6 +231,9 @@ def test_the_wheel_installs_kws_train_and_no_top_level_train(tmp_path):
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert "kws_train" in tops and "kws_stream" in tops and "train" not in tops, tops
     assert "kws_train/nets.py" in zipfile.ZipFile(wheel).namelist()
+    from kws_stream.frontends import embedding as emb  # every file the front ends load is packaged
+    for name in (*emb.MEL_WEIGHTS, *emb.EMBEDDING_PARTS, emb.ROWS_PART, "kws-default.onnx"):
+        assert f"kws_stream/models/{name}" in zipfile.ZipFile(wheel).namelist(), name
     assert "kws_train/cli:main" in "".join(zipfile.ZipFile(wheel).read(n).decode() for n in
                                            zipfile.ZipFile(wheel).namelist() if n.endswith("entry_points.txt")
                                            ).replace(".cli:", "/cli:")

@@ -11,15 +11,21 @@ The third part is also written up to its frequency-only pool (`oww_embedding_par
 the rows front end (kws_stream.frontends.embedding.EmbeddingRowsFrontEnd) stops there, and
 a model that fine-tunes the network's last five convolutions carries them itself.
 
-    python -m kws_train.split_embedding            # rewrites models/oww_embedding_part*.onnx
+The mel network's window and filterbank are written as .npy files (`MEL_WEIGHTS`): the
+front end computes the mel spectrogram with numpy from them (checked here: the network's
+DFT convolutions are that window times the cosine and minus the sine of each bin).
+
+    python -m kws_train.split_embedding  # rewrites models/oww_embedding_part*.onnx and the mel weights
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx.utils
+from onnx import numpy_helper
 
 from kws_stream.frontends import embedding as emb
 
@@ -91,13 +97,35 @@ def _rows_part(part3: Path, path: Path) -> Path:
     return path
 
 
+def mel_weights(source: Path, out_dir: Path) -> list[Path]:
+    """The mel network's analysis window (512,) and filterbank (257, 32), from its DFT
+    convolutions and its MatMul, as float32 .npy files."""
+    model = onnx.load(str(source))
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    convs = [weights[n.input[1]][:, 0] for n in model.graph.node if n.op_type == "Conv"]
+    (filters,) = [weights[n.input[1]] for n in model.graph.node if n.op_type == "MatMul"]
+    if len(convs) != 2 or convs[0].shape != (filters.shape[0], emb.MEL_FRAME):
+        raise ValueError(f"{source}: expected two DFT convolutions of {emb.MEL_FRAME} taps before one filterbank")
+    window = convs[0][0]  # the DC bin's row: the window itself
+    k, n = np.arange(filters.shape[0])[:, None], np.arange(emb.MEL_FRAME)
+    basis = 2 * np.pi * k * n / emb.MEL_FRAME
+    if not (np.allclose(convs[0], window * np.cos(basis), atol=1e-6)
+            and np.allclose(convs[1], -window * np.sin(basis), atol=1e-6)):
+        raise ValueError(f"{source}: its convolutions are not a windowed DFT; numpy's FFT would not match them")
+    paths = []
+    for name, array in zip(emb.MEL_WEIGHTS, (window, filters)):
+        paths.append(out_dir / name)
+        np.save(paths[-1], np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return paths
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", type=Path, default=MODELS / emb.EMBEDDING_FILE)
     ap.add_argument("--out", type=Path, default=MODELS)
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    for path in split(args.source, args.out):
+    for path in [*split(args.source, args.out), *mel_weights(args.source.parent / emb.MEL_FILE, args.out)]:
         print(path)
 
 

@@ -4,14 +4,20 @@ models/THIRD_PARTY.md for where they come from and how they were changed).
 
 Audio is scaled to the 16-bit range (as openWakeWord feeds it), turned into 32-band mel
 frames (512-sample frames, 160-sample hop, no padding, so every frame depends on its own
-samples only) and mapped to x/10 + 2; every 8 mel frames a 96-dim embedding is taken of the
+samples only) and mapped to x/10 + 2. The mel network is a windowed DFT written as two
+convolutions, a power spectrum, a filterbank and a dB floor; here numpy computes the same
+with a float32 real FFT and the network's own window and filterbank (`MEL_WEIGHTS`, written
+from it by kws_train.split_embedding): each frame computed on its own, so any chunking gives
+the same values, within 1e-4 of the network's (whose float32 DFT errs that much on a pure
+tone) and 1e-5 of a float64 computation, at about half the network's CPU
+(benchmarks/bench_mel.py). Every 8 mel frames a 96-dim embedding is taken of the
 last 76. The network is shipped in four parts cut at its time-strided pools
 (kws_train.split_embedding); a stream keeps the few input rows each part's next run still
 needs, so every row of every layer is computed once, whatever the chunking (running the
 whole network once per window, as before, recomputed the 76-frame receptive field of each
 window's first embedding). A window is WINDOW_EMBEDDINGS consecutive embeddings (2.46 s),
-flattened time-major. Streaming gives the values of a whole-file pass to float rounding
-(the mel network's output moves by ~2e-6 with where its runs start; the parts are exact).
+flattened time-major. Streaming gives the values of a whole-file pass (the mel frames
+exactly, the parts to float rounding: here they too are exact).
 """
 from __future__ import annotations
 
@@ -37,11 +43,15 @@ WINDOW_SAMPLES = (WINDOW_EMBEDDINGS - 1) * EMB_HOP + EMB_SPAN  # 39,392
 FEATURE_SIZE = WINDOW_EMBEDDINGS * EMB_DIM  # 2112
 EMBEDDINGS_PER_SECOND = SAMPLE_RATE / EMB_HOP  # 12.5
 
-MEL_FILE = "oww_melspectrogram.onnx"
+MEL_FILE = "oww_melspectrogram.onnx"  # the source of MEL_WEIGHTS, not loaded
+MEL_WEIGHTS = ("oww_melspectrogram_window.npy", "oww_melspectrogram_filters.npy")  # (512,), (257, 32) float32
+MEL_FLOOR_DB = 80.0  # a frame's values are floored at its own maximum minus this, and at 0 dB
+MEL_CHUNK = 1024  # mel frames per FFT batch: larger batches fall out of the CPU's caches
 EMBEDDING_FILE = "oww_embedding.onnx"  # the whole network: the source of the parts, not loaded
 EMBEDDING_PARTS = tuple(f"oww_embedding_part{i}.onnx" for i in range(1, 5))
 ROWS_PART = "oww_embedding_part3a.onnx"  # part 3 up to its frequency-only pool (EmbeddingRowsFrontEnd)
-SHA256 = {MEL_FILE: "434ff0d3b3461ddaf770cff405b02c70b720b8c041ab3ff77b0b93153bea0446",
+SHA256 = {MEL_WEIGHTS[0]: "a5c519e248a8a191e755ba27e7cb52f280f69c66cade9a7641a5b1d477b160a5",
+          MEL_WEIGHTS[1]: "65e9e696738d9eb53b1d8a16a747a95fb200b6dc8c098ac2cd90cceefc3b967a",
           EMBEDDING_PARTS[0]: "c2cb804f4bda5cedb0f8eb76c844acba84e133838efac5ff8d81e6981b0a61b8",
           EMBEDDING_PARTS[1]: "6b23915a94bbe7bf5241c5c1fa5fee892744725f3e0602d88550ce5af2247998",
           EMBEDDING_PARTS[2]: "f0b26a71dfe2f0d88f07cb4148bd9b8dff6cc966d299fca20a56ee2c7727331a",
@@ -55,13 +65,21 @@ FILE_BLOCK = 4096  # mel frames per run in a whole-file pass (about 6 MB of acti
 
 
 class EmbeddingNets:
-    """The mel network and the embedding network's parts, single-threaded sessions over the
-    packaged files. A part is loaded (and checked) when a front end first needs it, so a
+    """The mel spectrogram and the embedding network's parts, single-threaded sessions over
+    the packaged files. A part is loaded (and checked) when a front end first needs it, so a
     process holds only the parts its model reads."""
 
     def __init__(self, threads: int = 1):
         self.threads = threads
-        self._mel = open_session(_checked_bytes(MEL_FILE), threads)
+        window, filters = (_checked_array(name) for name in MEL_WEIGHTS)
+        self._window = window
+        # The filterbank as its nonzero weights, band by band: summed with np.add.reduceat, not
+        # a matrix product, which numpy hands to a BLAS whose threads spin on a busy core.
+        bands, bins = np.nonzero(filters.T)  # sorted by band
+        if np.unique(bands).size < filters.shape[1]:
+            raise RuntimeError(f"{MEL_WEIGHTS[1]}: a mel band without weights; reinstall kws-stream")
+        self._bins, self._weights = bins, filters[bins, bands]
+        self._band_starts = np.searchsorted(bands, np.arange(filters.shape[1]))
         self._parts: dict[str, _Part] = {}
 
     def _part(self, name: str) -> "_Part":
@@ -81,9 +99,18 @@ class EmbeddingNets:
 
     def mel(self, pcm: np.ndarray) -> np.ndarray:
         """(n_frames, 32) mel frames of float audio in [-1, 1]; n_frames = (n - 512) // 160 + 1."""
-        x = (pcm * PCM_SCALE).astype(np.float32).reshape(1, -1)
-        (out,) = self._mel.run(None, {"input": x})
-        return out[0, 0] / 10.0 + 2.0
+        x = np.ascontiguousarray(pcm * PCM_SCALE, dtype=np.float32)
+        n = max((x.size - MEL_FRAME) // MEL_HOP + 1, 0)
+        frames = np.lib.stride_tricks.as_strided(x, (n, MEL_FRAME), (MEL_HOP * x.itemsize, x.itemsize), writeable=False)
+        out = np.empty((n, N_BANDS), dtype=np.float32)
+        for a in range(0, n, MEL_CHUNK):
+            spec = np.fft.rfft(frames[a:a + MEL_CHUNK] * self._window)  # complex64: float32 in, float32 out
+            power = spec.real * spec.real + spec.imag * spec.imag
+            mel = np.add.reduceat(power[:, self._bins] * self._weights, self._band_starts, axis=1)
+            db = 10.0 * np.log10(np.maximum(mel, np.float32(1e-10)))
+            db = np.maximum(db, db.max(axis=1, keepdims=True) - np.float32(MEL_FLOOR_DB))
+            out[a:a + MEL_CHUNK] = np.maximum(db, np.float32(0.0))
+        return out / np.float32(10.0) + np.float32(2.0)
 
 
 class _Part:
@@ -153,6 +180,12 @@ def _checked_bytes(name: str) -> bytes:
     if sha256_hex(data) != SHA256[name]:
         raise RuntimeError(f"{name}: checksum mismatch; the packaged front-end model is damaged, reinstall kws-stream")
     return data
+
+
+def _checked_array(name: str) -> np.ndarray:
+    """A packaged .npy file, checked like the networks."""
+    import io
+    return np.load(io.BytesIO(_checked_bytes(name)), allow_pickle=False)
 
 
 @lru_cache(maxsize=1)
