@@ -52,8 +52,9 @@ def test_mel_frames_are_local():
     x = speechlike(3.0)
     whole = nets.mel(x)
     assert whole.shape == ((x.size - emb.MEL_FRAME) // emb.MEL_HOP + 1, emb.N_BANDS)
-    part = nets.mel(x[16 * emb.MEL_HOP:])
-    assert np.array_equal(part, whole[16:16 + part.shape[0]])  # every frame is computed on its own
+    for skip in (1, 16, 255, 257, 300):  # inside, at and across the FFT batches
+        part = nets.mel(x[skip * emb.MEL_HOP:])
+        assert np.array_equal(part, whole[skip:skip + part.shape[0]])  # every frame is computed on its own
     assert whole.min() >= 2.0  # nothing under the 0 dB floor, digital silence included
 
 
@@ -114,10 +115,11 @@ def test_damaged_network_file_is_named(monkeypatch):
 
 
 def test_numpy_mel_is_the_packaged_mel_network():
-    """The front end's float32 FFT mel gives the packaged mel network's frames to 1e-4 (its
-    float32 DFT convolutions err up to 6e-5 on a pure tone's leakage bins), and the same
-    computed in float64 to 1e-5: speech-like audio with digital silence, loud clipped
-    noise, near-silence, a tone, and 30 s (more than one FFT batch)."""
+    """The front end's FFT mel gives the same computed in float64 to 1e-5, and the packaged
+    mel network's frames to 1e-3 (the network's float32 DFT convolutions err up to 6e-5 on
+    a pure tone's leakage bins and 5e-4 on a constant offset): speech-like audio with
+    digital silence, loud clipped noise, near-silence, a tone, a full-scale offset, and 30 s
+    (many FFT batches)."""
     import onnxruntime as ort
     session = ort.InferenceSession(emb_models().joinpath(emb.MEL_FILE).read_bytes(), providers=["CPUExecutionProvider"])
     window, filters = (np.load(emb_models().joinpath(name), allow_pickle=False).astype(np.float64)
@@ -125,7 +127,7 @@ def test_numpy_mel_is_the_packaged_mel_network():
     rng = np.random.default_rng(3)
     t = np.arange(20000) / emb.SAMPLE_RATE
     for x in (speechlike(4.0), np.clip(rng.normal(0, 3, 9000), -1, 1), rng.normal(0, 1e-6, 5000),
-              0.5 * np.sin(2 * np.pi * 440 * t), speechlike(30.0, seed=4)):
+              0.5 * np.sin(2 * np.pi * 440 * t), np.full(4000, 1.0), speechlike(30.0, seed=4)):
         pcm = (x * emb.PCM_SCALE).astype(np.float32)
         (net,) = session.run(None, {"input": pcm[None]})
         n = (x.size - emb.MEL_FRAME) // emb.MEL_HOP + 1
@@ -135,7 +137,7 @@ def test_numpy_mel_is_the_packaged_mel_network():
         got = emb.shared_nets().mel(x)
         assert got.shape == exact.shape == net[0, 0].shape and got.dtype == np.float32
         np.testing.assert_allclose(got, exact, rtol=0, atol=1e-5)
-        np.testing.assert_allclose(got, net[0, 0] / 10 + 2, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(got, net[0, 0] / 10 + 2, rtol=0, atol=1e-3)
 
 
 def test_model_metadata_selects_the_embedding_front_end(tmp_path):

@@ -1,23 +1,25 @@
 """The speech-embedding front end: openWakeWord's mel spectrogram and Google's
-speech_embedding network, both as ONNX files shipped in `kws_stream.models` (see
-models/THIRD_PARTY.md for where they come from and how they were changed).
+speech_embedding network, shipped in `kws_stream.models` (see models/THIRD_PARTY.md for
+where they come from and how they were changed): the network as ONNX files, the mel
+spectrogram as its window and filterbank.
 
 Audio is scaled to the 16-bit range (as openWakeWord feeds it), turned into 32-band mel
 frames (512-sample frames, 160-sample hop, no padding, so every frame depends on its own
-samples only) and mapped to x/10 + 2. The mel network is a windowed DFT written as two
-convolutions, a power spectrum, a filterbank and a dB floor; here numpy computes the same
-with a float32 real FFT and the network's own window and filterbank (`MEL_WEIGHTS`, written
-from it by kws_train.split_embedding): each frame computed on its own, so any chunking gives
-the same values, within 1e-4 of the network's (whose float32 DFT errs that much on a pure
-tone) and 1e-5 of a float64 computation, at about half the network's CPU
-(benchmarks/bench_mel.py). Every 8 mel frames a 96-dim embedding is taken of the
-last 76. The network is shipped in four parts cut at its time-strided pools
-(kws_train.split_embedding); a stream keeps the few input rows each part's next run still
-needs, so every row of every layer is computed once, whatever the chunking (running the
-whole network once per window, as before, recomputed the 76-frame receptive field of each
-window's first embedding). A window is WINDOW_EMBEDDINGS consecutive embeddings (2.46 s),
-flattened time-major. Streaming gives the values of a whole-file pass (the mel frames
-exactly, the parts to float rounding: here they too are exact).
+samples only) and mapped to x/10 + 2. The packaged mel network is a windowed DFT written as
+two convolutions, a power spectrum, a filterbank and dB floors; numpy computes the same
+here with a real FFT and the network's own window and filterbank (`MEL_WEIGHTS`, written
+from it by kws_train.split_embedding), each frame on its own, so any chunking gives the same
+values. They are within 1e-5 of the same computed in float64; the network's float32 DFT
+errs more (6e-5 on a pure tone, 5e-4 on a constant offset). In one-second chunks it costs
+about half the network's CPU (benchmarks/bench_mel.py). Every 8 mel frames a 96-dim
+embedding is taken of the last 76. The network is shipped in four parts cut at its
+time-strided pools (kws_train.split_embedding); a stream keeps the few input rows each
+part's next run still needs, so every row of every layer is computed once, whatever the
+chunking (running the whole network once per window, as before, recomputed the 76-frame
+receptive field of each window's first embedding). A window is WINDOW_EMBEDDINGS
+consecutive embeddings (2.46 s), flattened time-major. Streaming gives the values of a
+whole-file pass: the mel frames exactly, the embeddings to float rounding (onnxruntime
+may round a part's convolutions differently for another number of rows).
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ EMBEDDINGS_PER_SECOND = SAMPLE_RATE / EMB_HOP  # 12.5
 MEL_FILE = "oww_melspectrogram.onnx"  # the source of MEL_WEIGHTS, not loaded
 MEL_WEIGHTS = ("oww_melspectrogram_window.npy", "oww_melspectrogram_filters.npy")  # (512,), (257, 32) float32
 MEL_FLOOR_DB = 80.0  # a frame's values are floored at its own maximum minus this, and at 0 dB
-MEL_CHUNK = 1024  # mel frames per FFT batch: larger batches fall out of the CPU's caches
+MEL_CHUNK = 256  # mel frames per FFT batch: larger batches fall out of the CPU's caches
 EMBEDDING_FILE = "oww_embedding.onnx"  # the whole network: the source of the parts, not loaded
 EMBEDDING_PARTS = tuple(f"oww_embedding_part{i}.onnx" for i in range(1, 5))
 ROWS_PART = "oww_embedding_part3a.onnx"  # part 3 up to its frequency-only pool (EmbeddingRowsFrontEnd)
@@ -65,9 +67,10 @@ FILE_BLOCK = 4096  # mel frames per run in a whole-file pass (about 6 MB of acti
 
 
 class EmbeddingNets:
-    """The mel spectrogram and the embedding network's parts, single-threaded sessions over
-    the packaged files. A part is loaded (and checked) when a front end first needs it, so a
-    process holds only the parts its model reads."""
+    """The mel spectrogram (numpy, from the packaged weights) and the embedding network's
+    parts (onnxruntime sessions of `threads` threads over the packaged files). A part is
+    loaded (and checked) when a front end first needs it, so a process holds only the parts
+    its model reads."""
 
     def __init__(self, threads: int = 1):
         self.threads = threads
@@ -104,7 +107,7 @@ class EmbeddingNets:
         frames = np.lib.stride_tricks.as_strided(x, (n, MEL_FRAME), (MEL_HOP * x.itemsize, x.itemsize), writeable=False)
         out = np.empty((n, N_BANDS), dtype=np.float32)
         for a in range(0, n, MEL_CHUNK):
-            spec = np.fft.rfft(frames[a:a + MEL_CHUNK] * self._window)  # complex64: float32 in, float32 out
+            spec = np.fft.rfft(frames[a:a + MEL_CHUNK] * self._window)  # complex64 (numpy 1.x: complex128)
             power = spec.real * spec.real + spec.imag * spec.imag
             mel = np.add.reduceat(power[:, self._bins] * self._weights, self._band_starts, axis=1)
             db = 10.0 * np.log10(np.maximum(mel, np.float32(1e-10)))
