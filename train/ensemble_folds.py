@@ -28,9 +28,14 @@ from .synth_tts import FOLDS
 log = logging.getLogger(__name__)
 
 
+def run_fit(run: str) -> dict:
+    """A `kws-train folds` run's training options, from its report."""
+    return json.loads(Path(run, "folds.json").read_text())["fit"]
+
+
 def run_archs(runs: list[str]) -> list[str]:
     """Each `kws-train folds` run's architecture, from its report."""
-    return [json.loads(Path(run, "folds.json").read_text())["fit"]["arch"] for run in runs]
+    return [run_fit(run)["arch"] for run in runs]
 
 
 def runs_front_end(runs: list[str]) -> type[FrontEnd]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ensemble_folds import HeldOut, fold_model, runs_front_end
+from .ensemble_folds import HeldOut, fold_model, run_fit, runs_front_end
 from .fit import window_scores
 from .folds import FA_RATES, Pooled, report_entry, val_rows
 
@@ -102,9 +102,8 @@ def measure(runs: list[str], data: list[str], negatives: list[str], extra_val: l
     sets = HeldOut.load(data, negatives, extra_val, cache, fe)
     rules = [*RULES, *(STAGE2_RULES if stage2 else ())]
     pooled = {r: Pooled() for r in rules}
-    trained = {run: json.loads(Path(run, "folds.json").read_text())["fit"] for run in stage2}
-    report: dict = {"runs": runs, "stage2": {run: {x: fit.get(x) for x in ("init", "candidate_low")}
-                                             for run, fit in trained.items()}, "data": data, "negatives": negatives,
+    report: dict = {"runs": runs, "stage2": {run: {x: run_fit(run).get(x) for x in ("init", "candidate_low")}
+                                             for run in stage2}, "data": data, "negatives": negatives,
                     "extra_val": extra_val, "front_end": fe.name, "low": low, "folds": {}}
     for k in folds:
         val, neg, evs, hours = sets.fold(k)

@@ -23,6 +23,7 @@ may round a part's convolutions differently for another number of rows).
 """
 from __future__ import annotations
 
+import io
 from functools import lru_cache
 from importlib import resources
 
@@ -74,8 +75,7 @@ class EmbeddingNets:
 
     def __init__(self, threads: int = 1):
         self.threads = threads
-        window, filters = (_checked_array(name) for name in MEL_WEIGHTS)
-        self._window = window
+        self._window, filters = (_checked_array(name) for name in MEL_WEIGHTS)
         # The filterbank as its nonzero weights, band by band: summed with np.add.reduceat, not
         # a matrix product, which numpy hands to a BLAS whose threads spin on a busy core.
         bands, bins = np.nonzero(filters.T)  # sorted by band
@@ -187,7 +187,6 @@ def _checked_bytes(name: str) -> bytes:
 
 def _checked_array(name: str) -> np.ndarray:
     """A packaged .npy file, checked like the networks."""
-    import io
     return np.load(io.BytesIO(_checked_bytes(name)), allow_pickle=False)
 
 
