@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         if curve is not None:
             curve.stop()
         return EXIT_USAGE
-    config = SpotterConfig(hop_seconds=args.hop_seconds, threshold=args.threshold, refractory_seconds=args.refractory)
+    config = SpotterConfig(hop_seconds=args.hop_seconds, threshold=args.threshold, refractory_seconds=args.refractory,
+                           gate_margin_db=args.gate_margin)
     try:
         publisher.publish(started_event(model.info.name, model.info.version, model.sha256, publisher.endpoint))
         if args.file:

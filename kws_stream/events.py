@@ -54,6 +54,7 @@ class StreamSummary:
     windows: int
     detections: int
     max_score: float
+    gated: int = 0  # of the windows, those the speech gate left unscored
 
 
 @dataclass
@@ -82,6 +83,8 @@ class Heartbeat:
     model_version: str
     error: str | None = None  # while the device is failing: why
     rtp: dict | None = None  # the RTP source's counters: streams, ended, packets, malformed, refused
+    windows: int = 0  # windows of the stream so far
+    gated: int = 0  # of them, those the speech gate left unscored
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,8 @@ def stream_end_event(s: StreamSummary, reason: str | None = None, rtp: RtpStats 
     if rtp is not None:
         extra["rtp"] = asdict(rtp)
     return _event("status", state="stream-end", stream=s.stream, audio_seconds=round(s.audio_seconds, 3),
-                  windows=s.windows, detections=s.detections, max_score=round(s.max_score, 6), **extra)
+                  windows=s.windows, gated=s.gated, detections=s.detections, max_score=round(s.max_score, 6),
+                  **extra)
 
 
 def heartbeat_event(h: Heartbeat) -> dict:

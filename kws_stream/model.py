@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import frontends
+from .frontends.gate import SpeechGate
 from .onnxfile import open_session, sha256_hex
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ SCHEMA = "1"
 INPUT_NAME = "features"  # float32 [batch, feature_size]
 OUTPUT_NAME = "prob"  # float32 [batch], the keyword probability in [0, 1]
 DEFAULT_MODEL = "kws-default.onnx"
+MAX_GATE_DB = 60.0  # a speech gate's margin over the noise floor, at most
 
 
 
@@ -72,7 +74,8 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def metadata_for(*, name: str, version: str, threshold: float, label: str = "не слышу|не слышно",
-                 front_end: str = frontends.SeedFrontEnd.name, training: dict | None = None) -> dict[str, str]:
+                 front_end: str = frontends.SeedFrontEnd.name, training: dict | None = None,
+                 gate_margin_db: float = 0.0) -> dict[str, str]:
     """The metadata_props an exported model must carry (strings, as ONNX stores them)."""
     fe = frontends.get(front_end)
     meta = {
@@ -86,6 +89,12 @@ def metadata_for(*, name: str, version: str, threshold: float, label: str = "н�
         "kws.feature_size": str(fe.feature_size),
         "kws.window_frames": str(fe.window_frames),
     }
+    if not 0.0 <= gate_margin_db <= MAX_GATE_DB:
+        raise ValueError(f"gate margin {gate_margin_db:g} dB is outside [0, {MAX_GATE_DB:g}]")
+    if gate_margin_db:
+        if not fe.gates:
+            raise ValueError(f"front end {front_end} has no speech gate")
+        meta["kws.gate_margin_db"] = repr(float(gate_margin_db))
     if training is not None:
         meta["kws.training"] = json.dumps(training, ensure_ascii=False, sort_keys=True)
     return meta
@@ -99,6 +108,7 @@ class ModelInfo:
     threshold: float
     front_end: str
     path: str
+    gate_margin_db: float = 0.0  # the speech gate the model was measured with (0: none)
 
 
 def default_model_path() -> Path:
@@ -164,6 +174,14 @@ class KwsModel:
             raise ModelError(f"{path}: kws.threshold {meta['kws.threshold']!r} is not a number") from None
         if not 0.0 <= threshold <= 1.0:
             raise ModelError(f"{path}: kws.threshold {threshold} is outside [0, 1]")
+        gate = meta.get("kws.gate_margin_db", "0")
+        try:
+            gate_margin = float(gate)
+        except ValueError:
+            raise ModelError(f"{path}: kws.gate_margin_db {gate!r} is not a number") from None
+        if not 0.0 <= gate_margin <= MAX_GATE_DB or (gate_margin and not fe.gates):
+            raise ModelError(f"{path}: kws.gate_margin_db {gate} is not a margin in [0, {MAX_GATE_DB:g}] dB "
+                             f"that front end {fe_name} can apply")
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or inputs[0].name != INPUT_NAME or inputs[0].type != "tensor(float)":
             raise ModelError(f"{path}: expected one float input {INPUT_NAME!r}")
@@ -172,7 +190,7 @@ class KwsModel:
         if len(outputs) != 1 or outputs[0].name != OUTPUT_NAME:
             raise ModelError(f"{path}: expected one output {OUTPUT_NAME!r}")
         return ModelInfo(name=need("kws.name"), version=need("kws.version"), label=need("kws.label"),
-                         threshold=threshold, front_end=fe_name, path=str(path))
+                         threshold=threshold, front_end=fe_name, path=str(path), gate_margin_db=gate_margin)
 
     @staticmethod
     def _check_weights(session, path: Path, data: bytes) -> None:
@@ -192,5 +210,8 @@ class KwsModel:
         (prob,) = self._session.run(None, {INPUT_NAME: features})
         return prob.reshape(-1)
 
-    def front_end(self, hop_frames: int):
+    def front_end(self, hop_frames: int, gate_margin_db: float = 0.0):
+        """A streaming front end; with a margin (and a front end that has one), a speech gate."""
+        if gate_margin_db and self.front_end_class.gates:
+            return self.front_end_class(hop_frames=hop_frames, gate=SpeechGate(gate_margin_db))
         return self.front_end_class(hop_frames=hop_frames)

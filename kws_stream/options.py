@@ -185,6 +185,8 @@ OPTIONS: tuple[Option, ...] = (
            "reports it)", "detection", "HEX", check=_sha256),
     Option("threshold", float, None, "detection threshold (default: the one stored in the model)", "detection",
            "X", low=0.0, high=1.0),
+    Option("gate_margin", float, None, "skip the windows that hear no speech: no mel band DB above its noise "
+           "floor (default: the model's own; 0: score every window)", "detection", "DB", low=0.0, high=60.0),
     Option("hop_seconds", float, _S.hop_seconds, "score a window every S seconds of audio", "detection", "S",
            low=0.01, high=2.5),
     Option("refractory", float, _S.refractory_seconds, "seconds of audio after a detection in which no new one "

@@ -42,6 +42,7 @@ class FileResult:
     max_score: float | None = None  # the seed's file probability: the highest window score
     audio_seconds: float = 0.0
     windows: int = 0
+    gated: int = 0  # of the windows, those the speech gate left unscored
     error: str | None = None  # why the file failed (it may still have detections from before)
     interrupted: bool = False  # a stop came before the end of the file
     window_starts: np.ndarray | None = None  # with keep_scores: every window's start and end, in samples,
@@ -56,7 +57,7 @@ class FileResult:
 
     def summary(self) -> StreamSummary:
         return StreamSummary(self.stream, self.audio_seconds, self.windows, len(self.detections),
-                             self.max_score if self.max_score is not None else 0.0)
+                             self.max_score if self.max_score is not None else 0.0, self.gated)
 
 
 def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool = False,
@@ -108,6 +109,7 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
             emit(spotter.finish())  # what was read is scored, to its end
     result.audio_seconds = spotter.audio_seconds
     result.windows = spotter.windows
+    result.gated = spotter.gated
     if spotter.windows:
         result.max_score = spotter.max_score
     if keep_scores:

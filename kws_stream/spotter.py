@@ -27,10 +27,15 @@ class SpotterConfig:
     threshold: float | None = None  # None: the model's own threshold
     refractory_seconds: float = 2.5  # no new detection for windows ending this soon after one
     max_batch: int = 64  # windows scored in one model call when audio arrives in big chunks
+    gate_margin_db: float | None = None  # speech gate (frontends/gate.py); None: the model's own, 0: none
 
     def threshold_for(self, model: KwsModel) -> float:
         """The threshold in force: the one given, else the model's own."""
         return model.info.threshold if self.threshold is None else self.threshold
+
+    def gate_for(self, model: KwsModel) -> float:
+        """The speech gate's margin in force (0: every window is scored)."""
+        return model.info.gate_margin_db if self.gate_margin_db is None else self.gate_margin_db
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ class Spotter:
         fe_cls = model.front_end_class
         self.sample_rate = fe_cls.sample_rate
         hop_frames = max(1, round(config.hop_seconds * self.sample_rate / fe_cls.hop_length))
-        self.front_end = model.front_end(hop_frames)
+        self.front_end = model.front_end(hop_frames, config.gate_for(model))
         self.detector = Detector(config.threshold_for(model), round(config.refractory_seconds * self.sample_rate))
         self._window = np.empty(model.feature_size, dtype=np.float32)
         self._batch = np.empty((config.max_batch, model.feature_size), dtype=np.float32)
@@ -92,8 +97,9 @@ class Spotter:
     def reset(self) -> None:
         self.front_end.reset()
         self.detector.reset()
-        self._waiting: list[tuple[int, np.ndarray]] = []  # queued windows: (start, features)
+        self._waiting: list[tuple[int, np.ndarray | None]] = []  # queued windows: (start, features or None if gated)
         self.windows = 0
+        self.gated = 0  # windows the speech gate left unscored (counted in windows, score 0)
         self.detections = 0
         self.nonfinite_scores = 0
         self.max_score = -math.inf
@@ -118,16 +124,22 @@ class Spotter:
         """Like feed (None: like finish), but keep the windows the audio completes unscored,
         for `score_together` to score many streams' windows in one model call. Returns how
         many windows wait."""
-        for start in windows(self.front_end, None if audio is None else _checked(audio), self._window):
-            self._waiting.append((start, self._window.copy()))
+        fe = self.front_end
+        for start in windows(fe, None if audio is None else _checked(audio), self._window):
+            self._waiting.append((start, None if fe.skipped else self._window.copy()))
         return len(self._waiting)
 
     def deliver(self, probs: np.ndarray) -> list[Detection]:
-        """Apply the probabilities of the waiting windows, in order; return the detections."""
+        """Apply the probabilities of the waiting windows that the gate let through, in
+        order; return the detections."""
         found: list[Detection] = []
-        starts = [s for s, _ in self._waiting]
+        probs = iter(np.asarray(probs, dtype=np.float64))
+        for start, features in self._waiting:
+            if features is None:
+                self._gated(start)
+            else:
+                self._apply([start], np.array([next(probs)]), found)
         self._waiting.clear()
-        self._apply(starts, np.asarray(probs, dtype=np.float64), found)
         return found
 
     def run(self, chunks: Iterable[np.ndarray]) -> Iterator[Detection]:
@@ -145,7 +157,14 @@ class Spotter:
         """Score the windows `audio` completes (None: the end of the stream), in batches."""
         found: list[Detection] = []
         n = 0
-        for start in windows(self.front_end, audio, self._window):
+        fe = self.front_end
+        for start in windows(fe, audio, self._window):
+            if fe.skipped:  # score what waits first: windows stay in order
+                if n:
+                    self._score(n, found)
+                    n = 0
+                self._gated(start)
+                continue
             self._starts[n] = start
             self._batch[n] = self._window
             n += 1
@@ -158,6 +177,15 @@ class Spotter:
 
     def _score(self, n: int, found: list[Detection]) -> None:
         self._apply(self._starts[:n].tolist(), self.model.score(self._batch[:n]), found)
+
+    def _gated(self, start_frame: int) -> None:
+        """A window the speech gate left out: it counts, scores 0 and never detects."""
+        self.windows += 1
+        self.gated += 1
+        self.max_score = max(self.max_score, 0.0)
+        if self.on_window is not None:
+            start = start_frame * self.front_end.hop_length
+            self.on_window(start / self.sample_rate, (start + self.front_end.window_samples) / self.sample_rate, 0.0)
 
     def _apply(self, starts: list[int], probs: np.ndarray, found: list[Detection]) -> None:
         if not np.isfinite(probs).all():  # a broken model: never let a non-finite score out
@@ -197,11 +225,11 @@ def score_together(spotters: Iterable[Spotter]) -> list[tuple[Spotter, list[Dete
     ready = [s for s in spotters if s._waiting]
     if not ready:
         return []
-    model = ready[0].model
-    probs = model.score(np.stack([w for s in ready for _, w in s._waiting]))
+    scored = [w for s in ready for _, w in s._waiting if w is not None]
+    probs = ready[0].model.score(np.stack(scored)) if scored else np.empty(0)
     out, a = [], 0
     for s in ready:
-        k = len(s._waiting)
+        k = sum(w is not None for _, w in s._waiting)
         out.append((s, s.deliver(probs[a:a + k])))
         a += k
     return out

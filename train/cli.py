@@ -130,8 +130,11 @@ def _eval_parser(sub) -> None:
 def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="write a checkpoint as the ONNX model the daemon loads")
     p.set_defaults(module="kws_train.export")
-    p.add_argument("--ckpt", required=True, nargs="+", metavar="RUN/ckpt.pt",
-                   help="one checkpoint, or several of one front end exported as their mean probability")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", nargs="+", metavar="RUN/ckpt.pt",
+                        help="one checkpoint, or several of one front end exported as their mean probability")
+    source.add_argument("--from-model", metavar="M.onnx",
+                        help="an exported model: the same graph and threshold, with a new --version and --gate-margin")
     p.add_argument("--out", required=True, metavar="M.onnx")
     p.add_argument("--name", default="kws-ne-slyshu")
     p.add_argument("--version", default="1.0.0")
@@ -141,6 +144,9 @@ def _export_parser(sub) -> None:
                    help="take the threshold kws-train folds found on held-out voices for --target-fa-per-hour")
     p.add_argument("--target-fa-per-hour", type=float, default=0.5)
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--gate-margin", type=float, default=0.0, metavar="DB",
+                   help="the speech gate the runtime applies by default: windows where no mel band rises DB above "
+                        "its noise floor are not scored (0: none)")
 
 
 def build_parser() -> argparse.ArgumentParser:

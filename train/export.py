@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from kws_stream import frontends
-from kws_stream.model import INPUT_NAME, OUTPUT_NAME, KwsModel, metadata_for
+from kws_stream.model import INPUT_NAME, MAX_GATE_DB, OUTPUT_NAME, KwsModel, ModelError, metadata_for
 
 from .nets import LIFTS, ModelConfig, build
 
@@ -183,7 +183,7 @@ NOTICE = ("holds layers of Google's speech_embedding network (Apache-2.0, as ope
 
 def export(ckpt: str, out: str, name: str, version: str, threshold: float | None = None,
            negatives: str | None = None, target_fa_per_hour: float = 0.5, jobs: int = 2,
-           folds_report: str | None = None) -> dict:
+           folds_report: str | None = None, gate_margin_db: float = 0.0) -> dict:
     model, info = load_checkpoints([ckpt] if isinstance(ckpt, str) else list(ckpt))
     training = {"arch": info["model_args"]["arch"], "data": info["config"]["data"],
                 "files": info.get("train_files"), "positives": info.get("train_positives"),
@@ -214,7 +214,7 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
             chosen = {"threshold": t, "how": f"{target_fa_per_hour} false accepts/h on {hours:.2f} h of {negatives}"}
         training["threshold"] = chosen
         meta = metadata_for(name=name, version=version, threshold=chosen["threshold"], front_end=front_end,
-                            training=training)
+                            training=training, gate_margin_db=gate_margin_db)
         if getattr(frontends.get(front_end), "stops_at_rows", False):
             meta["kws.notice"] = NOTICE
         write_onnx(model, out_path, meta)
@@ -222,10 +222,48 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
     return {"out": str(out_path), "max_abs_diff": diff, **chosen}
 
 
+def restamp(source: str, out: str, version: str, gate_margin_db: float) -> dict:
+    """An exported model with a new version and speech gate, its graph (weights, threshold,
+    training record) unchanged: the metadata is rewritten and sealed again, and the new file
+    must give the source's scores exactly."""
+    import onnx
+    try:
+        src = KwsModel(source)
+    except ModelError as e:
+        raise ExportError(str(e)) from None
+    proto = onnx.load(source)
+    old = {p.key: p.value for p in proto.metadata_props}
+    info = src.info
+    try:
+        meta = metadata_for(name=info.name, version=version, threshold=info.threshold, label=info.label,
+                            front_end=info.front_end, gate_margin_db=gate_margin_db,
+                            training=json.loads(old["kws.training"]) if "kws.training" in old else None)
+    except ValueError as e:
+        raise ExportError(f"{source}: {e}") from None
+    if "kws.notice" in old:
+        meta["kws.notice"] = old["kws.notice"]
+    set_metadata(proto, meta)
+    onnx.save(proto, out)
+    x = probe_features(info.front_end)
+    diff = float(np.abs(KwsModel(out).score(x) - src.score(x)).max())
+    if diff != 0.0:
+        raise ExportError(f"{out}: scores differ from {source}'s by {diff:g}; the graph changed")
+    return {"out": out, "from": source, "version": version, "threshold": info.threshold,
+            "gate_margin_db": gate_margin_db}
+
+
 def run(args) -> int:
     try:
-        result = export(args.ckpt, args.out, args.name, args.version, args.threshold, args.negatives,
-                        args.target_fa_per_hour, args.jobs, args.threshold_from)
+        if not 0.0 <= args.gate_margin <= MAX_GATE_DB:
+            raise ExportError(f"--gate-margin {args.gate_margin:g}: not a margin in [0, {MAX_GATE_DB:g}] dB")
+        if args.from_model:
+            if args.threshold is not None or args.negatives or args.threshold_from:
+                raise ExportError("--from-model keeps the model's threshold; leave out --threshold, --negatives "
+                                  "and --threshold-from")
+            result = restamp(args.from_model, args.out, args.version, args.gate_margin)
+        else:
+            result = export(args.ckpt, args.out, args.name, args.version, args.threshold, args.negatives,
+                            args.target_fa_per_hour, args.jobs, args.threshold_from, args.gate_margin)
     except ExportError as e:
         print(f"kws-train export: {e}", file=sys.stderr)
         return 1

@@ -42,6 +42,8 @@ class FrontEnd(Protocol):
     frame_rate: ClassVar[float]  # batch frames per second
     tail: ClassVar[int]  # frames a window may run past the last start (end-of-stream padding)
     reach: ClassVar[int]  # frames past start + window_frames that a window still hears
+    gates: ClassVar[bool]  # whether it takes a speech gate (gate.SpeechGate)
+    skipped: bool  # the window take() last gave was left out by a speech gate (its features not written)
 
     def __init__(self, hop_frames: int = ...) -> None:
         """A window every hop_frames hops."""

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..onnxfile import open_session, sha256_hex
 from .base import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, WINDOW_HOPS
+from .gate import SpeechGate
 
 PCM_SCALE = 32768.0  # openWakeWord feeds 16-bit-range floats to the mel model
 MEL_FRAME = 512  # samples per mel frame
@@ -43,6 +44,7 @@ EMB_HOP = EMB_STRIDE * MEL_HOP  # 1280 samples, 80 ms
 EMB_SPAN = (EMB_FRAMES - 1) * MEL_HOP + MEL_FRAME  # 12,512 samples under one embedding
 WINDOW_EMBEDDINGS = (WINDOW_HOPS - EMB_FRAMES) // EMB_STRIDE + 1  # 22: the most that fit in 2.5 s
 WINDOW_SAMPLES = (WINDOW_EMBEDDINGS - 1) * EMB_HOP + EMB_SPAN  # 39,392
+WINDOW_MEL = (WINDOW_EMBEDDINGS - 1) * EMB_STRIDE + EMB_FRAMES  # 244 mel frames under a window
 FEATURE_SIZE = WINDOW_EMBEDDINGS * EMB_DIM  # 2112
 EMBEDDINGS_PER_SECOND = SAMPLE_RATE / EMB_HOP  # 12.5
 
@@ -250,6 +252,7 @@ class EmbeddingFrontEnd:
     """
 
     name = "oww-embedding-v1"
+    gates = True  # takes a SpeechGate: windows that hear no speech are skipped, their network work undone
     stops_at_rows = False  # frames are embeddings (True: part 3a's rows, EmbeddingRowsFrontEnd)
     row_dim = EMB_DIM
     rows_per_embedding = 1
@@ -296,11 +299,13 @@ class EmbeddingFrontEnd:
         """The batch frame window k starts at when windows are due every hop_frames mel frames."""
         return cls.rows_per_embedding * window_start(k, max(hop_frames, EMB_STRIDE))
 
-    def __init__(self, hop_frames: int = FRAMES_PER_SECOND, nets: EmbeddingNets | None = None):
+    def __init__(self, hop_frames: int = FRAMES_PER_SECOND, nets: EmbeddingNets | None = None,
+                 gate: SpeechGate | None = None):
         if not 1 <= hop_frames <= WINDOW_HOPS:
             raise ValueError(f"hop_frames must be in 1..{WINDOW_HOPS}, got {hop_frames}")
         self.hop_frames = max(hop_frames, EMB_STRIDE)  # finer hops would repeat windows: 80 ms is the grid
         self.nets = nets or shared_nets()
+        self.gate = gate
         self._pcm = np.zeros(WINDOW_SAMPLES + WINDOW_HOPS * MEL_HOP, dtype=np.float64)
         self._stream = EmbeddingStream(self.nets, self.stops_at_rows)  # holds the rows its layers still need
         # mirrored ring of S = window_frames rows: output e at e % S and e % S + S, so a window is a view
@@ -312,9 +317,17 @@ class EmbeddingFrontEnd:
         self._pcm_first = 0  # absolute index of self._pcm[0]
         self._n_pcm = 0
         self._stream.reset()
-        self.frames_out = 0  # embeddings (or rows) computed since reset
+        self.frames_out = 0  # the next embedding (or row) the stream gives: all before it are computed
         self.window = 0  # index of the next window
         self.total_samples = None  # known once the stream is finished
+        self.skipped = False  # whether the window take() last wrote was left out by the gate
+        if self.gate is not None:
+            self.gate.reset()
+            # with a gate, mel frames wait here, with their activity, until a window needs them
+            self._mel = np.empty((0, N_BANDS), dtype=np.float32)
+            self._active = np.empty(0, dtype=bool)
+            self._mel_first = 0  # absolute index of self._mel[0]
+            self._fed = 0  # the next mel frame the stream takes
 
     # -- geometry ---------------------------------------------------------------
 
@@ -350,19 +363,53 @@ class EmbeddingFrontEnd:
         return n
 
     def _advance(self) -> None:
-        """Turn held PCM into mel frames, and those into every embedding they complete."""
+        """Turn held PCM into mel frames, and those into every embedding they complete (with
+        a gate, only those the pending window needs, in ready())."""
         if self._n_pcm < MEL_FRAME:
             return
         n_frames = (self._n_pcm - MEL_FRAME) // MEL_HOP + 1
-        emb = self._stream.push(self.nets.mel(self._pcm[:(n_frames - 1) * MEL_HOP + MEL_FRAME]))
+        mel = self.nets.mel(self._pcm[:(n_frames - 1) * MEL_HOP + MEL_FRAME])
         used = n_frames * MEL_HOP
         self._pcm[:self._n_pcm - used] = self._pcm[used:self._n_pcm]
         self._n_pcm -= used
         self._pcm_first += used
+        if self.gate is None:
+            self._push(mel)
+        else:
+            self._mel = np.concatenate([self._mel, mel])
+            self._active = np.concatenate([self._active, self.gate.push(mel)])
+
+    def _push(self, mel: np.ndarray) -> None:
+        """Run the network over the next mel frames; keep the outputs in the ring."""
+        emb = self._stream.push(mel)
         for e in range(emb.shape[0]):
             row = (self.frames_out + e) % self.window_frames
             self._ring[row] = self._ring[row + self.window_frames] = emb[e]
         self.frames_out += emb.shape[0]
+
+    def _gated_window(self) -> bool:
+        """With a gate: whether the pending window hears no active frame; if it hears one,
+        run the network over the mel frames it still needs. After a gap (skipped windows)
+        the stream starts afresh at the window's first frame: the same outputs, to float
+        rounding, as running on through the gap, for less work."""
+        first = self._first_embedding() * EMB_STRIDE  # the window's first mel frame
+        span = slice(first - self._mel_first, first + WINDOW_MEL - self._mel_first)
+        if not self._active[span].any():
+            return True
+        if first > self._fed:
+            self._stream.reset()
+            self._fed = first
+            self.frames_out = self.rows_per_embedding * self._first_embedding()
+        self._push(self._mel[self._fed - self._mel_first:])
+        self._fed = self._mel_first + self._mel.shape[0]
+        return False
+
+    def _forget_mel(self) -> None:
+        """Drop the mel frames before the next window: it reads its frames' activity, and
+        the stream has taken the frames before it, or starts afresh there."""
+        keep = min(self._first_embedding() * EMB_STRIDE, self._mel_first + self._mel.shape[0]) - self._mel_first
+        self._mel, self._active = self._mel[keep:], self._active[keep:]
+        self._mel_first += keep
 
     # -- windows out ------------------------------------------------------------
 
@@ -376,16 +423,24 @@ class EmbeddingFrontEnd:
         if have < self._need_samples():
             return False
         last = self.rows_per_embedding * self._first_embedding() + self.window_frames
+        if self.gate is not None:
+            self._advance()
+            self.skipped = self._gated_window()
+            return True  # its mel frames are all in: it is skipped, or its outputs are computed
         if self.frames_out < last:
             self._advance()
         return self.frames_out >= last
 
     def take(self, out: np.ndarray) -> int:
-        """Write the next window's features into out; return its start in mel frames."""
+        """Write the next window's features into out (unless the gate skips it: see
+        `skipped`); return its start in mel frames."""
         first = self._first_embedding()
-        row = self.rows_per_embedding * first % self.window_frames
-        out[:] = self._ring[row:row + self.window_frames].reshape(-1)
+        if not (self.gate is not None and self.skipped):
+            row = self.rows_per_embedding * first % self.window_frames
+            out[:] = self._ring[row:row + self.window_frames].reshape(-1)
         self.window += 1
+        if self.gate is not None:
+            self._forget_mel()
         return first * EMB_STRIDE
 
     def finish(self) -> None:

@@ -220,6 +220,8 @@ class SeedFrontEnd:
     window_frames = WINDOW_FRAMES
     window_samples = (WINDOW_FRAMES - 1) * HOP_LENGTH + FRAME_LENGTH
     frame_rate = FRAMES_PER_SECOND
+    gates = False  # no speech gate: every window is scored
+    skipped = False
     tail = WINDOW_FRAMES // 2  # the seed scores windows starting up to half a window before the end
     reach = 0
 
