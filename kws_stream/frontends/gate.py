@@ -37,27 +37,26 @@ class SpeechGate:
     def push(self, mel: np.ndarray) -> np.ndarray:
         """Activity (bool, one per frame) of these (n, n_bands) mel frames."""
         n = mel.shape[0]
-        active = np.ones(n, dtype=bool)
         if n == 0:
-            return active
-        x = np.concatenate([self._tail, mel.astype(np.float64)])  # float64 sums: exact for any chunking
+            return np.ones(0, dtype=bool)
+        first, k = self._frames, self._tail.shape[0]  # absolute index of mel[0]; frames of history before it
+        x = np.concatenate([self._tail, mel.astype(np.float64)])  # float64 sums of float32: exact in any chunking
         csum = np.concatenate([np.zeros((1, self.n_bands)), np.cumsum(x, axis=0)])
-        first = self._frames  # absolute index of mel[0]
-        k = self._tail.shape[0]  # frames of history before mel[0]
         t = np.arange(n)
         width = np.minimum(first + t + 1, BLOCK)  # a stream's first frames average what there is
         level = ((csum[k + t + 1] - csum[k + t + 1 - width]) / width[:, None]).astype(np.float32)
-        a = 0
-        while a < n:
-            block = (first + a) // BLOCK
-            b = min(n, (block + 1) * BLOCK - first)  # this chunk's frames in that block
-            if self._means.shape[0]:
-                floor = self._means.min(axis=0)
-                active[a:b] = ((level[a:b] - floor).max(axis=1) >= self.margin)
-            if (first + b) % BLOCK == 0:  # the block is whole: its mean joins the floors' history
-                self._means = np.concatenate([self._means[-(self.history_blocks - 1):] if self.history_blocks > 1
-                                              else self._means[:0], level[b - 1:b]])
-            a = b
+        # block means: the levels at the block ends in this chunk join the history (blocks j0, j0 + 1, ...)
+        j0 = first // BLOCK - self._means.shape[0]
+        history = np.concatenate([self._means, level[(BLOCK - 1 - first) % BLOCK::BLOCK]])
+        # a frame of block b compares with the lowest mean of blocks b - history_blocks .. b - 1
+        blocks = (first + t) // BLOCK
+        b = np.arange(blocks[0], blocks[-1] + 1)
+        padded = np.concatenate([np.full((self.history_blocks, self.n_bands), np.inf, np.float32), history])
+        span = (b - j0)[:, None] + np.arange(self.history_blocks)
+        floors = padded[span].min(axis=1)
+        floors[b == 0] = -np.inf  # a stream's first block has no floor: active
+        active = (level - floors[blocks - b[0]]).max(axis=1) >= self.margin
         self._frames += n
-        self._tail = x[-(BLOCK - 1):].copy() if BLOCK > 1 else x[:0]
+        self._means = history[-self.history_blocks:]
+        self._tail = x[-(BLOCK - 1):].copy()
         return active
