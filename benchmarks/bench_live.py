@@ -1,7 +1,9 @@
 """The live path in real time: CPU share, time per 10 ms hop, and memory.
 
-Starts a private PulseAudio server with a null sink and plays speech-like audio into it
-without pause. Then, one after the other:
+Starts a private PulseAudio server with a null sink and plays audio into it without pause:
+speech-like audio (--audio speech, the default), a quiet line (--audio line: hiss at -70
+dBFS, what a monitored line carries between calls) or the demo calls each followed by as much
+line (--audio calls). Then, one after the other:
   1. the daemon itself, `kws-stream --device pulse --pub none`, as its own process: its
      share of one CPU core in steady state, from --warm-up seconds to the end (target
      <= 0.5%), the CPU its start-up and warm-up took, and its RSS (target <= 100 MB);
@@ -9,7 +11,8 @@ without pause. Then, one after the other:
      hops: processing time per hop, p50 and p99 (target p99 <= 1 ms), and this process's
      CPU share and RSS (which include the benchmark's own imports).
 
-    python benchmarks/bench_live.py [--seconds 60] [--model M.onnx] [--json out.json]
+    python benchmarks/bench_live.py [--seconds 60] [--audio speech|line|calls] [--gate-margin DB]
+                                    [--model M.onnx] [--json out.json]
 """
 from __future__ import annotations
 
@@ -30,10 +33,12 @@ import soundfile as sf
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
+from bench_gate import calls_on_a_line, line  # noqa: E402
 from bench_throughput import speech_like  # noqa: E402
 from pulse import Pulse  # noqa: E402
 
 from kws_stream import KwsModel, Spotter  # noqa: E402
+from kws_stream.spotter import SpotterConfig  # noqa: E402
 from kws_stream.audio import Resampler  # noqa: E402
 from kws_stream.frontends import HOP_LENGTH  # noqa: E402
 from kws_stream.mic import DeviceError, MicSource  # noqa: E402
@@ -57,6 +62,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--warm-up", type=float, default=5.0, help="seconds of audio before CPU is counted")
     ap.add_argument("--model", help="ONNX model (default: the packaged model)")
+    ap.add_argument("--audio", choices=("speech", "line", "calls"), default="speech", help="what is played")
+    ap.add_argument("--gate-margin", type=float, help="the speech gate's margin (default: the model's)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     if args.seconds <= args.warm_up:
@@ -66,7 +73,10 @@ def main() -> int:
         pulse.start()
         os.environ.update(pulse.env)
         wav = Path(tmp) / "speech.wav"
-        sf.write(wav, speech_like(2 * args.seconds + 30), 16000)
+        seconds, rng = 2 * args.seconds + 30, np.random.default_rng(0)
+        audio = {"speech": lambda: speech_like(seconds), "line": lambda: line(int(seconds * 16000), rng),
+                 "calls": lambda: calls_on_a_line(seconds, rng)}[args.audio]()
+        sf.write(wav, audio, 16000)
         player = subprocess.Popen(["paplay", "--device=kws", str(wav)], env=pulse.env)
         try:
             daemon = measure_daemon(args, pulse.env)
@@ -84,7 +94,7 @@ def main() -> int:
           f"after {args.warm_up:g} s (the warm-up took {result['warm_up_cpu_seconds']:.2f} s of CPU); "
           f"per 10 ms hop p50 {result['hop_us_p50']:.1f} us, p99 {result['hop_us_p99']:.1f} us, "
           f"max {result['hop_us_max']:.0f} us; RSS {result['rss_first_mb']:.1f} MB early, {result['rss_mb']:.1f} MB at the end; overflows {result['overflows']}, "
-          f"queue drops {result['queue_drops']}")
+          f"queue drops {result['queue_drops']}; windows gated {result['gated_share']:.1%} ({args.audio})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
@@ -101,6 +111,8 @@ def measure_daemon(args, env: dict) -> dict:
     cmd = [sys.executable, "-m", "kws_stream.cli", "--device", "pulse", "--pub", "none"]
     if args.model:
         cmd += ["--model", args.model]
+    if args.gate_margin is not None:
+        cmd += ["--gate-margin", str(args.gate_margin)]
     daemon = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     capturing, lines = threading.Event(), []
 
@@ -127,7 +139,7 @@ def measure_daemon(args, env: dict) -> dict:
 
 def measure(args) -> dict:
     model = KwsModel(args.model)
-    spotter = Spotter(model, stream="device:pulse")
+    spotter = Spotter(model, stream="device:pulse", config=SpotterConfig(gate_margin_db=args.gate_margin))
     source = MicSource("pulse")
     source.open()
     resample = Resampler(source.rate)
@@ -164,7 +176,8 @@ def measure(args) -> dict:
             "cpu_percent_of_one_core": 100 * cpu / wall, "hops": int(us.size),
             "hop_us_p50": float(np.percentile(us, 50)), "hop_us_p99": float(np.percentile(us, 99)),
             "hop_us_max": float(us.max()), "rss_mb": rss_mb(), "rss_first_mb": rss_first, "overflows": source.overflows,
-            "queue_drops": source.queue_drops, "model": model.info.name}
+            "queue_drops": source.queue_drops, "model": model.info.name, "audio": args.audio,
+            "gated_share": spotter.gated / max(spotter.windows, 1)}
 
 
 if __name__ == "__main__":

@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModelError as e:
         log.error("model %s", e)
         return EXIT_USAGE
+    if args.gate_margin and not model.front_end_class.gates:
+        log.warning("--gate-margin: %s reads front end %s, which has no speech gate; every window is scored",
+                    model.path, model.info.front_end)
     endpoint = args.pub or ("none" if args.file else DEFAULT_ENDPOINT)  # a replay publishes only when asked
     curve = None
     try:

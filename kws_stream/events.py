@@ -83,8 +83,8 @@ class Heartbeat:
     model_version: str
     error: str | None = None  # while the device is failing: why
     rtp: dict | None = None  # the RTP source's counters: streams, ended, packets, malformed, refused
-    windows: int = 0  # windows of the stream so far
-    gated: int = 0  # of them, those the speech gate left unscored
+    windows: int | None = None  # the live input's windows so far (not for RTP: see each call's stream-end)
+    gated: int | None = None  # of them, those the speech gate left unscored
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def stream_end_event(s: StreamSummary, reason: str | None = None, rtp: RtpStats 
 
 
 def heartbeat_event(h: Heartbeat) -> dict:
-    fields = {k: v for k, v in asdict(h).items() if k not in ("error", "rtp") or v is not None}
+    fields = {k: v for k, v in asdict(h).items() if k not in ("error", "rtp", "windows", "gated") or v is not None}
     fields["audio_seconds"] = round(h.audio_seconds, 3)
     return _event("status", **fields)
 

@@ -148,12 +148,12 @@ class Daemon:
             model = KwsModel(self.model_path, expect_sha256=self.model_sha256)
             if model.front_end_class is not self.model.front_end_class:
                 raise ModelError(f"{model.path}: front end {model.info.front_end} differs; restart to switch")
-        except ModelError as e:
+            self.spotter.replace_model(model)  # checks first: a refused model changes nothing
+        except (ModelError, ValueError) as e:
             log.error("reload kept the running model: %s", e)
             self.publisher.publish(error_event(self.stream, f"reload kept the running model: {e}"))
             return
         self.model = model
-        self.spotter.replace_model(model)
         log.info("reloaded model %s %s", model.info.name, model.info.version)
         self.heartbeat(state="reloaded")
 

@@ -106,9 +106,17 @@ class Spotter:
 
     def replace_model(self, model: KwsModel) -> None:
         """Score with another model of the same front end from the next window on,
-        keeping the stream's audio, time and detector state."""
+        keeping the stream's audio, time and detector state. A speech gate may change its
+        margin, but not be turned on or off (the front end keeps its state either way)."""
         if model.front_end_class is not self.model.front_end_class:
             raise ValueError("replace_model needs a model with the same front end")
+        gate = getattr(self.front_end, "gate", None)
+        margin = self.config.gate_for(model) if model.front_end_class.gates else 0.0
+        if bool(margin) != (gate is not None):
+            raise ValueError(f"{model.path}: the speech gate would be turned {'on' if margin else 'off'}; "
+                             "restart to switch")
+        if gate is not None:
+            gate.retune(margin)
         self.model = model
         self.detector.threshold = self.config.threshold_for(model)
 
@@ -133,6 +141,9 @@ class Spotter:
         """Apply the probabilities of the waiting windows that the gate let through, in
         order; return the detections."""
         found: list[Detection] = []
+        scored = sum(features is not None for _, features in self._waiting)
+        if len(probs) != scored:
+            raise ValueError(f"deliver got {len(probs)} probabilities for {scored} scored windows")
         probs = iter(np.asarray(probs, dtype=np.float64))
         for start, features in self._waiting:
             if features is None:

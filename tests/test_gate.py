@@ -59,31 +59,69 @@ def test_a_bad_margin_is_refused():
             SpeechGate(margin, blocks)
 
 
-@pytest.mark.parametrize("front_end", [emb.EmbeddingFrontEnd, emb.EmbeddingRowsFrontEnd])
-@pytest.mark.parametrize("chunks", [160, 16000])
-def test_gated_windows_are_skipped_and_the_rest_are_exact(front_end, chunks):
-    x = call_with_pauses()
-    plain = stream_windows(x, 100, chunks, front_end)
-    fe = front_end(hop_frames=100, gate=SpeechGate(MARGIN))
+def gated_windows(x: np.ndarray, front_end, hop_frames: int, chunks: np.random.Generator | int):
+    """(start, features or None if skipped) of every window, and the most mel frames held."""
+    fe = front_end(hop_frames=hop_frames, gate=SpeechGate(MARGIN))
     out = np.empty(fe.feature_size, dtype=np.float32)
-    got = []
-    for a in range(0, x.size, chunks):
-        chunk, taken = x[a:a + chunks], 0
+    got, held, a = [], 0, 0
+    while a < x.size:
+        n = chunks if isinstance(chunks, int) else int(chunks.integers(0, 6000))
+        chunk, taken = x[a:a + n], 0
         while taken < chunk.size:
             taken += fe.accept(chunk[taken:])
             while fe.ready():
                 got.append((fe.take(out), None if fe.skipped else out.copy()))
+            held = max(held, fe._mel.shape[0])
+        a += n
     fe.finish()
     while fe.ready():
         got.append((fe.take(out), None if fe.skipped else out.copy()))
+    return got, held
+
+
+@pytest.mark.parametrize("front_end", [emb.EmbeddingFrontEnd, emb.EmbeddingRowsFrontEnd])
+@pytest.mark.parametrize("hop_frames, chunks", [(100, 160), (100, 16000), (8, 1000), (50, "random"), (250, 3000)])
+def test_gated_windows_are_skipped_and_the_rest_are_exact(front_end, hop_frames, chunks):
+    """At hops where windows overlap (the stream runs on after a skip) and where they do
+    not (it starts afresh), in any chunking: a window is skipped exactly when the gate finds
+    no active frame under it, and every other window has the ungated front end's features."""
+    x = call_with_pauses()
+    chunks = np.random.default_rng(3) if chunks == "random" else chunks
+    plain = stream_windows(x, hop_frames, 3000, front_end)
+    got, held = gated_windows(x, front_end, hop_frames, chunks)
     assert [s for s, _ in got] == [s for s, _ in plain]  # the same windows, in order
-    skipped = [s / 100 for s, f in got if f is None]
-    assert 6 <= len(skipped) <= 14 and skipped[0] > 0.0  # the idle stretches, not the first window
-    assert all(s + 2.44 < 7.0 or s > 7.0 + 11.9 for s in skipped)  # none hears the call
+    padded = np.concatenate([x, np.zeros(emb.WINDOW_SAMPLES + emb.EMB_HOP)])
+    active = SpeechGate(MARGIN).push(emb.shared_nets().mel(padded))
     for (s, f), (_, want) in zip(got, plain):
+        assert (f is None) == (not active[s:s + emb.WINDOW_MEL].any()), s
         if f is not None:
             assert np.array_equal(f, want), s  # the stream started afresh gives the same numbers
-    assert fe._mel.shape[0] <= emb.WINDOW_HOPS  # mel frames are not hoarded
+    skipped = [s / 100 for s, f in got if f is None]
+    phrase = (7.0 + 10.0, 7.0 + 11.9)  # the demo call's phrase (its detected window is 10.0-12.46 s)
+    assert skipped and skipped[0] > 0.0 and not any(s < phrase[1] and s + 2.44 > phrase[0] for s in skipped)
+    assert held <= emb.WINDOW_HOPS  # mel frames are not hoarded
+
+
+def test_reset_mid_stream_starts_the_gate_afresh():
+    x = call_with_pauses()
+    fe = emb.EmbeddingFrontEnd(hop_frames=100, gate=SpeechGate(MARGIN))
+    fe.accept(x[:5 * SR])
+    while fe.ready():
+        fe.take(np.empty(fe.feature_size, dtype=np.float32))
+    fe.reset()
+    again, _ = gated_windows(x, emb.EmbeddingFrontEnd, 100, 3000)
+    out = np.empty(fe.feature_size, dtype=np.float32)
+    got = []
+    for a in range(0, x.size, 3000):
+        chunk, taken = x[a:a + 3000], 0
+        while taken < chunk.size:
+            taken += fe.accept(chunk[taken:])
+            while fe.ready():
+                got.append((fe.take(out), fe.skipped))
+    fe.finish()
+    while fe.ready():
+        got.append((fe.take(out), fe.skipped))
+    assert got == [(s, f is None) for s, f in again]
 
 
 def embedding_model(tmp_path, gate: float = 0.0, name: str = "emb.onnx") -> str:
@@ -116,6 +154,26 @@ def test_the_spotter_counts_gated_windows_as_zero_and_never_fires_on_them(tmp_pa
     for (a, p), (_, q) in zip(seen, plain_seen):
         assert p == 0.0 or p == q
     assert runs["off"][0].gated == 0 and runs["on"][0].gated == sp.gated  # the config overrides the model
+
+
+def test_a_reload_may_retune_the_gate_but_not_switch_it(tmp_path):
+    x = call_with_pauses()
+    loose, tight = (KwsModel(embedding_model(tmp_path, m, f"g{m}.onnx")) for m in (6.0, MARGIN))
+    plain = KwsModel(embedding_model(tmp_path))
+    sp = Spotter(loose)
+    sp.feed(x[:8 * SR])
+    sp.replace_model(tight)
+    assert sp.front_end.gate.margin_db == MARGIN and sp.model is tight
+    with pytest.raises(ValueError, match="the speech gate would be turned off; restart to switch"):
+        sp.replace_model(plain)
+    assert sp.model is tight  # refused before anything changed
+    with pytest.raises(ValueError, match="turned on"):
+        Spotter(plain).replace_model(tight)
+    both = Spotter(plain, config=SpotterConfig(gate_margin_db=MARGIN))
+    both.replace_model(loose)  # the configured margin holds for every model
+    assert both.front_end.gate.margin_db == MARGIN
+    with pytest.raises(ValueError, match="deliver got 3 probabilities for 0 scored windows"):
+        both.deliver(np.zeros(3))
 
 
 def test_streams_scored_together_keep_their_gated_windows_in_order(tmp_path):

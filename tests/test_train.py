@@ -129,6 +129,16 @@ def test_export_gives_a_model_the_daemon_loads(run, corpus, tmp_path):
     assert len((tmp_path / "out.csv").read_text().splitlines()) == len(files) + 1
 
 
+def test_a_gate_on_a_front_end_without_one_is_refused_before_anything_is_written(run, tmp_path):
+    out = tmp_path / "m.onnx"
+    r = subprocess.run([sys.executable, "-m", "kws_train.cli", "export", "--ckpt", str(run / "ckpt.pt"), "--out",
+                        str(out), "--threshold", "0.5", "--gate-margin", "12"], capture_output=True, text=True)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and lines == ["kws-train export: --gate-margin: front end seed-logmel-v1 has no "
+                                           "speech gate"]
+    assert not out.exists()
+
+
 def test_export_fails_loudly_when_runtimes_disagree(run, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "TOLERANCE", -1.0)
     with pytest.raises(export.ExportError, match="disagree"):

@@ -137,7 +137,7 @@ def _export_parser(sub) -> None:
                         help="an exported model: the same graph and threshold, with a new --version and --gate-margin")
     p.add_argument("--out", required=True, metavar="M.onnx")
     p.add_argument("--name", default="kws-ne-slyshu")
-    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--version", help="default: 1.0.0, or with --from-model the model's own")
     p.add_argument("--threshold", type=float, help="fixed threshold instead of one chosen on --negatives")
     p.add_argument("--negatives", metavar="DIR", help="target-free corpus for choosing the threshold")
     p.add_argument("--threshold-from", metavar="RUN/folds.json",

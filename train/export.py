@@ -189,6 +189,8 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
                 "files": info.get("train_files"), "positives": info.get("train_positives"),
                 "epochs": info["config"]["epochs"], "recipe": info["config"]["recipe"]}
     front_end = info["front_end"]
+    if gate_margin_db and not frontends.get(front_end).gates:
+        raise ExportError(f"--gate-margin: front end {front_end} has no speech gate")
     out_path = Path(out)
     with tempfile.TemporaryDirectory() as tmp:
         draft = Path(tmp) / "draft.onnx"
@@ -222,10 +224,10 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
     return {"out": str(out_path), "max_abs_diff": diff, **chosen}
 
 
-def restamp(source: str, out: str, version: str, gate_margin_db: float) -> dict:
-    """An exported model with a new version and speech gate, its graph (weights, threshold,
-    training record) unchanged: the metadata is rewritten and sealed again, and the new file
-    must give the source's scores exactly."""
+def restamp(source: str, out: str, version: str | None, gate_margin_db: float) -> dict:
+    """An exported model with a new version (default: its own) and speech gate, its graph
+    (weights, threshold, training record) unchanged: the metadata is rewritten and sealed
+    again, and the new file replaces `out` only once it gives the source's scores exactly."""
     import onnx
     try:
         src = KwsModel(source)
@@ -234,6 +236,7 @@ def restamp(source: str, out: str, version: str, gate_margin_db: float) -> dict:
     proto = onnx.load(source)
     old = {p.key: p.value for p in proto.metadata_props}
     info = src.info
+    version = version or info.version
     try:
         meta = metadata_for(name=info.name, version=version, threshold=info.threshold, label=info.label,
                             front_end=info.front_end, gate_margin_db=gate_margin_db,
@@ -243,11 +246,19 @@ def restamp(source: str, out: str, version: str, gate_margin_db: float) -> dict:
     if "kws.notice" in old:
         meta["kws.notice"] = old["kws.notice"]
     set_metadata(proto, meta)
-    onnx.save(proto, out)
-    x = probe_features(info.front_end)
-    diff = float(np.abs(KwsModel(out).score(x) - src.score(x)).max())
-    if diff != 0.0:
-        raise ExportError(f"{out}: scores differ from {source}'s by {diff:g}; the graph changed")
+    target = Path(out)
+    draft = target.with_name(f".{target.name}.draft")
+    try:
+        onnx.save(proto, str(draft))
+        x = probe_features(info.front_end)
+        diff = float(np.abs(KwsModel(draft).score(x) - src.score(x)).max())
+        if diff != 0.0:
+            raise ExportError(f"{out}: scores differ from {source}'s by {diff:g}; the graph changed")
+        draft.replace(target)
+    except OSError as e:
+        raise ExportError(f"{out}: cannot write ({e.strerror or e})") from None
+    finally:
+        draft.unlink(missing_ok=True)
     return {"out": out, "from": source, "version": version, "threshold": info.threshold,
             "gate_margin_db": gate_margin_db}
 
@@ -262,7 +273,7 @@ def run(args) -> int:
                                   "and --threshold-from")
             result = restamp(args.from_model, args.out, args.version, args.gate_margin)
         else:
-            result = export(args.ckpt, args.out, args.name, args.version, args.threshold, args.negatives,
+            result = export(args.ckpt, args.out, args.name, args.version or "1.0.0", args.threshold, args.negatives,
                             args.target_fa_per_hour, args.jobs, args.threshold_from, args.gate_margin)
     except ExportError as e:
         print(f"kws-train export: {e}", file=sys.stderr)

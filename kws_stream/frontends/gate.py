@@ -22,12 +22,19 @@ class SpeechGate:
     """Per-frame speech activity of mel frames pushed in chunks of any size."""
 
     def __init__(self, margin_db: float, history_blocks: int = 30, n_bands: int = 32):
-        if not margin_db > 0 or history_blocks < 1:
-            raise ValueError(f"a gate needs margin_db > 0 and history_blocks >= 1, got {margin_db}, {history_blocks}")
-        self.margin = np.float32(margin_db / MEL_DB)
+        if history_blocks < 1:
+            raise ValueError(f"a gate needs history_blocks >= 1, got {history_blocks}")
+        self.retune(margin_db)
         self.history_blocks = history_blocks
         self.n_bands = n_bands
         self.reset()
+
+    def retune(self, margin_db: float) -> None:
+        """A new margin from the next frame on; the floors' history is kept."""
+        if not margin_db > 0:
+            raise ValueError(f"a gate needs margin_db > 0, got {margin_db}")
+        self.margin_db = margin_db
+        self.margin = np.float32(margin_db / MEL_DB)
 
     def reset(self) -> None:
         self._tail = np.zeros((0, self.n_bands), dtype=np.float64)  # the last BLOCK - 1 frames
