@@ -182,3 +182,13 @@ def test_a_corpus_begun_before_a_setting_existed_resumes(tmp_path):
     synth.check_same_recipe(cfg)
     with pytest.raises(ValueError, match="real_context"):
         synth.check_same_recipe(synth.SynthConfig(out=str(tmp_path), n=1, seed=24, fetch=False, real_context=0.5))
+
+
+def test_a_stalled_tts_run_is_tried_again_then_named(tmp_path, monkeypatch):
+    from kws_train import synth_tts
+    monkeypatch.setattr(synth_tts, "TTS_TIMEOUT", 0.2)
+    marker = tmp_path / "runs"
+    script = f"echo >> {marker}; sleep 5"
+    with pytest.raises(RuntimeError, match=r"^sh took over 0.2 s twice for 'текст'$"):
+        synth_tts._run(["sh", "-c", script], "текст", tmp_path / "u.wav")
+    assert len(marker.read_text().splitlines()) == 2  # one retry, then the error

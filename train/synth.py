@@ -478,6 +478,9 @@ def run(args) -> int:
     except (MissingTool, ValueError) as e:
         print(f"kws-train synth: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a TTS engine or codec that failed on one call: the calls made so far are kept
+        print(f"kws-train synth: {e}; run the same command again to resume", file=sys.stderr)
+        return 1
     n_pos = sum(m["label"] for m in metas)
     print(f"kws-train synth: {len(metas)} calls ({n_pos} positive) in {cfg.out}", file=sys.stderr)
     return 0

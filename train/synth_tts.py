@@ -69,9 +69,18 @@ def check_engines(engines) -> None:
             raise MissingTool(f"{engine}: {program} not found; install it with: {install}")
 
 
+TTS_TIMEOUT = 120  # seconds for one utterance; a run that stalls (a paused or starved host) is tried once more
+
+
 def _run(cmd: list[str], text: str, out: Path) -> None:
     try:
-        subprocess.run(cmd, input=text.encode(), check=True, capture_output=True, timeout=120)
+        for attempt in (1, 2):
+            try:
+                subprocess.run(cmd, input=text.encode(), check=True, capture_output=True, timeout=TTS_TIMEOUT)
+                break
+            except subprocess.TimeoutExpired:
+                if attempt == 2:
+                    raise RuntimeError(f"{cmd[0]} took over {TTS_TIMEOUT} s twice for {text!r}") from None
     except subprocess.CalledProcessError as e:
         reason = e.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {e.returncode}"]
         raise RuntimeError(f"{cmd[0]} failed: {reason[0]}") from e
