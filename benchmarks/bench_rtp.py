@@ -2,7 +2,9 @@
 
 A sender process plays N calls at once as RTP (PCMU, 20 ms packets, paced by the clock,
 starts spread over one second); each call is the positive demo call, G.711-encoded by
-ffmpeg, then one second of silence. The service under test is the real CLI
+ffmpeg, then one second of silence. With --listen-seconds S, each call first carries S
+seconds of a quiet line (hiss at -70 dBFS): the direction of a call whose speaker listens
+before speaking, which the speech gate can skip (--gate-margin sets the service's). The service under test is the real CLI
 (`kws-stream --rtp`), publishing on ZeroMQ; this script subscribes. A step passes when:
   - no packet was dropped inside the process (the receiver queue's drops in the heartbeat);
   - every call was detected, and each detection arrived at most 1.5 s after the phrase
@@ -14,7 +16,8 @@ service's CPU (share of one core, and per stream), its RSS (and per stream over 
 idle service), the detections' latency (median and max). The sender runs on the same
 2 cores and takes its share.
 
-    python benchmarks/bench_rtp.py [--steps 25 50 100 ...] [--json out.json]
+    python benchmarks/bench_rtp.py [--steps 25 50 100 ...] [--listen-seconds S] [--gate-margin DB]
+                                   [--json out.json]
 """
 from __future__ import annotations
 
@@ -39,14 +42,17 @@ PACKET = 160  # samples at 8 kHz: 20 ms
 LATENCY_LIMIT = 1.5
 
 
-def ulaw_call() -> tuple[bytes, float]:
-    """The demo call as μ-law bytes plus one second of silence, and its phrase's end in seconds."""
+def ulaw_call(listen_seconds: float = 0.0) -> tuple[bytes, float]:
+    """The demo call as μ-law bytes, after listen_seconds of a quiet line and before one
+    second of silence, and its phrase's end in seconds."""
     raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(DEMO), "-ac", "1", "-ar", "8000", "-f", "mulaw",
                           "-"], check=True, capture_output=True, timeout=60).stdout
     from kws_stream.rtp import ULAW
     x = ULAW[np.frombuffer(raw, dtype=np.uint8)]
     loud = np.flatnonzero(np.abs(x) > 10 ** (-34 / 20))
-    return raw + b"\xff" * 8000, float(loud[-1] + 1) / 8000
+    hiss = np.random.default_rng(0).normal(0.0, 3e-4, int(listen_seconds * 8000))
+    line = np.abs(ULAW[None, :] - hiss[:, None]).argmin(axis=1).astype(np.uint8).tobytes()  # nearest μ-law code
+    return line + raw + b"\xff" * 8000, listen_seconds + float(loud[-1] + 1) / 8000
 
 
 def send(port: int, n: int, start: float, call: bytes) -> None:
@@ -96,14 +102,15 @@ def free_pair() -> int:
             return port
 
 
-def step(n: int, call: bytes, phrase_end: float) -> dict:
+def step(n: int, call: bytes, phrase_end: float, gate: list[str]) -> dict:
     port = free_pair()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         pub = s.getsockname()[1]
     svc = subprocess.Popen([sys.executable, "-m", "kws_stream.cli", "--rtp", f"127.0.0.1:{port}", "--pub",
                             f"tcp://127.0.0.1:{pub}", "--quiet", "--status-interval", "1", "--max-streams",
-                            str(n + 10), "--rtp-timeout", "3"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            str(n + 10), "--rtp-timeout", "3", *gate], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"kws.")
@@ -139,26 +146,31 @@ def step(n: int, call: bytes, phrase_end: float) -> dict:
             latencies.append(t - (start + offsets[tail] + phrase_end))
     beats = [e for _, e in events if e["type"] == "status" and e.get("state") == "running"]
     drops = max((b["queue_drops"] for b in beats), default=0)
-    lost = sum(e.get("rtp", {}).get("lost", 0) for _, e in events if e.get("state") == "stream-end")
+    ends = [e for _, e in events if e.get("state") == "stream-end"]
+    lost = sum(e.get("rtp", {}).get("lost", 0) for e in ends)
+    gated = sum(e.get("gated", 0) for e in ends) / max(sum(e.get("windows", 0) for e in ends), 1)
     lat = np.array(latencies) if latencies else np.array([np.inf])
     ok = drops == 0 and len(detected) == n and float(lat.max()) <= LATENCY_LIMIT
     return {"streams": n, "ok": ok, "detected": len(detected), "queue_drops": drops, "lost_packets": lost,
             "latency_median_s": round(float(np.median(lat)), 3), "latency_max_s": round(float(lat.max()), 3),
             "cpu_share_of_one_core": round(cpu / wall, 3), "cpu_ms_per_stream_second": round(1000 * cpu / wall / n, 3),
             "rss_mb": round(rss, 1), "rss_mb_idle": round(idle_rss, 1),
-            "rss_mb_per_stream": round((rss - idle_rss) / n, 3)}
+            "rss_mb_per_stream": round((rss - idle_rss) / n, 3), "gated_windows": round(gated, 3)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, nargs="+", default=[25, 50, 100, 150, 200, 300, 400, 500])
+    ap.add_argument("--listen-seconds", type=float, default=0.0, help="a quiet line before each call's speech")
+    ap.add_argument("--gate-margin", type=float, help="the service's speech gate (default: the model's)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
-    call, phrase_end = ulaw_call()
+    call, phrase_end = ulaw_call(args.listen_seconds)
+    gate = [] if args.gate_margin is None else ["--gate-margin", str(args.gate_margin)]
     print(f"call {len(call) / 8000:.2f} s, phrase ends at {phrase_end:.2f} s", file=sys.stderr)
     rows = []
     for n in args.steps:
-        row = step(n, call, phrase_end)
+        row = step(n, call, phrase_end, gate)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if not row["ok"]:
