@@ -22,8 +22,12 @@ def speechlike(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def stream_windows(x: np.ndarray, hop_frames: int, chunks: np.random.Generator | int,
-                   front_end=emb.EmbeddingFrontEnd) -> list[tuple[int, np.ndarray]]:
-    fe = front_end(hop_frames=hop_frames)
+                   front_end=emb.EmbeddingFrontEnd, gate=None,
+                   held: list[int] | None = None) -> list[tuple[int, np.ndarray | None]]:
+    """(start, features) of every window streamed in chunks; with a speech gate, features
+    None for a skipped window, and `held` gets the mel frames the front end holds after
+    each chunk."""
+    fe = front_end(hop_frames=hop_frames) if gate is None else front_end(hop_frames=hop_frames, gate=gate)
     out = np.empty(fe.feature_size, dtype=np.float32)
     got, pos = [], 0
     while pos < x.size:
@@ -32,11 +36,13 @@ def stream_windows(x: np.ndarray, hop_frames: int, chunks: np.random.Generator |
         while taken < chunk.size:
             taken += fe.accept(chunk[taken:])
             while fe.ready():
-                got.append((fe.take(out), out.copy()))
+                got.append((fe.take(out), None if fe.skipped else out.copy()))
+        if held is not None:
+            held.append(fe._mel.shape[0])
         pos += size
     fe.finish()
     while fe.ready():
-        got.append((fe.take(out), out.copy()))
+        got.append((fe.take(out), None if fe.skipped else out.copy()))
     return got
 
 
