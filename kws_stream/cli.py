@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     config = SpotterConfig(hop_seconds=args.hop_seconds, threshold=args.threshold, refractory_seconds=args.refractory,
                            gate_margin_db=args.gate_margin)
     try:
-        publisher.publish(started_event(model.info.name, model.info.version, model.sha256, publisher.endpoint))
+        gate = config.gate_for(model) if model.front_end_class.gates else 0.0
+        publisher.publish(started_event(model.info.name, model.info.version, model.sha256, publisher.endpoint, gate))
         if args.file:
             return run_files(args, model, config, publisher, stop)
         if args.rtp:

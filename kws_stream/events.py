@@ -117,9 +117,10 @@ def detection_event(d: Detection) -> dict:
             "model": {"name": d.model, "version": d.model_version}}
 
 
-def started_event(model: str, model_version: str, model_sha256: str, endpoint: str) -> dict:
+def started_event(model: str, model_version: str, model_sha256: str, endpoint: str,
+                  gate_margin_db: float = 0.0) -> dict:
     return _event("status", state="started", model=model, model_version=model_version, model_sha256=model_sha256,
-                  endpoint=endpoint)
+                  endpoint=endpoint, gate_margin_db=gate_margin_db)
 
 
 def stream_start_event(stream: str, codec: str, rate: int, payload_type: int) -> dict:

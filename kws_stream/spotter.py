@@ -18,7 +18,7 @@ from .model import KwsModel
 
 log = logging.getLogger(__name__)
 
-OnWindow = Callable[[float, float, float], None]  # (start s, end s, probability) of every scored window
+OnWindow = Callable[[float, float, float], None]  # (start s, end s, probability) of every window (0: gated)
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ class Detector:
 class Spotter:
     """Feed 16 kHz mono audio in chunks of any size; get Detections back.
 
-    `on_window(start_s, end_s, prob)` is called for every scored window, in order.
+    `on_window(start_s, end_s, prob)` is called for every window, in order; prob is 0 for
+    one the speech gate skipped.
     """
 
     def __init__(self, model: KwsModel, stream: str = "stream", config: SpotterConfig = SpotterConfig(),

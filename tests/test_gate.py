@@ -208,7 +208,12 @@ def test_export_from_a_model_sets_the_gate_and_keeps_the_graph(tmp_path):
     assert (b.info.version, b.info.gate_margin_db, b.info.threshold) == ("9.9.9", 12.0, a.info.threshold)
     x = np.random.default_rng(2).normal(0, 1, (4, emb.FEATURE_SIZE)).astype(np.float32)
     assert np.array_equal(a.score(x), b.score(x))
-    for extra, message in ((["--threshold", "0.5"], "keeps the model's threshold"),
+    kept = tmp_path / "kept.onnx"  # without --gate-margin and --version: the model's own
+    assert subprocess.run([sys.executable, "-m", "kws_train.cli", "export", "--from-model", str(out), "--out",
+                           str(kept)], capture_output=True, text=True).returncode == 0
+    assert (KwsModel(kept).info.version, KwsModel(kept).info.gate_margin_db) == ("9.9.9", 12.0)
+    for extra, message in ((["--threshold", "0.5"], "keeps the model's name and threshold"),
+                           (["--name", "other"], "leave out --name"),
                            (["--gate-margin", "70"], "not a margin in [0, 60] dB")):
         bad = subprocess.run([sys.executable, "-m", "kws_train.cli", "export", "--from-model", src, "--out",
                               str(tmp_path / "x.onnx"), *extra], capture_output=True, text=True)
@@ -229,5 +234,7 @@ def test_the_cli_reports_gated_windows_at_the_end_of_a_file(tmp_path):
         assert run.returncode == 0, run.stderr
         events = [json.loads(line) for line in run.stdout.splitlines()]
         ends[label] = next(e for e in events if e.get("state") == "stream-end")
+        ends[label]["started"] = next(e for e in events if e.get("state") == "started")
     assert 6 <= ends["model's"]["gated"] <= 14 and ends["off"]["gated"] == 0
+    assert ends["model's"]["started"]["gate_margin_db"] == MARGIN and ends["off"]["started"]["gate_margin_db"] == 0
     assert ends["model's"]["windows"] == ends["off"]["windows"]

@@ -134,9 +134,10 @@ def _export_parser(sub) -> None:
     source.add_argument("--ckpt", nargs="+", metavar="RUN/ckpt.pt",
                         help="one checkpoint, or several of one front end exported as their mean probability")
     source.add_argument("--from-model", metavar="M.onnx",
-                        help="an exported model: the same graph and threshold, with a new --version and --gate-margin")
+                        help="an exported model: the same graph, name and threshold; --version and --gate-margin "
+                             "given replace its own")
     p.add_argument("--out", required=True, metavar="M.onnx")
-    p.add_argument("--name", default="kws-ne-slyshu")
+    p.add_argument("--name", help="default: kws-ne-slyshu (not with --from-model)")
     p.add_argument("--version", help="default: 1.0.0, or with --from-model the model's own")
     p.add_argument("--threshold", type=float, help="fixed threshold instead of one chosen on --negatives")
     p.add_argument("--negatives", metavar="DIR", help="target-free corpus for choosing the threshold")
@@ -144,9 +145,9 @@ def _export_parser(sub) -> None:
                    help="take the threshold kws-train folds found on held-out voices for --target-fa-per-hour")
     p.add_argument("--target-fa-per-hour", type=float, default=0.5)
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--gate-margin", type=float, default=0.0, metavar="DB",
+    p.add_argument("--gate-margin", type=float, metavar="DB",
                    help="the speech gate the runtime applies by default: windows where no mel band rises DB above "
-                        "its noise floor are not scored (0: none)")
+                        "its noise floor are not scored (0: none; default 0, or with --from-model the model's own)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -224,8 +224,8 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
     return {"out": str(out_path), "max_abs_diff": diff, **chosen}
 
 
-def restamp(source: str, out: str, version: str | None, gate_margin_db: float) -> dict:
-    """An exported model with a new version (default: its own) and speech gate, its graph
+def restamp(source: str, out: str, version: str | None, gate_margin_db: float | None) -> dict:
+    """An exported model with a new version and speech gate (None: its own), its graph
     (weights, threshold, training record) unchanged: the metadata is rewritten and sealed
     again, and the new file replaces `out` only once it gives the source's scores exactly."""
     import onnx
@@ -237,6 +237,7 @@ def restamp(source: str, out: str, version: str | None, gate_margin_db: float) -
     old = {p.key: p.value for p in proto.metadata_props}
     info = src.info
     version = version or info.version
+    gate_margin_db = info.gate_margin_db if gate_margin_db is None else gate_margin_db
     try:
         meta = metadata_for(name=info.name, version=version, threshold=info.threshold, label=info.label,
                             front_end=info.front_end, gate_margin_db=gate_margin_db,
@@ -265,16 +266,17 @@ def restamp(source: str, out: str, version: str | None, gate_margin_db: float) -
 
 def run(args) -> int:
     try:
-        if not 0.0 <= args.gate_margin <= MAX_GATE_DB:
+        if args.gate_margin is not None and not 0.0 <= args.gate_margin <= MAX_GATE_DB:
             raise ExportError(f"--gate-margin {args.gate_margin:g}: not a margin in [0, {MAX_GATE_DB:g}] dB")
         if args.from_model:
-            if args.threshold is not None or args.negatives or args.threshold_from:
-                raise ExportError("--from-model keeps the model's threshold; leave out --threshold, --negatives "
-                                  "and --threshold-from")
+            if args.threshold is not None or args.negatives or args.threshold_from or args.name:
+                raise ExportError("--from-model keeps the model's name and threshold; leave out --name, --threshold, "
+                                  "--negatives and --threshold-from")
             result = restamp(args.from_model, args.out, args.version, args.gate_margin)
         else:
-            result = export(args.ckpt, args.out, args.name, args.version or "1.0.0", args.threshold, args.negatives,
-                            args.target_fa_per_hour, args.jobs, args.threshold_from, args.gate_margin)
+            result = export(args.ckpt, args.out, args.name or "kws-ne-slyshu", args.version or "1.0.0", args.threshold,
+                            args.negatives, args.target_fa_per_hour, args.jobs, args.threshold_from,
+                            args.gate_margin or 0.0)
     except ExportError as e:
         print(f"kws-train export: {e}", file=sys.stderr)
         return 1
