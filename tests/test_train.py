@@ -342,3 +342,16 @@ def test_verifier_sees_the_daemons_windows(run, corpus):
     half, whole = window_scores(model, c, 0.5), window_scores(model, c, 1.0)
     for (s1, p1), (sv, pv) in zip(whole, verified(half, None, "window", 0.0)):
         assert np.array_equal(sv, s1) and np.allclose(pv, p1, atol=1e-6)
+
+
+def test_gate_margin_reports_what_each_margin_keeps(corpus, capsys):
+    from kws_train import gate_margin
+    assert gate_margin.main(["--data", str(corpus)]) == 0
+    report = json.loads(capsys.readouterr().out)[str(corpus)]
+    assert report["calls"] >= 1
+    kept = [report["kept"][f"{m:g}"] for m in gate_margin.MARGINS]
+    assert kept == sorted(kept, reverse=True) and kept[0] == 1.0  # 3 dB keeps every phrase window here
+    worst = report["worst"][0]
+    assert worst["headroom_db"] == min(r["headroom_db"] for r in report["worst"]) >= 3.0
+    lost = round((1.0 - kept[gate_margin.MARGINS.index(worst["headroom_db"] + 3.0)]) * report["calls"])
+    assert lost >= 1  # one step above the worst call's headroom, that call's window is gated
