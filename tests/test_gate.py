@@ -81,6 +81,8 @@ def test_gated_windows_are_skipped_and_the_rest_are_exact(front_end, hop_frames,
     phrase = (7.0 + 10.0, 7.0 + 11.9)  # the demo call's phrase (its detected window is 10.0-12.46 s)
     assert skipped and skipped[0] > 0.0 and not any(s < phrase[1] and s + 2.44 > phrase[0] for s in skipped)
     assert max(held) <= emb.WINDOW_HOPS  # mel frames are not hoarded
+    batch = front_end.gated_windows(x, SpeechGate(MARGIN), hop_frames)  # the gate's batch view agrees
+    assert batch == [(s, f is None) for s, f in got]
 
 
 def test_reset_mid_stream_starts_the_gate_afresh():

@@ -20,9 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kws_stream.audio import read_file
-from kws_stream.frontends import FRAMES_PER_SECOND
-from kws_stream.frontends.embedding import (EMB_HOP, EMB_STRIDE, WINDOW_MEL, WINDOW_SAMPLES, shared_nets,
-                                            window_start)
+from kws_stream.frontends import FRAMES_PER_SECOND, EmbeddingFrontEnd
 from kws_stream.frontends.gate import SpeechGate
 
 from .data import corpus_files
@@ -31,19 +29,16 @@ MARGINS = tuple(float(m) for m in range(3, 61, 3))  # dB
 
 
 def call_headroom(signal: np.ndarray, bounds: tuple[float, float], hop_frames: int,
-                  margins: tuple[float, ...] = MARGINS) -> float | None:
+                  margins: tuple[float, ...] = MARGINS, front_end=EmbeddingFrontEnd) -> float | None:
     """The largest margin of the grid that keeps every window holding the whole phrase (0 if
     none does); None if no window holds it."""
-    mel = shared_nets().mel(np.concatenate([signal, np.zeros(WINDOW_SAMPLES)]))
-    active = [SpeechGate(m).push(mel) for m in margins]
-    s0, s1 = (round(b * FRAMES_PER_SECOND) for b in bounds)
-    worst, k = None, 0
-    while window_start(k, hop_frames) * EMB_HOP < signal.size:  # the windows that start inside the call
-        a = window_start(k, hop_frames) * EMB_STRIDE  # its first mel frame
-        k += 1
-        if a <= s0 and a + WINDOW_MEL >= s1:
-            kept = [m for m, flags in zip(margins, active) if flags[a:a + WINDOW_MEL].any()]
-            best = max(kept, default=0.0)
+    rate, step, span = front_end.sample_rate, front_end.hop_length, front_end.window_samples
+    verdicts = [front_end.gated_windows(signal, SpeechGate(m), hop_frames) for m in margins]
+    worst = None
+    for i, (start, _) in enumerate(verdicts[0]):
+        a = start * step / rate  # seconds
+        if a <= bounds[0] and a + span / rate >= bounds[1]:
+            best = max((m for m, v in zip(margins, verdicts) if not v[i][1]), default=0.0)
             worst = best if worst is None else min(worst, best)
     return worst
 

@@ -291,6 +291,21 @@ class EmbeddingFrontEnd:
         return out
 
     @classmethod
+    def gated_windows(cls, signal: np.ndarray, gate: SpeechGate, hop_frames: int) -> list[tuple[int, bool]]:
+        """The speech gate's batch view: (start in mel frames, skipped) of every window a
+        stream of `signal` gives with this gate, without running the network."""
+        hop = max(hop_frames, EMB_STRIDE)
+        padded = np.zeros((n_embeddings_for(signal.size) - 1) * EMB_HOP + EMB_SPAN, dtype=np.float64)
+        padded[:signal.size] = signal
+        active = gate.push(shared_nets().mel(padded))
+        out, k = [], 0
+        while window_start(k, hop) * EMB_HOP < signal.size:  # the windows that start inside it
+            a = window_start(k, hop) * EMB_STRIDE
+            out.append((a, not active[a:a + WINDOW_MEL].any()))
+            k += 1
+        return out
+
+    @classmethod
     def start_limit(cls, n_frames: int) -> int:
         return n_frames - cls.window_frames + 1  # file_frames already holds the silence after the stream
 
