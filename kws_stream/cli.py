@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     config = SpotterConfig(hop_seconds=args.hop_seconds, threshold=args.threshold, refractory_seconds=args.refractory,
                            gate_margin_db=args.gate_margin)
     try:
-        gate = config.gate_for(model) if model.front_end_class.gates else 0.0
-        publisher.publish(started_event(model.info.name, model.info.version, model.sha256, publisher.endpoint, gate))
+        publisher.publish(started_event(model.info.name, model.info.version, model.sha256, publisher.endpoint,
+                                        config.gate_for(model)))
         if args.file:
             return run_files(args, model, config, publisher, stop)
         if args.rtp:

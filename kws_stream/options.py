@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .events import DEFAULT_ENDPOINT, PublishError, check_endpoint_syntax
+from .model import MAX_GATE_DB
 from .spotter import SpotterConfig
 
 DEFAULT_CONFIG = Path("/etc/kws-stream/config.toml")
@@ -186,7 +187,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("threshold", float, None, "detection threshold (default: the one stored in the model)", "detection",
            "X", low=0.0, high=1.0),
     Option("gate_margin", float, None, "skip the windows that hear no speech: no mel band DB above its noise "
-           "floor (default: the model's own; 0: score every window)", "detection", "DB", low=0.0, high=60.0),
+           "floor (default: the model's own; 0: score every window)", "detection", "DB", low=0.0, high=MAX_GATE_DB),
     Option("hop_seconds", float, _S.hop_seconds, "score a window every S seconds of audio", "detection", "S",
            low=0.01, high=2.5),
     Option("refractory", float, _S.refractory_seconds, "seconds of audio after a detection in which no new one "

@@ -34,7 +34,10 @@ class SpotterConfig:
         return model.info.threshold if self.threshold is None else self.threshold
 
     def gate_for(self, model: KwsModel) -> float:
-        """The speech gate's margin in force (0: every window is scored)."""
+        """The speech gate's margin in force (0: every window is scored, as on a front end
+        without a gate)."""
+        if not model.front_end_class.gates:
+            return 0.0
         return model.info.gate_margin_db if self.gate_margin_db is None else self.gate_margin_db
 
 
@@ -112,7 +115,7 @@ class Spotter:
         if model.front_end_class is not self.model.front_end_class:
             raise ValueError("replace_model needs a model with the same front end")
         gate = getattr(self.front_end, "gate", None)
-        margin = self.config.gate_for(model) if model.front_end_class.gates else 0.0
+        margin = self.config.gate_for(model)
         if bool(margin) != (gate is not None):
             raise ValueError(f"{model.path}: the speech gate would be turned {'on' if margin else 'off'}; "
                              "restart to switch")

@@ -209,9 +209,7 @@ def file_embeddings(signal: np.ndarray, nets: EmbeddingNets | None = None, rows:
     the (2n + 8, 192) rows of part 3a under those n embeddings."""
     nets = nets or shared_nets()
     n = n_embeddings_for(signal.size)
-    padded = np.zeros((n - 1) * EMB_HOP + EMB_SPAN, dtype=np.float64)
-    padded[:signal.size] = signal
-    mel = nets.mel(padded)
+    mel = nets.mel(_padded(signal))
     stream = EmbeddingStream(nets, rows)
     out = np.concatenate([stream.push(mel[a:a + FILE_BLOCK]) for a in range(0, mel.shape[0], FILE_BLOCK)])
     want = (ROWS_PER_EMBEDDING * (n - 1) + TAIL_CONTEXT, ROW_DIM) if rows else (n, EMB_DIM)
@@ -219,6 +217,14 @@ def file_embeddings(signal: np.ndarray, nets: EmbeddingNets | None = None, rows:
         raise RuntimeError(f"embedding parts gave {out.shape[0]} rows for {want[0]}; "
                            "the packaged parts are inconsistent")
     return out
+
+
+def _padded(signal: np.ndarray) -> np.ndarray:
+    """The signal and the silence a stream runs on into after finish(), to the end of the
+    last embedding a whole-file pass computes."""
+    padded = np.zeros((n_embeddings_for(signal.size) - 1) * EMB_HOP + EMB_SPAN, dtype=np.float64)
+    padded[:signal.size] = signal
+    return padded
 
 
 def window_start(k: int, hop_frames: int) -> int:
@@ -295,9 +301,7 @@ class EmbeddingFrontEnd:
         """The speech gate's batch view: (start in mel frames, skipped) of every window a
         stream of `signal` gives with this gate, without running the network."""
         hop = max(hop_frames, EMB_STRIDE)
-        padded = np.zeros((n_embeddings_for(signal.size) - 1) * EMB_HOP + EMB_SPAN, dtype=np.float64)
-        padded[:signal.size] = signal
-        active = gate.push(shared_nets().mel(padded))
+        active = gate.push(shared_nets().mel(_padded(signal)))
         out, k = [], 0
         while window_start(k, hop) * EMB_HOP < signal.size:  # the windows that start inside it
             a = window_start(k, hop) * EMB_STRIDE
@@ -437,11 +441,11 @@ class EmbeddingFrontEnd:
         have = self._pcm_first + self._n_pcm
         if have < self._need_samples():
             return False
-        last = self.rows_per_embedding * self._first_embedding() + self.window_frames
         if self.gate is not None:
             self._advance()
             self.skipped = self._gated_window()
             return True  # its mel frames are all in: it is skipped, or its outputs are computed
+        last = self.rows_per_embedding * self._first_embedding() + self.window_frames
         if self.frames_out < last:
             self._advance()
         return self.frames_out >= last
@@ -450,7 +454,7 @@ class EmbeddingFrontEnd:
         """Write the next window's features into out (unless the gate skips it: see
         `skipped`); return its start in mel frames."""
         first = self._first_embedding()
-        if not (self.gate is not None and self.skipped):
+        if not self.skipped:  # never set without a gate
             row = self.rows_per_embedding * first % self.window_frames
             out[:] = self._ring[row:row + self.window_frames].reshape(-1)
         self.window += 1
