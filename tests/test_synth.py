@@ -192,3 +192,23 @@ def test_a_stalled_tts_run_is_tried_again_then_named(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"^sh took over 0.2 s twice for 'текст'$"):
         synth_tts._run(["sh", "-c", script], "текст", tmp_path / "u.wav")
     assert len(marker.read_text().splitlines()) == 2  # one retry, then the error
+
+
+def test_recordings_are_cached_at_16_khz_to_the_bit(tmp_path, monkeypatch):
+    from kws_train import synth_channel as ch
+    monkeypatch.setattr(ch, "CACHE", tmp_path / "cache")
+    wav = tmp_path / "rec.wav"
+    rng = np.random.default_rng(5)
+    sf.write(wav, 0.3 * rng.standard_normal(44100 * 2), 44100, subtype="FLOAT")
+    first = ch.cached_16k(str(wav))
+    np.testing.assert_array_equal(first, ch.load_16k(wav))
+    assert first.dtype == np.float64 and first.size == 32000
+    stored = list((tmp_path / "cache" / "clips").glob("*/*.npy"))
+    assert len(stored) == 1
+    np.testing.assert_array_equal(ch.cached_16k(str(wav)), first)  # read back, not made again
+    assert list((tmp_path / "cache" / "clips").glob("*/*.npy")) == stored
+    sf.write(wav, 0.3 * rng.standard_normal(44100), 44100, subtype="FLOAT")  # the recording changes
+    os.utime(wav, ns=(1, 1))
+    again = ch.cached_16k(str(wav))
+    np.testing.assert_array_equal(again, ch.load_16k(wav))
+    assert again.size == 16000

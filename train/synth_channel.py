@@ -6,6 +6,7 @@ word bounds of a call stay exact through every effect.
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import os
 import subprocess
@@ -16,6 +17,7 @@ import numpy as np
 import soundfile as sf
 
 from kws_stream.frontends import SAMPLE_RATE
+from kws_stream import resample as resample_module
 from kws_stream.resample import resample
 
 from .synth_tts import CACHE
@@ -73,6 +75,28 @@ def load_16k(path: str | Path, max_seconds: float = 120.0) -> np.ndarray:
     return resample(x, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else x
 
 
+@lru_cache(maxsize=1)
+def _resampler_sha() -> str:
+    return hashlib.sha256(Path(resample_module.__file__).read_bytes()).hexdigest()
+
+
+def cached_16k(path: str) -> np.ndarray:
+    """`load_16k(path)`, kept on disk under the cache (read-only, memory-mapped): decoding and
+    resampling a long recording costs a third of a second, and a corpus draws the same few
+    hundred recordings thousands of times. The key holds the file's size and time and the
+    resampler's source, so a changed file or resampler is read anew; the values are
+    load_16k's to the bit."""
+    st = os.stat(path)
+    key = hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{_resampler_sha()}".encode()).hexdigest()
+    cached = CACHE / "clips" / key[:2] / (key + ".npy")
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = cached.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp_path, load_16k(path))
+        os.replace(tmp_path, cached)  # atomic: parallel workers may race on one recording
+    return np.load(cached, mmap_mode="r")
+
+
 @lru_cache(maxsize=None)
 def sound_files(kind: str) -> tuple[str, ...]:
     """Third-party recordings by kind; an empty tuple when a source is not fetched."""
@@ -89,18 +113,13 @@ def sound_files(kind: str) -> tuple[str, ...]:
     return tuple(sorted(f for p in patterns for f in glob.glob(p, recursive=True)))
 
 
-@lru_cache(maxsize=64)
-def _clip(path: str) -> np.ndarray:
-    return load_16k(path)
-
-
 def excerpt(rng: np.random.Generator, kind: str, n: int) -> tuple[np.ndarray, str] | None:
     """n samples of a random recording of `kind`, looped if it is short."""
     files = sound_files(kind)
     if not files:
         return None
     path = files[rng.integers(len(files))]
-    x = _clip(path)
+    x = cached_16k(path)
     if x.size == 0:
         return None
     if x.size < n:
@@ -135,7 +154,7 @@ def check_real_speech() -> None:
 
 def real_clip(path: str) -> np.ndarray:
     """A recording without its leading and trailing silence (20 ms frames 40 dB below its loudest)."""
-    x = _clip(path)
+    x = cached_16k(path)
     n = x.size // FRAME
     energy = (x[:n * FRAME].reshape(n, FRAME) ** 2).mean(axis=1)
     loud = np.flatnonzero(energy > energy.max(initial=0.0) * 1e-4)  # none when silent or shorter than a frame
