@@ -9,6 +9,7 @@ Stdin (`-`) carries a WAV stream or raw mono PCM, read as it arrives.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import wave
 from dataclasses import dataclass
@@ -172,32 +173,75 @@ class StdinFormat:
 
 def iter_input(path: str, stdin: StdinFormat = StdinFormat(), block_seconds: float = BLOCK_SECONDS
                ) -> Iterator[np.ndarray]:
-    """A file's blocks, or stdin's for the path `-`."""
+    """A file's blocks; stdin's for the path `-`; a named pipe's or a character device's
+    (`--file <(ffmpeg ... -f wav -)`) read as stdin is."""
     if path == STDIN:
         if sys.stdin is None:
             raise AudioError("stdin is closed")
         return iter_stdin(sys.stdin.buffer, stdin, block_seconds)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = 0  # iter_file names what is wrong
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        return _iter_pipe(path, stdin, block_seconds)
     return iter_file(path, block_seconds)
 
 
-def iter_stdin(stream: BinaryIO, fmt: StdinFormat, block_seconds: float = 0.1) -> Iterator[np.ndarray]:
-    """Float64 mono 16 kHz blocks of a WAV stream or raw mono PCM, as they arrive (a pipe
-    is read `block_seconds` at a time). Raises AudioError."""
+def _iter_pipe(path: str, fmt: StdinFormat, block_seconds: float) -> Iterator[np.ndarray]:
     try:
-        head = stream.read(4)
+        stream = open(path, "rb")
     except OSError as e:
-        raise AudioError(f"cannot read stdin ({e.strerror or e})") from None
-    kind = fmt.format if fmt.format != "auto" else ("wav" if head == b"RIFF" else "s16le")
+        raise AudioError(f"cannot open ({e.strerror or e})") from None
+    with stream:
+        yield from iter_stdin(stream, fmt, block_seconds, what="the stream")
+
+
+# What other audio looks like at the start of a stream: stdin takes only WAV and raw PCM.
+# Four bytes or more each, so raw PCM matches one by chance about once in 2**32 streams (an
+# MP3 without an ID3 tag starts with a 2-byte frame sync, too short to tell from PCM).
+CONTAINERS = ((0, b"OggS", "Ogg"), (0, b"fLaC", "FLAC"), (0, b"ID3\x03", "MP3"), (0, b"ID3\x04", "MP3"),
+              (0, b"FORM", "AIFF"), (0, b".snd", "Sun AU"), (0, b"caff", "CAF"), (0, b"RF64", "RF64"),
+              (0, b"\x1aE\xdf\xa3", "Matroska or WebM"), (4, b"ftyp", "MP4"), (0, b"#!AMR", "AMR"))
+HEAD_BYTES = 12
+
+
+def container_of(head: bytes) -> str | None:
+    """The kind of non-WAV audio file these first bytes begin, if any; "text" for text."""
+    for at, magic, name in CONTAINERS:
+        if head[at:at + len(magic)] == magic:
+            return name
+    if len(head) >= 4 and all(b in b"\t\n\r" or 0x20 <= b < 0x7f for b in head):
+        return "text"  # raw PCM is printable ASCII this long about once in 10^5 loud streams, never in quiet ones
+    return None
+
+
+def iter_stdin(stream: BinaryIO, fmt: StdinFormat, block_seconds: float = 0.1, what: str = "stdin"
+               ) -> Iterator[np.ndarray]:
+    """Float64 mono 16 kHz blocks of a WAV stream or raw mono PCM, as they arrive (a pipe
+    is read `block_seconds` at a time). With format auto, a stream that starts like
+    another kind of audio file, or like text, is refused. Raises AudioError."""
+    try:
+        head = stream.read(HEAD_BYTES)
+    except OSError as e:
+        raise AudioError(f"cannot read {what} ({e.strerror or e})") from None
+    kind = fmt.format if fmt.format != "auto" else ("wav" if head[:4] == b"RIFF" else "s16le")
+    if fmt.format == "auto" and kind != "wav" and (other := container_of(head)) is not None:
+        if other == "text":
+            raise AudioError(f"{what} holds text, not audio (raw PCM that only looks so: --format s16le)")
+        instead = "give the file's path instead, or " if what == "stdin" else ""
+        raise AudioError(f"{what} holds {other} audio; it takes a WAV stream or raw PCM: {instead}decode it "
+                         "to WAV first (ffmpeg -i IN -f wav -)")
     if kind == "wav":
-        yield from _wav_blocks(head, stream, block_seconds)
+        yield from _wav_blocks(head, stream, block_seconds, what)
         return
     if head[:4] == b"RIFF":
-        raise AudioError(f"stdin holds a WAV header but --format is {kind}; use --format wav or auto")
+        raise AudioError(f"{what} holds a WAV header but --format is {kind}; use --format wav or auto")
     dtype, scale = RAW_DTYPES[kind]
-    yield from _pcm_blocks(head, stream, np.dtype(dtype), scale, fmt.rate, 1, block_seconds)
+    yield from _pcm_blocks(head, stream, np.dtype(dtype), scale, fmt.rate, 1, block_seconds, what=what)
 
 
-def _wav_blocks(head: bytes, stream: BinaryIO, block_seconds: float) -> Iterator[np.ndarray]:
+def _wav_blocks(head: bytes, stream: BinaryIO, block_seconds: float, what: str = "stdin") -> Iterator[np.ndarray]:
     try:
         w = wave.open(_Prefixed(head, stream), "rb")
     except (wave.Error, EOFError) as e:
@@ -205,12 +249,18 @@ def _wav_blocks(head: bytes, stream: BinaryIO, block_seconds: float) -> Iterator
     if w.getsampwidth() not in WAV_DTYPES:
         raise AudioError(f"WAV with {8 * w.getsampwidth()}-bit samples; send 8, 16 or 32-bit PCM or raw f32le")
     dtype, scale = WAV_DTYPES[w.getsampwidth()]
-    yield from _pcm_blocks(b"", _WaveFrames(w), np.dtype(dtype), scale, w.getframerate(), w.getnchannels(),
-                           block_seconds, offset=128.0 if dtype == "u1" else 0.0)
+    frames = _WaveFrames(w)
+    yield from _pcm_blocks(b"", frames, np.dtype(dtype), scale, w.getframerate(), w.getnchannels(),
+                           block_seconds, offset=128.0 if dtype == "u1" else 0.0, what=what)
+    size, frame_bytes = w.getnframes() * w.getsampwidth() * w.getnchannels(), w.getsampwidth() * w.getnchannels()
+    if 0 < size < UNKNOWN_WAV_SIZE and frames.bytes_read < 0.99 * size:  # as wav_problem judges a file
+        rate = w.getframerate() * frame_bytes
+        raise AudioError(f"truncated: the WAV header promises {size / rate:.2f} s, "
+                         f"the data holds {frames.bytes_read / rate:.2f} s")
 
 
 def _pcm_blocks(head: bytes, stream, dtype: np.dtype, scale: float, rate: int, channels: int,
-                block_seconds: float, offset: float = 0.0) -> Iterator[np.ndarray]:
+                block_seconds: float, offset: float = 0.0, what: str = "stdin") -> Iterator[np.ndarray]:
     resample = Resampler(rate)
     frame = dtype.itemsize * channels
     want = max(1, int(block_seconds * rate)) * frame
@@ -219,7 +269,7 @@ def _pcm_blocks(head: bytes, stream, dtype: np.dtype, scale: float, rate: int, c
         try:
             data = stream.read(want - len(pending)) if len(pending) < want else b""
         except OSError as e:
-            raise AudioError(f"cannot read stdin after {out_seconds:.2f} s ({e.strerror or e})") from None
+            raise AudioError(f"cannot read {what} after {out_seconds:.2f} s ({e.strerror or e})") from None
         done = not data
         pending += data
         whole = len(pending) // frame * frame
@@ -232,7 +282,7 @@ def _pcm_blocks(head: bytes, stream, dtype: np.dtype, scale: float, rate: int, c
             out_seconds += y.size / SAMPLE_RATE
             yield y
     if out_seconds == 0.0:
-        raise AudioError("no audio samples on stdin")
+        raise AudioError(f"no audio samples on {what}")
     if pending:
         raise AudioError(f"truncated: {len(pending)} bytes after the last whole sample ({out_seconds:.2f} s read)")
 
@@ -258,9 +308,12 @@ class _WaveFrames:
 
     def __init__(self, w: wave.Wave_read):
         self._w = w
+        self.bytes_read = 0
 
     def read(self, n: int) -> bytes:
-        return self._w.readframes(max(1, n // (self._w.getsampwidth() * self._w.getnchannels())))
+        data = self._w.readframes(max(1, n // (self._w.getsampwidth() * self._w.getnchannels())))
+        self.bytes_read += len(data)
+        return data
 
 
 def read_file(path: str | Path) -> np.ndarray:

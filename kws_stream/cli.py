@@ -10,14 +10,16 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
 
 from . import __version__, options, plot, security
 from .audio import StdinFormat
-from .events import DEFAULT_ENDPOINT, PublishError, check_endpoint_syntax, is_loopback, open_publisher, started_event
-from .listen import listen
+from .events import (DEFAULT_ENDPOINT, TOPIC_PREFIX, TOPICS, PublishError, check_endpoint_syntax, is_loopback,
+                     open_publisher, started_event)
+from .listen import full_topic, listen
 from .mic import DeviceError, check_input, list_devices
 from .model import KwsModel, ModelError
 from .spotter import SpotterConfig
@@ -27,11 +29,36 @@ log = logging.getLogger("kws_stream")
 EXIT_OK, EXIT_FAILED_INPUT, EXIT_USAGE = 0, 1, 2
 
 
+COMMANDS = ("listen", "keys")
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line (it prints the whole usage first by default)."""
+    """argparse with its errors on one line (it prints the whole usage first by default), no
+    abbreviated options (a prefix that works today may become ambiguous), and the word a
+    user mistyped named: argparse reads a stray word as a command, so for `--threshhold 0.5`
+    it would only say that 0.5 is not a command."""
+
+    argv: list[str] = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        command = next((a for a in self.argv if a in COMMANDS), None)
+        prog = f"{self.prog} {command}" if command and not self.prog.endswith(command) else self.prog
+        if (word := re.match(r"argument .*: invalid choice: '(.*)' \(choose from 'listen'", message)) is not None:
+            message = self._stray(word.group(1))  # a word stood where a command may
+        self.exit(EXIT_USAGE, f"{prog}: error: {message} (see {prog} --help)\n")
+
+    def _stray(self, word: str) -> str:
+        """What to say of a word argparse took for a command: the unknown option before it,
+        which would have taken it as its value, or the word itself."""
+        i = self.argv.index(word) if word in self.argv else 0
+        before = self.argv[i - 1].split("=", 1)[0] if i > 0 else ""
+        if before.startswith("--") and before not in self._option_string_actions:
+            return f"unrecognized option {before}"
+        return (f"unexpected argument {word!r}: the commands are {' and '.join(COMMANDS)}; "
+                f"a recording is replayed with --file {word}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +196,7 @@ class Progress:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line over the config file over the defaults, validated once."""
     parser = build_parser()
+    _Parser.argv = list(argv)
     given = parser.parse_args(argv)
     if given.command is not None:
         return given
@@ -312,9 +340,15 @@ def run_rtp(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop)
 
 def run_listen(args) -> int:
     try:
+        if args.connect == "none":
+            raise PublishError("none: listen needs the daemon's tcp://HOST:PORT or ipc://PATH")
         check_endpoint_syntax(args.connect)
     except PublishError as e:
         print(f"kws-stream listen: error: --connect {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if unknown := [t for t in args.topic if not any(full.startswith(full_topic(t)) for full in TOPICS)]:
+        print(f"kws-stream listen: error: --topic {unknown[0]}: no event has that topic; the topics are "
+              f"{', '.join(t[len(TOPIC_PREFIX):] for t in TOPICS)} (or a prefix of one)", file=sys.stderr)
         return EXIT_USAGE
     configure = None
     if args.listen_secret or args.curve_server:

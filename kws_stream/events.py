@@ -34,6 +34,7 @@ EVENT_SCHEMA = 1
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 TOPIC_PREFIX = "kws."
+TOPICS = tuple(TOPIC_PREFIX + kind for kind in ("detection", "status", "error"))  # one per event type
 SEND_HWM = 10000  # messages queued per subscriber before ZeroMQ drops for that subscriber
 JOIN_SECONDS = 0.3  # how long a new publisher waits for already-connecting subscribers
 LINGER_MS = 1000  # how long close() may take to deliver what is still queued (at least)
@@ -73,7 +74,7 @@ class Heartbeat:
     """The live daemon's state, every --status-interval seconds and on changes."""
     state: str  # running, capturing, reloaded, stopped
     stream: str
-    device_state: str  # open, failed, closed
+    device_state: str  # open, failed, closed; listening for RTP
     audio_seconds: float
     detections: int
     overflows: int
@@ -82,7 +83,7 @@ class Heartbeat:
     model: str
     model_version: str
     error: str | None = None  # while the device is failing: why
-    rtp: dict | None = None  # the RTP source's counters: streams, ended, packets, malformed, refused
+    rtp: dict | None = None  # the RTP source's counters: streams, ended, packets, malformed, refused, refused_packets
     windows: int | None = None  # the live input's windows so far (not for RTP: see each call's stream-end)
     gated: int | None = None  # of them, those the speech gate left unscored
 

@@ -155,10 +155,12 @@ OPTIONS: tuple[Option, ...] = (
            sources=("device",)),
     Option("file", str, None, "replay recordings (any format libsndfile reads, any rate, any channel count) "
            "through the streaming path, as fast as possible; a directory is searched recursively for audio, "
-           "@LIST reads paths from a file (one per line), - reads WAV or raw PCM from stdin", "source", "PATH",
+           "@LIST reads paths from a file (one per line), - reads WAV or raw PCM from stdin, and a named pipe "
+           "(`<(ffmpeg -i IN -f wav -)`) is read as stdin is", "source", "PATH",
            many=True, in_file=False),
     Option("format", str, "auto", "--file -: what stdin holds: wav, raw s16le, s32le or f32le (auto: WAV if it "
-           "starts with a RIFF header, else s16le)", "source", "FMT", choices=("auto", "wav", "s16le", "s32le",
+           "starts with a RIFF header; a stream that starts like Ogg, FLAC, MP3, MP4 or text is refused; else "
+           "s16le)", "source", "FMT", choices=("auto", "wav", "s16le", "s32le",
                                                                                  "f32le"), sources=("stdin",)),
     Option("rate", int, 16000, "--file -: sample rate of raw PCM on stdin, mono", "source", "HZ", low=4000,
            high=192000, sources=("stdin",)),

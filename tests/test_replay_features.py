@@ -47,6 +47,13 @@ def pcm(path: Path, *ffmpeg_args: str) -> bytes:
                           capture_output=True, timeout=60).stdout
 
 
+def wav_bytes(path: Path) -> bytes:
+    """The file as a WAV whose header holds its true size (ffmpeg writing to a pipe cannot)."""
+    out = io.BytesIO()
+    sf.write(out, sf.read(path)[0], 48000, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
 def test_folders_lists_and_unique_csv_ids(tmp_path):
     for name, src in (("d1/call.opus", POS), ("d2/call.opus", NEG), ("d2/deep/other.opus", NEG)):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -96,13 +103,33 @@ def test_stdin_finds_what_the_file_finds(how):
 def test_bad_stdin_is_one_line():
     for data, args, reason in ((b"", (), "no audio samples on stdin"), (b"RIFF\x10", (), "not a PCM WAV stream"),
                                (b"\x00\x01" * 8000 + b"\x07", (), "truncated: 1 bytes"),
-                               (pcm(POS, "-f", "wav"), ("--format", "s16le"), "WAV header")):
+                               (pcm(POS, "-f", "wav"), ("--format", "s16le"), "WAV header"),
+                               (POS.read_bytes(), (), "stdin holds Ogg audio"),  # auto takes WAV or raw PCM only
+                               (pcm(POS, "-f", "flac"), (), "stdin holds FLAC audio"),
+                               (b"hello\n", (), "stdin holds text"),
+                               (wav_bytes(POS)[:100_000], (), "truncated: the WAV header promises")):
         r = kws("--file", "-", *args, stdin=data)
         lines = [ln for ln in r.stderr.decode().splitlines() if "error" in ln]
         assert r.returncode == 1 and len(lines) == 1 and reason in lines[0], r.stderr
         assert b"Traceback" not in r.stderr
     r = kws("--file", "-", POS)
     assert r.returncode == 2 and b"must be the only input" in r.stderr
+
+
+def test_a_named_pipe_is_read_as_a_stream(tmp_path):
+    """`--file <(ffmpeg ... -f wav -)`: a pipe has no size and cannot seek, so it is read as stdin is."""
+    want = detections(kws("--file", POS).stdout)
+    fifo = tmp_path / "call.wav"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["ffmpeg", "-loglevel", "error", "-y", "-i", str(POS), "-f", "wav", str(fifo)])
+    r = kws("--file", fifo)
+    writer.wait(timeout=60)
+    assert r.returncode == 0, r.stderr
+    got = detections(r.stdout)
+    assert len(got) == len(want) >= 1 and got[0]["stream"] == str(fifo)
+    assert abs(got[0]["start"] - want[0]["start"]) < 0.01 and abs(got[0]["score"] - want[0]["score"]) < 0.02
+    r = kws("--file", "/dev/null")
+    assert r.returncode == 1 and b"/dev/null: no audio samples on the stream" in r.stderr
 
 
 def test_a_failed_file_ends_its_stream_with_the_reason(tmp_path):

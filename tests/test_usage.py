@@ -56,3 +56,18 @@ def test_listen_accepts_short_topic_names(tmp_path):
     out, err = sub.communicate(timeout=30)
     assert r.returncode == 0 and sub.returncode == 0, err
     assert '"type": "detection"' in out
+
+
+@pytest.mark.parametrize("args,said", [
+    (("--file", DEMO, "--threshhold", "0.5"), "unrecognized option --threshhold"),  # argparse blamed 0.5
+    (("--file", DEMO, DEMO, "--threshhold=0.5", "x"), "unrecognized option --threshhold"),
+    ((DEMO,), f"unexpected argument '{DEMO}'"),  # --file forgotten
+    (("--file", DEMO, "--thresh", "0.5"), "unrecognized option --thresh"),  # no abbreviations
+    (("listen", "--bogus"), "see kws-stream listen --help"),
+    (("listen", "--connect", "none"), "listen needs the daemon's"),
+    (("listen", "--topic", "bogus"), "--topic bogus: no event has that topic"),
+])
+def test_a_mistyped_command_line_names_the_mistake(args, said):
+    r = kws(*args)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and said in r.stderr, r.stderr
+
