@@ -14,6 +14,7 @@ import re
 import signal
 import sys
 import time
+from typing import Callable
 
 from . import __version__, options, plot, security
 from .audio import StdinFormat
@@ -257,13 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     config = SpotterConfig(hop_seconds=args.hop_seconds, threshold=args.threshold, refractory_seconds=args.refractory,
                            gate_margin_db=args.gate_margin)
     try:
+        prepare = run_files if args.file else run_rtp if args.rtp else run_device
+        run = prepare(args, model, config, publisher, stop)
+        if isinstance(run, int):  # the source could not be opened: no `started` without a `stopped`
+            return run
         publisher.publish(started_event(model.info.name, model.info.version, model.sha256, publisher.endpoint,
                                         config.gate_for(model)))
-        if args.file:
-            return run_files(args, model, config, publisher, stop)
-        if args.rtp:
-            return run_rtp(args, model, config, publisher, stop)
-        return run_device(args, model, config, publisher, stop)
+        return run()
     finally:
         publisher.close()
         if curve is not None:
@@ -289,10 +290,19 @@ def check_replay(args) -> str | None:
     return None
 
 
-def run_files(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop) -> int:
+# Each source's run_*: checks what can be checked before the `started` event and returns the
+# run itself, or an exit code when the source cannot be had.
+Run = Callable[[], int]
+
+
+def run_files(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop) -> Run:
     from .replay import ReplayJob
     job = ReplayJob(args.file, model, config, publisher, args.jobs, args.realtime, args.csv, args.scores, args.plot,
                     StdinFormat(args.format, args.rate))
+    return lambda: _replay(args, job, stop)
+
+
+def _replay(args, job, stop: Stop) -> int:
     began = time.monotonic()
     with Progress(len(args.file)) as progress:
         totals = job.run(stop, progress.update)
@@ -307,7 +317,7 @@ def run_files(args, model: KwsModel, config: SpotterConfig, publisher, stop: Sto
     return EXIT_FAILED_INPUT if totals.failed else EXIT_OK
 
 
-def run_device(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop) -> int:
+def run_device(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop) -> Run | int:
     from .service import Daemon
     try:
         check_input(args.device)
@@ -316,10 +326,10 @@ def run_device(args, model: KwsModel, config: SpotterConfig, publisher, stop: St
         return EXIT_USAGE
     daemon = Daemon(model, config, publisher, args.device, stop, status_interval=args.status_interval,
                     model_path=args.model, model_sha256=args.model_sha256)
-    return daemon.run()
+    return daemon.run
 
 
-def run_rtp(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop) -> int:
+def run_rtp(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop) -> Run | int:
     from .rtp import RtpService
     from .service import Notifier
     host, _, port = args.rtp.rpartition(":")
@@ -335,7 +345,7 @@ def run_rtp(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop)
         log.error("%s", e)
         return EXIT_USAGE
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return service.run()
+    return service.run
 
 
 def run_listen(args) -> int:

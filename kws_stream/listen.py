@@ -10,6 +10,7 @@ import sys
 from typing import Callable, TextIO
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .events import DEFAULT_ENDPOINT, TOPIC_PREFIX
 
@@ -49,9 +50,18 @@ def listen(endpoint: str = DEFAULT_ENDPOINT, topics: list[str] | None = None, co
         ctx.term()
         return 2
     received = 0
+    monitor = sock.get_monitor_socket(REFUSED_HANDSHAKE)  # a daemon that will never talk to us, said once
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(monitor, zmq.POLLIN)
     try:
         while not stopping and (count is None or received < count):
-            if not sock.poll(200):
+            ready = dict(poller.poll(200))
+            if monitor in ready:
+                event = recv_monitor_message(monitor)["event"]
+                print(f"kws-stream listen: error: {endpoint}: {_refusal(event)}", file=sys.stderr)
+                return 1
+            if sock not in ready:
                 continue
             topic, payload = sock.recv_multipart()
             try:
@@ -63,6 +73,20 @@ def listen(endpoint: str = DEFAULT_ENDPOINT, topics: list[str] | None = None, co
             out.flush()
             received += 1
     finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
         sock.close(linger=0)
         ctx.term()
     return 0
+
+
+REFUSED_HANDSHAKE = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def _refusal(event: int) -> str:
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return ("the daemon refused this subscriber's key (its public key must be in the daemon's "
+                "--curve-clients directory)")
+    return ("the handshake failed: this subscriber and the daemon disagree on CurveZMQ (give --curve-secret and "
+            "--curve-server, with the daemon's public key, exactly when the daemon has --curve-secret)")

@@ -43,7 +43,8 @@ def _sounddevice():
 
 
 def list_devices() -> str:
-    return str(_sounddevice().query_devices())
+    devices = _sounddevice().query_devices()
+    return str(devices) if len(devices) else "no audio devices (PortAudio finds none)"
 
 
 def check_input(text: str | None) -> None:

@@ -283,10 +283,22 @@ def test_list_devices_shows_the_pulse_input(pulse):
 
 def test_a_device_that_matches_nothing_is_a_usage_error(pulse, burst_model):
     r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--device", "no-such-device", "--model", burst_model,
-                        "--pub", "none"], env=pulse.env, capture_output=True, text=True, timeout=30)
+                        "--pub", "none", "--events", "all"], env=pulse.env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     (line,) = r.stderr.strip().splitlines()
     assert "no-such-device" in line and "no such input device" in line
+    assert r.stdout == ""  # no `started` event for a daemon that never starts
+
+
+def test_listing_no_devices_says_so():
+    """No sound card and no sound server (this test's environment has no PulseAudio
+    server unless a test starts its own): a sentence, not an empty line."""
+    env = dict(os.environ, PULSE_SERVER="unix:/nonexistent")
+    r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--list-devices"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    out = r.stdout.strip()  # here (no card): the sentence; a machine with a card or ALSA device lists it
+    assert out == "no audio devices (PortAudio finds none)" or any(api in out for api in ("ALSA", "JACK", "OSS")), out
 
 
 def test_without_the_audio_backend_live_mode_is_a_usage_error(tmp_path, burst_model):

@@ -95,9 +95,13 @@ def test_only_authorised_subscribers_receive_and_the_wire_is_unreadable(keys, ca
     finally:
         for p in (alice, mallory, plain):
             p.terminate()
-    got = {name: p.communicate(timeout=10)[0] for name, p in (("alice", alice), ("mallory", mallory), ("plain", plain))}
-    assert got["alice"].count('"type": "detection"') == 2 and '"state": "finished"' in got["alice"]
-    assert got["mallory"] == "" and got["plain"] == ""
+    got = {name: p.communicate(timeout=10) for name, p in (("alice", alice), ("mallory", mallory), ("plain", plain))}
+    assert got["alice"][0].count('"type": "detection"') == 2 and '"state": "finished"' in got["alice"][0]
+    assert got["mallory"][0] == "" and got["plain"][0] == ""
+    # the refused ones said why, once, and ended by themselves (exit 1), not when terminated
+    assert mallory.returncode == 1 and "refused this subscriber's key" in got["mallory"][1], got["mallory"][1]
+    assert plain.returncode == 1 and "disagree on CurveZMQ" in got["plain"][1], got["plain"][1]
+    assert alice.returncode != 1 and len(got["mallory"][1].strip().splitlines()) == 1
     assert len(wire) > 1000 and b"detection" not in wire and b"kws." not in wire
 
 
