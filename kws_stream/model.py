@@ -125,6 +125,8 @@ class KwsModel:
             import onnxruntime  # noqa: F401 (open_session uses it)
         except ImportError as e:  # pragma: no cover - a broken install
             raise ModelError(f"onnxruntime is not importable: {e}") from e
+        if path.is_dir():
+            raise ModelError(f"{path}: a directory, not a model file")
         if not path.is_file():
             raise ModelError(f"{path}: no such model file")
         try:

@@ -173,7 +173,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_streams", int, 200, "--rtp: streams watched at once; new senders past it are refused with an "
            "error event", "source", "N", low=1, high=10000, sources=("rtp",)),
     Option("rtp_l16", str, [], "--rtp: dynamic payload types carrying L16 (16-bit big-endian PCM), as PT or "
-           "PT/RATE (default rate 8000)", "source", "PT", many=True, check=_payload_type, sources=("rtp",)),
+           "PT/RATE (RATE 4000..48000 Hz, default 8000)", "source", "PT", many=True, check=_payload_type, sources=("rtp",)),
     Option("rtp_opus", str, [], "--rtp: dynamic payload types carrying Opus", "source", "PT", many=True,
            check=_opus_type, sources=("rtp",)),
     Option("realtime", bool, False, "pace file replay at real time (one file at a time: not with --jobs above 1)",
@@ -233,6 +233,7 @@ def add_to_parser(parser: argparse.ArgumentParser) -> None:
     groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
     for o in OPTIONS:
         notes = [_bounds(o)] if o.low is not None else []
+        notes += [f"one of {', '.join(o.choices)}"] if o.choices else []
         notes += [f"default {o.default}"] if o.default not in (None, False) and not o.many else []
         help_text = o.help + (f" ({', '.join(notes)})" if notes else "")
         kw: dict[str, Any] = {"dest": o.key, "default": argparse.SUPPRESS, "help": help_text.replace("%", "%%")}

@@ -30,6 +30,8 @@ def generate(out_dir: str | Path, name: str, force: bool = False) -> tuple[Path,
     if not name or name.startswith(".") or "/" in name or "\0" in name:
         raise KeyMaterialError(f"--name {name!r}: give a plain file name (no '/', not empty, not starting with '.')")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise KeyMaterialError(f"{out}: not a directory (--out names the directory for the key files)")
     if not out.is_dir():
         try:
             out.mkdir(mode=0o700, parents=True)
