@@ -194,7 +194,7 @@ def _iter_pipe(path: str, fmt: StdinFormat, block_seconds: float) -> Iterator[np
     except OSError as e:
         raise AudioError(f"cannot open ({e.strerror or e})") from None
     with stream:
-        yield from iter_stdin(stream, fmt, block_seconds, what="the stream")
+        yield from iter_stdin(stream, fmt, block_seconds, pipe=path)
 
 
 # What other audio looks like at the start of a stream: stdin takes only WAV and raw PCM.
@@ -216,32 +216,33 @@ def container_of(head: bytes) -> str | None:
     return None
 
 
-def iter_stdin(stream: BinaryIO, fmt: StdinFormat, block_seconds: float = 0.1, what: str = "stdin"
+def iter_stdin(stream: BinaryIO, fmt: StdinFormat, block_seconds: float = 0.1, pipe: str | None = None
                ) -> Iterator[np.ndarray]:
     """Float64 mono 16 kHz blocks of a WAV stream or raw mono PCM, as they arrive (a pipe
     is read `block_seconds` at a time). With format auto, a stream that starts like
-    another kind of audio file, or like text, is refused. Raises AudioError."""
+    another kind of audio file, or like text, is refused. `pipe`: the named pipe read
+    instead of stdin. Raises AudioError, whose message the caller puts after the name."""
     try:
         head = stream.read(HEAD_BYTES)
     except OSError as e:
-        raise AudioError(f"cannot read {what} ({e.strerror or e})") from None
+        raise AudioError(f"cannot read ({e.strerror or e})") from None
     kind = fmt.format if fmt.format != "auto" else ("wav" if head[:4] == b"RIFF" else "s16le")
     if fmt.format == "auto" and kind != "wav" and (other := container_of(head)) is not None:
         if other == "text":
-            raise AudioError(f"{what} holds text, not audio (raw PCM that only looks so: --format s16le)")
-        instead = "give the file's path instead, or " if what == "stdin" else ""
-        raise AudioError(f"{what} holds {other} audio; it takes a WAV stream or raw PCM: {instead}decode it "
-                         "to WAV first (ffmpeg -i IN -f wav -)")
+            raise AudioError("holds text, not audio (raw PCM that only looks so: --format s16le)")
+        instead = "give the file's path instead, or " if pipe is None else ""
+        raise AudioError(f"holds {other} audio; a stream must be WAV or raw PCM: {instead}decode it to WAV "
+                         "first (ffmpeg -i IN -f wav -)")
     if kind == "wav":
-        yield from _wav_blocks(head, stream, block_seconds, what)
+        yield from _wav_blocks(head, stream, block_seconds)
         return
     if head[:4] == b"RIFF":
-        raise AudioError(f"{what} holds a WAV header but --format is {kind}; use --format wav or auto")
+        raise AudioError(f"holds a WAV header but --format is {kind}; use --format wav or auto")
     dtype, scale = RAW_DTYPES[kind]
-    yield from _pcm_blocks(head, stream, np.dtype(dtype), scale, fmt.rate, 1, block_seconds, what=what)
+    yield from _pcm_blocks(head, stream, np.dtype(dtype), scale, fmt.rate, 1, block_seconds)
 
 
-def _wav_blocks(head: bytes, stream: BinaryIO, block_seconds: float, what: str = "stdin") -> Iterator[np.ndarray]:
+def _wav_blocks(head: bytes, stream: BinaryIO, block_seconds: float) -> Iterator[np.ndarray]:
     try:
         w = wave.open(_Prefixed(head, stream), "rb")
     except (wave.Error, EOFError) as e:
@@ -251,7 +252,7 @@ def _wav_blocks(head: bytes, stream: BinaryIO, block_seconds: float, what: str =
     dtype, scale = WAV_DTYPES[w.getsampwidth()]
     frames = _WaveFrames(w)
     yield from _pcm_blocks(b"", frames, np.dtype(dtype), scale, w.getframerate(), w.getnchannels(),
-                           block_seconds, offset=128.0 if dtype == "u1" else 0.0, what=what)
+                           block_seconds, offset=128.0 if dtype == "u1" else 0.0)
     size, frame_bytes = w.getnframes() * w.getsampwidth() * w.getnchannels(), w.getsampwidth() * w.getnchannels()
     if 0 < size < UNKNOWN_WAV_SIZE and frames.bytes_read < 0.99 * size:  # as wav_problem judges a file
         rate = w.getframerate() * frame_bytes
@@ -260,7 +261,7 @@ def _wav_blocks(head: bytes, stream: BinaryIO, block_seconds: float, what: str =
 
 
 def _pcm_blocks(head: bytes, stream, dtype: np.dtype, scale: float, rate: int, channels: int,
-                block_seconds: float, offset: float = 0.0, what: str = "stdin") -> Iterator[np.ndarray]:
+                block_seconds: float, offset: float = 0.0) -> Iterator[np.ndarray]:
     resample = Resampler(rate)
     frame = dtype.itemsize * channels
     want = max(1, int(block_seconds * rate)) * frame
@@ -269,7 +270,7 @@ def _pcm_blocks(head: bytes, stream, dtype: np.dtype, scale: float, rate: int, c
         try:
             data = stream.read(want - len(pending)) if len(pending) < want else b""
         except OSError as e:
-            raise AudioError(f"cannot read {what} after {out_seconds:.2f} s ({e.strerror or e})") from None
+            raise AudioError(f"cannot read after {out_seconds:.2f} s ({e.strerror or e})") from None
         done = not data
         pending += data
         whole = len(pending) // frame * frame
@@ -282,7 +283,7 @@ def _pcm_blocks(head: bytes, stream, dtype: np.dtype, scale: float, rate: int, c
             out_seconds += y.size / SAMPLE_RATE
             yield y
     if out_seconds == 0.0:
-        raise AudioError(f"no audio samples on {what}")
+        raise AudioError("no audio samples")
     if pending:
         raise AudioError(f"truncated: {len(pending)} bytes after the last whole sample ({out_seconds:.2f} s read)")
 

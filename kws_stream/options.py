@@ -18,6 +18,7 @@ Keys use underscores (`hop_seconds` for `--hop-seconds`).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tomllib
 from dataclasses import dataclass
@@ -70,27 +71,28 @@ class Option:
         return text
 
     def check_type(self, value: Any) -> Any:
-        """A TOML value as this option's type (ints pass as floats; devices may be indices)."""
+        """A TOML value as this option's type (ints pass as floats; devices may be indices);
+        ValueError quotes a wrong value as TOML writes it."""
         if self.many:
             ok = isinstance(value, list) and all(isinstance(v, str) or type(v) is int for v in value)
             if not ok:
-                raise ValueError(f"must be a list of strings, got {value!r}")
+                raise ValueError(f"must be a list of strings, got {_toml(value)}")
             return [str(v) for v in value]  # payload types may be written as numbers
         if self.type is bool:
             if not isinstance(value, bool):
-                raise ValueError(f"must be true or false, got {value!r}")
+                raise ValueError(f"must be true or false, got {_toml(value)}")
             return value
         if self.type is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(f"must be a whole number, got {value!r}")
+            raise ValueError(f"must be a whole number, got {_toml(value)}")
         if self.type is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"must be a number, got {value!r}")
+                raise ValueError(f"must be a number, got {_toml(value)}")
             return float(value)
         if self.type is str:
             if self.key == "device" and isinstance(value, int) and not isinstance(value, bool):
                 return str(value)
             if not isinstance(value, str):
-                raise ValueError(f"must be a string, got {value!r}")
+                raise ValueError(f"must be a string, got {_toml(value)}")
         return value
 
     def validate(self, value: Any) -> None:
@@ -222,6 +224,15 @@ OPTIONS: tuple[Option, ...] = (
            choices=("debug", "info", "warning", "error")),
 )
 BY_KEY = {o.key: o for o in OPTIONS}
+def _toml(value: Any) -> str:
+    """A value as TOML spells it: true, not Python's True."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 SOURCES = ("file", "device", "rtp")
 GROUPS = {"source": "source (default: the default input device, as a daemon)", "detection": "detection",
           "output": "output"}

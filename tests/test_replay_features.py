@@ -101,12 +101,12 @@ def test_stdin_finds_what_the_file_finds(how):
 
 
 def test_bad_stdin_is_one_line():
-    for data, args, reason in ((b"", (), "no audio samples on stdin"), (b"RIFF\x10", (), "not a PCM WAV stream"),
+    for data, args, reason in ((b"", (), "stdin: no audio samples"), (b"RIFF\x10", (), "not a PCM WAV stream"),
                                (b"\x00\x01" * 8000 + b"\x07", (), "truncated: 1 bytes"),
-                               (pcm(POS, "-f", "wav"), ("--format", "s16le"), "WAV header"),
-                               (POS.read_bytes(), (), "stdin holds Ogg audio"),  # auto takes WAV or raw PCM only
-                               (pcm(POS, "-f", "flac"), (), "stdin holds FLAC audio"),
-                               (b"hello\n", (), "stdin holds text"),
+                               (pcm(POS, "-f", "wav"), ("--format", "s16le"), "stdin: holds a WAV header"),
+                               (POS.read_bytes(), (), "stdin: holds Ogg audio"),  # auto takes WAV or raw PCM only
+                               (pcm(POS, "-f", "flac"), (), "stdin: holds FLAC audio"),
+                               (b"hello\n", (), "stdin: holds text"),
                                (wav_bytes(POS)[:100_000], (), "truncated: the WAV header promises")):
         r = kws("--file", "-", *args, stdin=data)
         lines = [ln for ln in r.stderr.decode().splitlines() if "error" in ln]
@@ -129,7 +129,7 @@ def test_a_named_pipe_is_read_as_a_stream(tmp_path):
     assert len(got) == len(want) >= 1 and got[0]["stream"] == str(fifo)
     assert abs(got[0]["start"] - want[0]["start"]) < 0.01 and abs(got[0]["score"] - want[0]["score"]) < 0.02
     r = kws("--file", "/dev/null")
-    assert r.returncode == 1 and b"/dev/null: no audio samples on the stream" in r.stderr
+    assert r.returncode == 1 and b"/dev/null: no audio samples" in r.stderr
 
 
 def test_a_failed_file_ends_its_stream_with_the_reason(tmp_path):
