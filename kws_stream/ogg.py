@@ -33,7 +33,7 @@ def problem(path: str | Path) -> str | None:
             if len(head) < HEADER.size:
                 if ended and not open_streams - ended and head[:4] != CAPTURE[:len(head[:4])]:
                     return None  # a few bytes after the last stream ended
-                return f"truncated: the last Ogg page is cut off at byte {pos}"
+                return f"truncated: the file ends at byte {size}, inside the Ogg page that starts at byte {pos}"
             capture, version, flags, _, serial, _, _, n_segments = HEADER.unpack(head)
             if capture != CAPTURE or version != 0:
                 if ended and not open_streams - ended:  # bytes after the last stream ended (a tag)
@@ -43,7 +43,7 @@ def problem(path: str | Path) -> str | None:
             body = sum(table)
             end = pos + HEADER.size + n_segments + body
             if len(table) < n_segments or end > size:
-                return f"truncated: the last Ogg page is cut off at byte {pos}"
+                return f"truncated: the file ends at byte {size}, inside the Ogg page that starts at byte {pos}"
             (ended if flags & FLAG_EOS else open_streams).add(serial)
             pos = f.seek(end)
     unfinished = open_streams - ended

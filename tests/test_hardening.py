@@ -57,6 +57,7 @@ def test_truncated_ogg_opus_is_a_failed_file(tmp_path, percent):
     assert r.returncode == 1, r.stderr
     errors = [line for line in r.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and f"cut{percent}.opus: truncated" in errors[0], r.stderr
+    assert f"the file ends at byte {len(data) * percent // 100}, inside the Ogg page" in errors[0], r.stderr
     assert "Traceback" not in r.stderr
     assert [row["id"] for row in csv.DictReader((tmp_path / "s.csv").open())] == ["demo_positive"]
 
