@@ -140,16 +140,18 @@ def wav_problem(path: Path) -> str | None:
             head = f.read(12)
             if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
                 return None
-            byte_rate = 0
+            byte_rate = block_align = 0
             while len(chunk := f.read(8)) == 8:
                 size = int.from_bytes(chunk[4:], "little")
                 if chunk[:4] == b"fmt ":
                     fmt = f.read(min(size, 16))
                     byte_rate = int.from_bytes(fmt[8:12], "little") if len(fmt) >= 12 else 0
+                    block_align = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else 0
                     f.seek(size - len(fmt) + (size & 1), os.SEEK_CUR)
                 elif chunk[:4] == b"data":
                     held = os.fstat(f.fileno()).st_size - f.tell()
-                    if size == 0 or size >= UNKNOWN_WAV_SIZE or held >= 0.99 * size or not byte_rate:
+                    # a placeholder rounded down to whole frames (sox, 3, 5 or 6 channels) is one still
+                    if size == 0 or size >= UNKNOWN_WAV_SIZE - block_align or held >= 0.99 * size or not byte_rate:
                         return None
                     return (f"truncated: the WAV header promises {size / byte_rate:.2f} s, "
                             f"the data holds {held / byte_rate:.2f} s")
@@ -179,13 +181,18 @@ def iter_input(path: str, stdin: StdinFormat = StdinFormat(), block_seconds: flo
         if sys.stdin is None:
             raise AudioError("stdin is closed")
         return iter_stdin(sys.stdin.buffer, stdin, block_seconds)
+    if is_stream(path):
+        return _iter_pipe(path, stdin, block_seconds)
+    return iter_file(path, block_seconds)
+
+
+def is_stream(path: str) -> bool:
+    """A named pipe or a character device (`<(ffmpeg ...)`, /dev/stdin): no size, no seeking."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
-        mode = 0  # iter_file names what is wrong
-    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
-        return _iter_pipe(path, stdin, block_seconds)
-    return iter_file(path, block_seconds)
+        return False  # iter_file names what is wrong
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
 
 
 def _iter_pipe(path: str, fmt: StdinFormat, block_seconds: float) -> Iterator[np.ndarray]:
@@ -211,9 +218,20 @@ def container_of(head: bytes) -> str | None:
     for at, magic, name in CONTAINERS:
         if head[at:at + len(magic)] == magic:
             return name
-    if len(head) >= 4 and all(b in b"\t\n\r" or 0x20 <= b < 0x7f for b in head):
-        return "text"  # raw PCM is printable ASCII this long about once in 10^5 loud streams, never in quiet ones
+    if len(head) >= 4 and _printable(head):
+        return "text"  # raw PCM reads as printable text this long about once in 10^5 loud streams, never when quiet
     return None
+
+
+def _printable(head: bytes) -> bool:
+    """Whether these bytes are printable UTF-8 text (Russian too), bar a cut last character."""
+    for cut in range(4):
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return bool(text) and all(c.isprintable() or c in "\t\n\r" for c in text)
+    return False
 
 
 def iter_stdin(stream: BinaryIO, fmt: StdinFormat, block_seconds: float = 0.1, pipe: str | None = None
@@ -243,18 +261,20 @@ def iter_stdin(stream: BinaryIO, fmt: StdinFormat, block_seconds: float = 0.1, p
 
 
 def _wav_blocks(head: bytes, stream: BinaryIO, block_seconds: float) -> Iterator[np.ndarray]:
+    source = _Prefixed(head, stream)
     try:
-        w = wave.open(_Prefixed(head, stream), "rb")
+        w = wave.open(source, "rb")
     except (wave.Error, EOFError) as e:
         raise AudioError(f"not a PCM WAV stream ({str(e) or 'the header is cut short'})") from None
     if w.getsampwidth() not in WAV_DTYPES:
         raise AudioError(f"WAV with {8 * w.getsampwidth()}-bit samples; send 8, 16 or 32-bit PCM or raw f32le")
     dtype, scale = WAV_DTYPES[w.getsampwidth()]
-    frames = _WaveFrames(w)
+    # a writer that could not seek back left the data size 0: the samples run to the end
+    frames = _WaveFrames(w) if w.getnframes() else source
     yield from _pcm_blocks(b"", frames, np.dtype(dtype), scale, w.getframerate(), w.getnchannels(),
                            block_seconds, offset=128.0 if dtype == "u1" else 0.0)
     size, frame_bytes = w.getnframes() * w.getsampwidth() * w.getnchannels(), w.getsampwidth() * w.getnchannels()
-    if 0 < size < UNKNOWN_WAV_SIZE and frames.bytes_read < 0.99 * size:  # as wav_problem judges a file
+    if 0 < size < UNKNOWN_WAV_SIZE - frame_bytes and frames.bytes_read < 0.99 * size:  # as wav_problem judges files
         rate = w.getframerate() * frame_bytes
         raise AudioError(f"truncated: the WAV header promises {size / rate:.2f} s, "
                          f"the data holds {frames.bytes_read / rate:.2f} s")

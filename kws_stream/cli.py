@@ -45,19 +45,29 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
-        command = next((a for a in self.argv if a in COMMANDS), None)
+        command = self._command()
         prog = f"{self.prog} {command}" if command and not self.prog.endswith(command) else self.prog
-        if (word := re.match(r"argument .*: invalid choice: '(.*)' \(choose from 'listen'", message)) is not None:
+        if (word := re.match(r"argument \{listen,keys\}: invalid choice: '?(.*?)'? \(choose from", message)):
             message = self._stray(word.group(1))  # a word stood where a command may
         self.exit(EXIT_USAGE, f"{prog}: error: {message} (see {prog} --help)\n")
 
+    def _value_of_option(self, i: int) -> bool:
+        """Whether argv[i] follows an option that takes a value (and so is that value)."""
+        action = self._option_string_actions.get(self.argv[i - 1].split("=", 1)[0]) if i > 0 else None
+        return action is not None and action.nargs != 0 and "=" not in self.argv[i - 1]
+
+    def _command(self) -> str | None:
+        """The command given, if any: the first word that is no option's value."""
+        words = [a for i, a in enumerate(self.argv) if not a.startswith("-") and not self._value_of_option(i)]
+        return words[0] if words and words[0] in COMMANDS else None
+
     def _stray(self, word: str) -> str:
-        """What to say of a word argparse took for a command: the unknown option before it,
+        """What to say of a word argparse took for a command: an unknown option before it,
         which would have taken it as its value, or the word itself."""
-        i = self.argv.index(word) if word in self.argv else 0
-        before = self.argv[i - 1].split("=", 1)[0] if i > 0 else ""
-        if before.startswith("--") and before not in self._option_string_actions:
-            return f"unrecognized option {before}"
+        for i in (i for i, a in enumerate(self.argv) if a == word and i > 0):
+            before = self.argv[i - 1].split("=", 1)[0]
+            if before.startswith("--") and before not in self._option_string_actions:
+                return f"unrecognized option {before}"
         return (f"unexpected argument {word!r}: the commands are {' and '.join(COMMANDS)}; "
                 f"a recording is replayed with --file {word}")
 
@@ -119,7 +129,9 @@ def setup_logging(level: str) -> None:
 
 
 class Stop:
-    """Set by SIGTERM/SIGINT; the work loops check it between blocks."""
+    """Set by SIGTERM/SIGINT; the work loops check it between blocks. A second signal ends
+    the process at once (128 + signal, cleanup handlers still run): a read that waits for
+    a writer that never comes (a named pipe, stdin) cannot check the flag."""
 
     def __init__(self):
         self.requested = False
@@ -133,6 +145,8 @@ class Stop:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise SystemExit(128 + signum)
         self.requested = True
         self.signal = signum
 
@@ -274,12 +288,15 @@ def main(argv: list[str] | None = None) -> int:
 def check_replay(args) -> str | None:
     """Expand --file's inputs in place and check that its outputs can be written; the
     problem, or None. (The replay modules load here, so a live daemon never holds them.)"""
-    from .audio import STDIN, AudioError, soundfile
+    from .audio import STDIN, AudioError, is_stream, soundfile
     from .replay import InputError, check_writable, expand_inputs
     try:
         args.file = expand_inputs(args.file)
         if any(path != STDIN for path in args.file):
             soundfile()
+        if args.jobs > 1 and (pipes := [p for p in args.file if is_stream(p)]):
+            log.warning("--jobs 1: %s is a pipe, which worker processes cannot open", pipes[0])
+            args.jobs = 1
         for path, folder in ((args.csv, False), (args.scores, False), (args.plot, True)):
             if path:
                 check_writable(path, folder)

@@ -23,12 +23,15 @@ def full_topic(topic: str) -> str:
 Configure = Callable[[zmq.Socket], None]  # sets socket options before connecting, e.g. CURVE client keys
 
 
-def subscriber(ctx: zmq.Context, endpoint: str, topics: list[str], configure: Configure | None = None) -> zmq.Socket:
+def subscriber(ctx: zmq.Context, endpoint: str, topics: list[str], configure: Configure | None = None,
+               before_connect: Callable[[zmq.Socket], None] | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.SUB)
     if configure is not None:
         configure(sock)  # e.g. CURVE client keys, before connecting
     for topic in topics or [""]:
         sock.setsockopt(zmq.SUBSCRIBE, full_topic(topic).encode())
+    if before_connect is not None:
+        before_connect(sock)
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as e:
@@ -43,14 +46,18 @@ def listen(endpoint: str = DEFAULT_ENDPOINT, topics: list[str] | None = None, co
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.append(True))
     ctx = zmq.Context()
+    monitors = []  # the handshake's outcome: a daemon that will never talk to us is said once
     try:
-        sock = subscriber(ctx, endpoint, topics or [], configure)
+        sock = subscriber(ctx, endpoint, topics or [], configure,
+                          before_connect=lambda s: monitors.append(s.get_monitor_socket(HANDSHAKE)))
     except ValueError as e:
         print(f"kws-stream listen: error: {e}", file=sys.stderr)
+        for m in monitors:
+            m.close(linger=0)
         ctx.term()
         return 2
-    received = 0
-    monitor = sock.get_monitor_socket(REFUSED_HANDSHAKE)  # a daemon that will never talk to us, said once
+    received, failed_handshakes = 0, 0
+    (monitor,) = monitors
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     poller.register(monitor, zmq.POLLIN)
@@ -59,8 +66,13 @@ def listen(endpoint: str = DEFAULT_ENDPOINT, topics: list[str] | None = None, co
             ready = dict(poller.poll(200))
             if monitor in ready:
                 event = recv_monitor_message(monitor)["event"]
-                print(f"kws-stream listen: error: {endpoint}: {_refusal(event)}", file=sys.stderr)
-                return 1
+                # a dropped connection also ends a handshake without detail (a daemon restarting):
+                # only a run of them, with no success between, is a refusal
+                failed_handshakes = 0 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED else failed_handshakes + 1
+                if event in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL) \
+                        or failed_handshakes >= HANDSHAKE_FAILURES:
+                    print(f"kws-stream listen: error: {endpoint}: {_refusal(event)}", file=sys.stderr)
+                    return 1
             if sock not in ready:
                 continue
             topic, payload = sock.recv_multipart()
@@ -80,8 +92,9 @@ def listen(endpoint: str = DEFAULT_ENDPOINT, topics: list[str] | None = None, co
     return 0
 
 
-REFUSED_HANDSHAKE = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+HANDSHAKE = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+HANDSHAKE_FAILURES = 10  # in a row: a wrong server key fails every reconnect, about 10 a second
 
 
 def _refusal(event: int) -> str:
@@ -89,4 +102,4 @@ def _refusal(event: int) -> str:
         return ("the daemon refused this subscriber's key (its public key must be in the daemon's "
                 "--curve-clients directory)")
     return ("the handshake failed: this subscriber and the daemon disagree on CurveZMQ (give --curve-secret and "
-            "--curve-server, with the daemon's public key, exactly when the daemon has --curve-secret)")
+            "--curve-server, with the daemon's own public key, exactly when the daemon has --curve-secret)")

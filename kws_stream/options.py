@@ -230,7 +230,9 @@ def _toml(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value) if isinstance(value, (int, float)) else str(value)  # inf, nan and dates as TOML has them
 
 
 SOURCES = ("file", "device", "rtp")

@@ -63,15 +63,20 @@ def test_each_bad_file_is_one_line_and_the_others_are_scored(tmp_path, burst_mod
     assert any('"stream": "%s"' % (tmp_path / "cut.flac") in line for line in r.stdout.splitlines())
 
 
-@pytest.mark.parametrize("declared", [0, 0x7FFFF000, 0x80000000, 0xFFFFFFFF])  # -, sox, arecord, ffmpeg
-def test_a_wav_written_to_a_pipe_is_not_called_truncated(tmp_path, declared):
-    """Streaming writers cannot seek back to fill in the data size and leave a placeholder."""
-    from kws_stream.audio import wav_problem
+@pytest.mark.parametrize("channels,declared", [(1, 0), (1, 0x7FFFF000), (1, 0x80000000), (1, 0xFFFFFFFF),
+                                               (6, 0x7FFFF000 // 12 * 12)])  # -, sox, arecord, ffmpeg; sox, 6 ch
+def test_a_wav_written_to_a_pipe_is_not_called_truncated(tmp_path, channels, declared):
+    """Streaming writers cannot seek back to fill in the data size and leave a placeholder
+    (sox rounds its own down to whole frames); as a file and on stdin."""
+    from kws_stream.audio import StdinFormat, iter_stdin, wav_problem
     path = tmp_path / "piped.wav"
-    sf.write(path, np.zeros(16000), 16000, subtype="PCM_16")
+    sf.write(path, np.zeros((16000, channels)), 16000, subtype="PCM_16", format="WAV")
     data = bytearray(path.read_bytes())
     at = data.index(b"data") + 4
     data[at:at + 4] = declared.to_bytes(4, "little")
     path.write_bytes(bytes(data))
     assert wav_problem(path) is None
     assert wav_problem(tmp_path / "missing.wav") is None
+    if channels == 1:  # Python's wave module reads no WAVE_FORMAT_EXTENSIBLE header before 3.12
+        with open(path, "rb") as f:
+            assert sum(x.size for x in iter_stdin(f, StdinFormat())) == 16000

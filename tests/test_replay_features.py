@@ -10,10 +10,12 @@ import pty
 import re
 import select
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import termios
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +132,28 @@ def test_a_named_pipe_is_read_as_a_stream(tmp_path):
     assert abs(got[0]["start"] - want[0]["start"]) < 0.01 and abs(got[0]["score"] - want[0]["score"]) < 0.02
     r = kws("--file", "/dev/null")
     assert r.returncode == 1 and b"/dev/null: no audio samples" in r.stderr
+    # worker processes cannot open the caller's pipe: with one among the inputs the replay takes one job
+    writer = subprocess.Popen(["ffmpeg", "-loglevel", "error", "-y", "-i", str(POS), "-f", "wav", str(fifo)])
+    r = kws("--file", fifo, NEG, "--jobs", "2")
+    writer.wait(timeout=60)
+    assert r.returncode == 0 and b"--jobs 1: " in r.stderr, r.stderr
+    assert len(detections(r.stdout)) == len(want)
+
+
+def test_a_second_signal_ends_a_read_that_waits_for_a_writer(tmp_path):
+    """Opening a named pipe waits for its writer, where the first signal's flag is never
+    looked at; the second signal ends the process."""
+    fifo = tmp_path / "nobody.wav"
+    os.mkfifo(fifo)
+    p = subprocess.Popen([sys.executable, "-m", "kws_stream.cli", "--file", str(fifo)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    time.sleep(3.0)  # started, and waiting in open()
+    p.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert p.poll() is None  # the first asks the replay to stop after what it is reading
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 128 + signal.SIGTERM and b"Traceback" not in err, err
 
 
 def test_a_failed_file_ends_its_stream_with_the_reason(tmp_path):

@@ -75,19 +75,25 @@ def load_16k(path: str | Path, max_seconds: float = 120.0) -> np.ndarray:
     return resample(x, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else x
 
 
+CLIP_CACHE_VERSION = 1  # raise when load_16k changes what it makes
+
+
 @lru_cache(maxsize=1)
-def _resampler_sha() -> str:
-    return hashlib.sha256(Path(resample_module.__file__).read_bytes()).hexdigest()
+def _clip_recipe() -> str:
+    """What a cached recording depends on besides the file: load_16k, the resampler's source,
+    the decoder and numpy."""
+    resampler = hashlib.sha256(Path(resample_module.__file__).read_bytes()).hexdigest()
+    return f"{CLIP_CACHE_VERSION}|{resampler}|{sf.__libsndfile_version__}|{np.__version__}"
 
 
 def cached_16k(path: str) -> np.ndarray:
     """`load_16k(path)`, kept on disk under the cache (read-only, memory-mapped): decoding and
     resampling a long recording costs a third of a second, and a corpus draws the same few
-    hundred recordings thousands of times. The key holds the file's size and time and the
-    resampler's source, so a changed file or resampler is read anew; the values are
+    hundred recordings thousands of times. The key holds the file's size and time and
+    _clip_recipe(), so a changed file, resampler or decoder is read anew; the values are
     load_16k's to the bit."""
     st = os.stat(path)
-    key = hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{_resampler_sha()}".encode()).hexdigest()
+    key = hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{_clip_recipe()}".encode()).hexdigest()
     cached = CACHE / "clips" / key[:2] / (key + ".npy")
     if not cached.exists():
         cached.parent.mkdir(parents=True, exist_ok=True)
