@@ -129,13 +129,15 @@ def setup_logging(level: str) -> None:
 
 
 class Stop:
-    """Set by SIGTERM/SIGINT; the work loops check it between blocks. A second signal ends
-    the process at once (128 + signal, cleanup handlers still run): a read that waits for
-    a writer that never comes (a named pipe, stdin) cannot check the flag."""
+    """Set by SIGTERM/SIGINT; the work loops check it between blocks. With `second_ends`
+    (a replay), a second signal ends the process at once (128 + signal, cleanup handlers
+    still run): a read that waits for a writer that never comes (a named pipe, stdin)
+    cannot check the flag. The live loops never wait long, and exit 0 however often told."""
 
-    def __init__(self):
+    def __init__(self, second_ends: bool = False):
         self.requested = False
         self.signal = 0
+        self.second_ends = second_ends
 
     def __call__(self) -> bool:
         return self.requested
@@ -145,7 +147,7 @@ class Stop:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
+        if self.requested and self.second_ends:
             raise SystemExit(128 + signum)
         self.requested = True
         self.signal = signum
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", e)
             return EXIT_USAGE
         return EXIT_OK
-    stop = Stop()
+    stop = Stop(second_ends=args.file is not None)
     stop.install()
     if args.file is not None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a replay has no model to reload: SIGHUP is ignored

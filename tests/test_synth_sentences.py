@@ -158,6 +158,16 @@ def test_kws_train_folds_end_to_end(tmp_path):
         pooled = report[f"pooled_hop_{hop}"]
         assert 0.0 <= pooled["auc"] <= 1.0 and pooled["files"] == held
         assert 0.0 < pooled["threshold_at_0.5"] <= np.nextafter(1.0, 2.0)
+    # the same command again (a session that ended mid-run) reads each fold's model back
+    stamps = {k: (run / f"fold{k}" / "ckpt.pt").stat().st_mtime_ns for k in report["folds"]}
+    r = subprocess.run([sys.executable, "-m", "kws_train.cli", "folds", "--data", str(calls), "--negatives", str(neg),
+                        "--out", str(run), "--epochs", "1", "--threads", "1", "--hops", "1.0", "0.5"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads((run / "folds.json").read_text())
+    assert all(fold.get("read_back") and "train_seconds" not in fold for fold in again["folds"].values())
+    assert {k: (run / f"fold{k}" / "ckpt.pt").stat().st_mtime_ns for k in report["folds"]} == stamps
+    assert again["pooled_hop_1.0"] == report["pooled_hop_1.0"]
     onnx_path = run / "m.onnx"
     r = subprocess.run([sys.executable, "-m", "kws_train.cli", "export", "--ckpt", str(run / "fold0" / "ckpt.pt"),
                         "--out", str(onnx_path), "--threshold-from", str(run / "folds.json")],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -244,14 +245,34 @@ def negative_weight(cfg: FitConfig, epoch: int) -> float:
 
 
 def save(cfg: FitConfig, model: nn.Module, history: list[dict], train) -> Path:
+    """RUN/ckpt.pt (written whole or not at all: a run killed while saving leaves none) and
+    RUN/metrics.json."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     labels = train.labels
+    part = out / "ckpt.pt.part"
     torch.save({"model_args": asdict(ModelConfig(arch=cfg.arch)), "config": asdict(cfg),
                 "state_dict": model.state_dict(), "history": history, "train_files": len(labels),
-                "train_positives": int(labels.sum())}, out / "ckpt.pt")
+                "train_positives": int(labels.sum())}, part)
     (out / "metrics.json").write_text(json.dumps(history, indent=1))
+    os.replace(part, out / "ckpt.pt")
     return out / "ckpt.pt"
+
+
+def trained_before(cfg: FitConfig) -> tuple[nn.Module, list[dict]] | None:
+    """The model and history RUN/ckpt.pt holds when a run with exactly these settings
+    finished it; None when there is none, or it was trained otherwise."""
+    path = Path(cfg.out) / "ckpt.pt"
+    if not path.exists():
+        return None
+    from .export import load_checkpoint  # export does not import fit: no cycle, but kept local
+    model, ckpt = load_checkpoint(str(path))
+    before, now = ckpt.get("config") or {}, asdict(cfg)
+    if before != now:
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        log.info("%s was trained with other settings (%s): training again", path, ", ".join(changed))
+        return None
+    return model, ckpt["history"]
 
 
 def run(args) -> int:

@@ -30,7 +30,7 @@ from kws_stream.model import KwsModel
 
 from .data import Corpus, load_corpus
 from .evaluate import auc, file_metrics, threshold_for_windows
-from .fit import FitConfig, save, train_model, window_scores
+from .fit import FitConfig, save, train_model, trained_before, window_scores
 from .nets import ModelConfig
 from .synth_phrases import REAL_MARK
 from .synth_tts import FOLDS
@@ -249,9 +249,14 @@ def run_folds(data: list[str], negatives: str, out: str, fit_cfg: FitConfig, fol
                           else None,  # --init (and a verifier's first stage) is the first arch's
                           candidate_low=fit_cfg.candidate_low if arch == archs[0] else None)
             began = time.time()
-            model, history = train_model(cfg, train)
-            save(cfg, model, history, train)
-            fold_report[f"{prefix[arch]}train_seconds"] = round(time.time() - began, 1)
+            if (earlier := trained_before(cfg)) is not None:  # a run cut short (a session's end) resumes here
+                model, history = earlier
+                log.info("fold %d: %s read back from %s/ckpt.pt, trained before with these settings", k, arch, cfg.out)
+                fold_report[f"{prefix[arch]}read_back"] = True
+            else:
+                model, history = train_model(cfg, train)
+                save(cfg, model, history, train)
+                fold_report[f"{prefix[arch]}train_seconds"] = round(time.time() - began, 1)
             for h in hops:
                 scores[arch, h] = (window_scores(model, val, h), window_scores(model, neg, h),
                                    [window_scores(model, ev, h) for _, ev in evs])
