@@ -337,12 +337,17 @@ def _replay(args, job, stop: Stop) -> int:
 
 
 def run_device(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop) -> Run | int:
+    """From a shell, a device that matches nothing is a usage error (a typo, said at once).
+    Under systemd (NOTIFY_SOCKET) it is not: a sound server may come up after the service, so
+    the daemon starts, says the device failed, and retries as for a device that vanishes."""
     from .service import Daemon
     try:
         check_input(args.device)
     except DeviceError as e:
-        log.error("%s", e)
-        return EXIT_USAGE
+        if not os.environ.get("NOTIFY_SOCKET"):
+            log.error("%s", e)
+            return EXIT_USAGE
+        log.warning("%s; retrying until it appears", e)
     daemon = Daemon(model, config, publisher, args.device, stop, status_interval=args.status_interval,
                     model_path=args.model, model_sha256=args.model_sha256)
     return daemon.run

@@ -83,7 +83,8 @@ class Heartbeat:
     model: str
     model_version: str
     error: str | None = None  # while the device is failing: why
-    rtp: dict | None = None  # the RTP source's counters: streams, ended, packets, malformed, refused, refused_packets
+    rtp: dict | None = None  # the RTP source's counters: streams, ended, packets, malformed, refused,
+    # refused_packets, ignored_packets
     windows: int | None = None  # the live input's windows so far (not for RTP: see each call's stream-end)
     gated: int | None = None  # of them, those the speech gate left unscored
 

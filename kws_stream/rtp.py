@@ -42,6 +42,10 @@ MAX_GAP_SECONDS = 2.0  # a jump in time larger than this is a new talk spurt, no
 MAX_DROPOUT, MAX_MISORDER = 3000, 100  # RFC 3550 A.1: a sequence number this far off is out of range
 DRAIN_BUDGET = (2000, 0.05)  # packets and seconds handled before the loop scores, beats and checks for stop
 MAX_WARNED_SENDERS = 1000
+# A sender becomes a stream only after two packets in sequence with a payload type this
+# service decodes (RFC 3550's probation, A.1): stray or random datagrams, a quarter of which
+# look like RTP, would otherwise each open a stream and fill --max-streams before real calls.
+MAX_CANDIDATES = 1000  # senders on probation at once; the longest waiting one makes room
 RECV_BUFFER = 8 * 1024 * 1024
 
 
@@ -311,7 +315,10 @@ class RtpService:
         self.detections = 0
         self._refused: dict[tuple, float] = {}  # sender -> last packet: refused for the rest of its call
         self._ended: dict[tuple, float] = {}  # sender -> when its stream ended: stragglers are not a new call
+        self._candidates: dict[tuple, tuple[Packet, float]] = {}  # sender on probation -> its first packet
+        self.ignored_packets = 0  # from senders that never became a stream
         self._malformed_from: set = set()
+        self._unknown_from: set = set()
 
     def run(self) -> int:
         self.receiver.start()
@@ -391,12 +398,41 @@ class RtpService:
                 self._refused[key] = arrival
                 self.refused_packets += 1
                 return
+            first = self._on_probation(key, address, packet, arrival)
+            if first is None:
+                return
             stream = self._open(key, arrival)
             if stream is None:
                 return
+            stream.stats.packets += 1
+            self._buffer(stream, first)
         stream.last_arrival = arrival
         stream.stats.packets += 1
         self._buffer(stream, packet)
+
+    def _on_probation(self, key: tuple, address: tuple[str, int], packet: Packet, arrival: float) -> Packet | None:
+        """A new sender's packet: its first packet once this one follows it in sequence with a
+        payload type the service decodes (the sender is then a stream), else None."""
+        if packet.pt not in self.types:
+            self.ignored_packets += 1
+            if len(self._unknown_from) < MAX_WARNED_SENDERS and address not in self._unknown_from:
+                self._unknown_from.add(address)
+                hint = f" (if it carries audio: --rtp-l16 {packet.pt} or --rtp-opus {packet.pt})" \
+                    if 96 <= packet.pt <= 127 else ""
+                log.warning("rtp: %s:%d: payload type %d is not configured%s; no call starts with it, and more "
+                            "such packets are counted in the heartbeat", *address, packet.pt, hint)
+            return None
+        earlier = self._candidates.pop(key, None)
+        if earlier is not None and packet.seq == (earlier[0].seq + 1) & 0xFFFF:
+            return earlier[0]
+        if earlier is not None:
+            self.ignored_packets += 1  # the one before, out of sequence: this one waits instead
+        if len(self._candidates) >= MAX_CANDIDATES:
+            oldest = min(self._candidates, key=lambda k: self._candidates[k][1])
+            del self._candidates[oldest]
+            self.ignored_packets += 1
+        self._candidates[key] = (packet, arrival)
+        return None
 
     def _open(self, key: tuple[str, int, int], arrival: float) -> Stream | None:
         name = f"rtp:{key[0]}:{key[1]}/{key[2]}"
@@ -417,12 +453,11 @@ class RtpService:
         if codec is None or (s.codec is not None and codec != s.codec):
             s.stats.unknown_payload += 1
             s.skipped.add(s.extend(p.seq))  # e.g. comfort noise or DTMF between the audio: not a loss
-            if codec is None and p.pt not in s.unknown_pts:
+            if codec is None and p.pt not in s.unknown_pts:  # between the audio: DTMF, comfort noise, ...
                 s.unknown_pts.add(p.pt)
-                hint = f" (give --rtp-l16 {p.pt} or --rtp-opus {p.pt})" if 96 <= p.pt <= 127 else ""
-                message = f"payload type {p.pt} is not configured{hint}; its packets are counted and skipped"
-                log.warning("%s: %s", s.name, message)
-                self.publisher.publish(error_event(s.name, message))
+                hint = f" (audio on it would need --rtp-l16 {p.pt} or --rtp-opus {p.pt})" if 96 <= p.pt <= 127 else ""
+                log.info("%s: payload type %d is not configured%s; its packets are counted (unknown_payload) and "
+                         "skipped", s.name, p.pt, hint)
             return
         if s.codec is None:
             s.codec, s.resample = codec, Resampler(codec.rate)
@@ -504,6 +539,9 @@ class RtpService:
         for memo in (self._refused, self._ended):
             for key in [k for k, t in memo.items() if now - t > self.timeout]:
                 del memo[key]
+        for key in [k for k, (_, t) in self._candidates.items() if now - t > self.timeout]:
+            del self._candidates[key]  # a lone packet: never a call
+            self.ignored_packets += 1
         for key, s in list(self.streams.items()):
             if now - s.last_arrival > self.timeout:
                 self._end(key, "timeout")
@@ -534,4 +572,5 @@ class RtpService:
             self.audio_ended + sum(s.spotter.audio_seconds for s in self.streams.values()),
             self.detections, 0, r.dropped, self.publisher.dropped, self.model.info.name, self.model.info.version,
             rtp={"streams": len(self.streams), "ended": self.ended, "packets": r.received, "malformed": self.malformed,
-                 "refused": self.refused, "refused_packets": self.refused_packets})))
+                 "refused": self.refused, "refused_packets": self.refused_packets,
+                 "ignored_packets": self.ignored_packets})))

@@ -290,6 +290,28 @@ def test_a_device_that_matches_nothing_is_a_usage_error(pulse, burst_model):
     assert r.stdout == ""  # no `started` event for a daemon that never starts
 
 
+def test_under_systemd_a_device_missing_at_start_is_waited_for(pulse, burst_model, tmp_path):
+    """A sound server that comes up after the service must not leave it dead (exit 2 is not
+    restarted): under systemd the daemon starts, says the device failed, and keeps trying."""
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(path))
+        s.settimeout(15)
+        env = dict(pulse.env, NOTIFY_SOCKET=str(path))
+        d = Proc(["--device", "no-such-device", "--model", burst_model, "--pub", "none", "--events", "all",
+                  "--status-interval", "0.5"], env)
+        try:
+            seen = set()
+            while "READY=1" not in seen:
+                seen |= set(s.recv(4096).decode().splitlines())
+            d.wait_for('"device_state": "failed"', stream="out", timeout=15)
+            assert d.p.poll() is None
+            assert d.stop() == 0
+        finally:
+            d.stop()
+    assert "retrying until it appears" in d.err and "Traceback" not in d.err
+
+
 def test_listing_no_devices_says_so():
     """No sound card and no sound server (this test's environment has no PulseAudio
     server unless a test starts its own): a sentence, not an empty line."""
