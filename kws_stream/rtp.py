@@ -423,13 +423,12 @@ class RtpService:
                             "such packets are counted in the heartbeat", *address, packet.pt, hint)
             return None
         earlier = self._candidates.pop(key, None)
-        if earlier is not None and packet.seq == (earlier[0].seq + 1) & 0xFFFF:
-            return earlier[0]
+        if earlier is not None and packet.seq in ((earlier[0].seq + 1) & 0xFFFF, (earlier[0].seq - 1) & 0xFFFF):
+            return earlier[0]  # the two in sequence (or swapped: the jitter buffer puts them in order)
         if earlier is not None:
             self.ignored_packets += 1  # the one before, out of sequence: this one waits instead
         if len(self._candidates) >= MAX_CANDIDATES:
-            oldest = min(self._candidates, key=lambda k: self._candidates[k][1])
-            del self._candidates[oldest]
+            del self._candidates[next(iter(self._candidates))]  # the longest waiting: dicts keep arrival order
             self.ignored_packets += 1
         self._candidates[key] = (packet, arrival)
         return None

@@ -419,6 +419,9 @@ def test_sequence_resets_strays_comfort_noise_and_odd_opus_gaps_are_survived():
         return svc.streams.get(("127.0.0.1", port, ssrc))  # none yet after a new sender's first packet
 
     try:
+        feed(5, 5, [7, 6], lambda q: q * 160)  # a new sender's first two packets swapped: both played, in order
+        s = feed(5, 5, range(8, 20), lambda q: q * 160)
+        assert s.stats.reordered == 1 and s.stats.lost == 0 and s.stats.packets == 14
         feed(1, 1, range(30000, 30010), lambda q: q * 160)
         s = feed(1, 1, range(100, 600), lambda q: (q + 40000) * 160)  # numbering restarted
         assert s.stats.duplicates_or_late == 1 and s.spotter.audio_seconds > 9.9
