@@ -21,7 +21,7 @@ from .audio import StdinFormat
 from .events import (DEFAULT_ENDPOINT, TOPIC_PREFIX, TOPICS, PublishError, check_endpoint_syntax, is_loopback,
                      open_publisher, started_event)
 from .listen import full_topic, listen
-from .mic import DeviceError, check_input, list_devices
+from .mic import DeviceError, NoSuchDevice, check_input, list_devices
 from .model import KwsModel, ModelError
 from .spotter import SpotterConfig
 
@@ -343,8 +343,8 @@ def run_device(args, model: KwsModel, config: SpotterConfig, publisher, stop: St
     from .service import Daemon
     try:
         check_input(args.device)
-    except DeviceError as e:
-        if not os.environ.get("NOTIFY_SOCKET"):
+    except DeviceError as e:  # PortAudio missing is never waited for: no package installs itself
+        if not (isinstance(e, NoSuchDevice) and os.environ.get("NOTIFY_SOCKET")):
             log.error("%s", e)
             return EXIT_USAGE
         log.warning("%s; retrying until it appears", e)

@@ -34,6 +34,10 @@ class DeviceError(Exception):
     """The input device cannot be opened, or stopped delivering audio."""
 
 
+class NoSuchDevice(DeviceError):
+    """No input device matches the name or index (now: one may appear later)."""
+
+
 def _sounddevice():
     try:
         import sounddevice as sd
@@ -55,8 +59,8 @@ def check_input(text: str | None) -> None:
         sd.query_devices(parse_device(text), "input")
     except (ValueError, sd.PortAudioError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else "not found"
-        raise DeviceError(f"{text or 'default'}: no such input device ({reason}); see kws-stream --list-devices"
-                          ) from None
+        raise NoSuchDevice(f"{text or 'default'}: no such input device ({reason}); see kws-stream --list-devices"
+                           ) from None
 
 
 def parse_device(text: str | None):

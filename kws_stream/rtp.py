@@ -46,6 +46,7 @@ MAX_WARNED_SENDERS = 1000
 # service decodes (RFC 3550's probation, A.1): stray or random datagrams, a quarter of which
 # look like RTP, would otherwise each open a stream and fill --max-streams before real calls.
 MAX_CANDIDATES = 1000  # senders on probation at once; the longest waiting one makes room
+COMFORT_NOISE = 13  # a static payload type that may come first in a call: no warning for it
 RECV_BUFFER = 8 * 1024 * 1024
 
 
@@ -403,6 +404,7 @@ class RtpService:
                 return
             stream = self._open(key, arrival)
             if stream is None:
+                self.refused_packets += 1  # the first one, held on probation
                 return
             stream.stats.packets += 1
             self._buffer(stream, first)
@@ -415,12 +417,13 @@ class RtpService:
         payload type the service decodes (the sender is then a stream), else None."""
         if packet.pt not in self.types:
             self.ignored_packets += 1
-            if len(self._unknown_from) < MAX_WARNED_SENDERS and address not in self._unknown_from:
+            if packet.pt != COMFORT_NOISE and len(self._unknown_from) < MAX_WARNED_SENDERS \
+                    and address not in self._unknown_from:
                 self._unknown_from.add(address)
                 hint = f" (if it carries audio: --rtp-l16 {packet.pt} or --rtp-opus {packet.pt})" \
                     if 96 <= packet.pt <= 127 else ""
-                log.warning("rtp: %s:%d: payload type %d is not configured%s; no call starts with it, and more "
-                            "such packets are counted in the heartbeat", *address, packet.pt, hint)
+                log.warning("rtp: %s:%d: payload type %d is not configured%s; its packets are counted in the "
+                            "heartbeat (ignored_packets) and start no call", *address, packet.pt, hint)
             return None
         earlier = self._candidates.pop(key, None)
         if earlier is not None and packet.seq in ((earlier[0].seq + 1) & 0xFFFF, (earlier[0].seq - 1) & 0xFFFF):

@@ -323,10 +323,12 @@ def test_listing_no_devices_says_so():
     assert out == "no audio devices (PortAudio finds none)" or any(api in out for api in ("ALSA", "JACK", "OSS")), out
 
 
-def test_without_the_audio_backend_live_mode_is_a_usage_error(tmp_path, burst_model):
-    """As without the mic extra: sounddevice cannot be imported."""
+@pytest.mark.parametrize("systemd", [False, True], ids=["shell", "systemd"])
+def test_without_the_audio_backend_live_mode_is_a_usage_error(tmp_path, burst_model, systemd):
+    """As without the mic extra: sounddevice cannot be imported. Under systemd too: no
+    package installs itself, so this is never waited for."""
     (tmp_path / "sounddevice.py").write_text("raise ImportError('No module named sounddevice')\n")
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), **({"NOTIFY_SOCKET": str(tmp_path / "n.sock")} if systemd else {}))
     r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--model", burst_model, "--pub", "none"], env=env,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
