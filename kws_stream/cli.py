@@ -364,11 +364,12 @@ def run_rtp(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop)
     try:
         service = RtpService(model, config, publisher, host, int(port), stop, timeout=args.rtp_timeout,
                              max_streams=args.max_streams, l16=args.rtp_l16, opus=args.rtp_opus,
-                             status_interval=args.status_interval, notifier=Notifier())
+                             status_interval=args.status_interval, notifier=Notifier(), model_path=args.model,
+                             model_sha256=args.model_sha256)
     except (OSError, RuntimeError, ValueError) as e:
         log.error("%s", e)
         return EXIT_USAGE
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the service takes it (a reload) in run()
     return service.run
 
 

@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import logging
 import queue
+import signal
 import socket
 import struct
 import threading
@@ -28,6 +29,7 @@ from .audio import Resampler
 from .events import Heartbeat, RtpStats, StreamSummary, error_event, heartbeat_event, stream_end_event, \
     stream_start_event
 from .model import KwsModel
+from .service import reload_model
 from .spotter import Spotter, SpotterConfig, score_together
 
 log = logging.getLogger(__name__)
@@ -299,8 +301,11 @@ class RtpService:
 
     def __init__(self, model: KwsModel, config: SpotterConfig, publisher, host: str, port: int,
                  stop: Callable[[], bool], timeout: float = 5.0, max_streams: int = 200,
-                 l16: list[str] = (), opus: list[str] = (), status_interval: float = 10.0, notifier=None):
+                 l16: list[str] = (), opus: list[str] = (), status_interval: float = 10.0, notifier=None,
+                 model_path: str | None = None, model_sha256: str | None = None):
         self.model, self.config, self.publisher, self.stop = model, config, publisher, stop
+        self.model_path, self.model_sha256 = model_path, model_sha256  # read again on SIGHUP (a pin holds)
+        self._reload = False
         self.receiver = RtpReceiver(host, port)
         self.timeout, self.max_streams, self.status_interval = timeout, max_streams, status_interval
         self.types = payload_types(list(l16), list(opus))
@@ -321,7 +326,11 @@ class RtpService:
         self._malformed_from: set = set()
         self._unknown_from: set = set()
 
+    def request_reload(self, signum=None, frame=None) -> None:
+        self._reload = True
+
     def run(self) -> int:
+        signal.signal(signal.SIGHUP, self.request_reload)
         self.receiver.start()
         log.info("listening for RTP on udp port %d (RTCP on %d)", self.receiver.port, self.receiver.port + 1)
         if self.notifier is not None:
@@ -336,6 +345,14 @@ class RtpService:
                 if now >= next_status:
                     self.heartbeat()
                     next_status = now + self.status_interval
+                if self._reload:  # every open call goes on with the new model from its next window
+                    self._reload = False
+                    model = reload_model(self.model, self.model_path, self.model_sha256,
+                                         [s.spotter for s in self.streams.values()], self.publisher,
+                                         f"rtp:{self.receiver.port}")
+                    if model is not None:
+                        self.model = model
+                        self.heartbeat("reloaded")
                 if self.notifier is not None:
                     self.notifier.watchdog()
         finally:

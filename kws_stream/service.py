@@ -52,6 +52,26 @@ class Notifier:
             self._next_watchdog = time.monotonic() + self.watchdog_interval
 
 
+def reload_model(current: KwsModel, path: str | None, sha256: str | None, spotters: list[Spotter], publisher,
+                 stream: str) -> KwsModel | None:
+    """SIGHUP: the model file read again and put in every spotter, from its next window on;
+    or, when it cannot be (a bad file, another front end, a gate turned on or off), None,
+    with one error event, and every spotter keeps the running model. The refusals depend
+    on the model and the shared config only, so the first spotter's check holds for all."""
+    try:
+        model = KwsModel(path, expect_sha256=sha256)
+        if model.front_end_class is not current.front_end_class:
+            raise ModelError(f"{model.path}: front end {model.info.front_end} differs; restart to switch")
+        for spotter in spotters:
+            spotter.replace_model(model)  # checks first: a refused model changes nothing
+    except (ModelError, ValueError) as e:
+        log.error("reload kept the running model: %s", e)
+        publisher.publish(error_event(stream, f"reload kept the running model: {e}"))
+        return None
+    log.info("reloaded model %s %s", model.info.name, model.info.version)
+    return model
+
+
 class Daemon:
     def __init__(self, model: KwsModel, config: SpotterConfig, publisher, device: str | None,
                  stop: Callable[[], bool], status_interval: float = 10.0, model_path: str | None = None,
@@ -144,18 +164,11 @@ class Daemon:
 
     def _reload_model(self) -> None:
         self._reload = False
-        try:
-            model = KwsModel(self.model_path, expect_sha256=self.model_sha256)
-            if model.front_end_class is not self.model.front_end_class:
-                raise ModelError(f"{model.path}: front end {model.info.front_end} differs; restart to switch")
-            self.spotter.replace_model(model)  # checks first: a refused model changes nothing
-        except (ModelError, ValueError) as e:
-            log.error("reload kept the running model: %s", e)
-            self.publisher.publish(error_event(self.stream, f"reload kept the running model: {e}"))
-            return
-        self.model = model
-        log.info("reloaded model %s %s", model.info.name, model.info.version)
-        self.heartbeat(state="reloaded")
+        model = reload_model(self.model, self.model_path, self.model_sha256, [self.spotter], self.publisher,
+                             self.stream)
+        if model is not None:
+            self.model = model
+            self.heartbeat(state="reloaded")
 
     def heartbeat(self, state: str = "running") -> None:
         sp = self.spotter

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import zmq
 
 from modelkit import read_until
@@ -441,3 +442,30 @@ def test_sequence_resets_strays_comfort_noise_and_odd_opus_gaps_are_survived():
         assert s.stats.lost == 1 and s.stats.undecodable == 0
     finally:
         svc.receiver.close()
+
+
+def test_sighup_reloads_the_model_under_every_open_call(tmp_path):
+    """A call goes on across a reload: a bad file keeps the running model (one error event),
+    a good one scores the call's later windows (its detections carry the new model's name)."""
+    from modelkit import burst_signal, save_model
+    model = Path(save_model(tmp_path / "m.onnx"))
+    wav = tmp_path / "call.wav"
+    sf.write(wav, burst_signal(12.0, [2.05, 9.05]), 16000)
+    port = free_udp_pair()
+    svc = Service(port, "--model", model, "--rtp-timeout", "1")
+    try:
+        sender = ffmpeg_send(port, *ULAW, source=wav, clip=())
+        svc.wait_for(lambda e: e["type"] == "detection", 20)
+        model.write_bytes(b"broken")
+        svc.p.send_signal(signal.SIGHUP)
+        svc.wait_for(lambda e: e["type"] == "error" and "reload kept the running model" in e["message"], 10)
+        save_model(model, name="reloaded", version="2")
+        svc.p.send_signal(signal.SIGHUP)
+        svc.wait_for(lambda e: e.get("state") == "reloaded" and e["model"] == "reloaded", 10)
+        assert sender.wait(60) == 0
+        (done,) = ends(svc, 1)
+    finally:
+        stderr = svc.stop()
+    assert svc.p.returncode == 0 and "Traceback" not in stderr
+    found = detections(svc.events, done["stream"])
+    assert [d["model"]["name"] for d in found] == ["test-burst", "reloaded"], found
