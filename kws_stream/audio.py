@@ -130,6 +130,15 @@ def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterato
 UNKNOWN_WAV_SIZE = 0x7FFFF000  # data sizes from here up are streaming writers' placeholders
 
 
+def wav_cut(size: int, held: int, byte_rate: int, block_align: int) -> str | None:
+    """Why a WAV whose data chunk promises `size` bytes and holds `held` is cut short, or
+    None: not over 1% short, or a size that is a streaming writer's placeholder (0, or from
+    UNKNOWN_WAV_SIZE up; sox rounds its own down to whole frames)."""
+    if size == 0 or size >= UNKNOWN_WAV_SIZE - block_align or held >= 0.99 * size or not byte_rate:
+        return None
+    return f"truncated: the WAV header promises {size / byte_rate:.2f} s, the data holds {held / byte_rate:.2f} s"
+
+
 def wav_problem(path: Path) -> str | None:
     """For a RIFF WAV whose data chunk promises over 1% more bytes than the file holds, the
     reason (libsndfile reads such a file to its end without complaint); otherwise None.
@@ -149,12 +158,7 @@ def wav_problem(path: Path) -> str | None:
                     block_align = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else 0
                     f.seek(size - len(fmt) + (size & 1), os.SEEK_CUR)
                 elif chunk[:4] == b"data":
-                    held = os.fstat(f.fileno()).st_size - f.tell()
-                    # a placeholder rounded down to whole frames (sox, 3, 5 or 6 channels) is one still
-                    if size == 0 or size >= UNKNOWN_WAV_SIZE - block_align or held >= 0.99 * size or not byte_rate:
-                        return None
-                    return (f"truncated: the WAV header promises {size / byte_rate:.2f} s, "
-                            f"the data holds {held / byte_rate:.2f} s")
+                    return wav_cut(size, os.fstat(f.fileno()).st_size - f.tell(), byte_rate, block_align)
                 else:
                     f.seek(size + (size & 1), os.SEEK_CUR)
     except OSError:
@@ -273,11 +277,10 @@ def _wav_blocks(head: bytes, stream: BinaryIO, block_seconds: float) -> Iterator
     frames = _WaveFrames(w) if w.getnframes() else source
     yield from _pcm_blocks(b"", frames, np.dtype(dtype), scale, w.getframerate(), w.getnchannels(),
                            block_seconds, offset=128.0 if dtype == "u1" else 0.0)
-    size, frame_bytes = w.getnframes() * w.getsampwidth() * w.getnchannels(), w.getsampwidth() * w.getnchannels()
-    if 0 < size < UNKNOWN_WAV_SIZE - frame_bytes and frames.bytes_read < 0.99 * size:  # as wav_problem judges files
-        rate = w.getframerate() * frame_bytes
-        raise AudioError(f"truncated: the WAV header promises {size / rate:.2f} s, "
-                         f"the data holds {frames.bytes_read / rate:.2f} s")
+    if w.getnframes():  # (with size 0 the samples ran to the end)
+        frame_bytes = w.getsampwidth() * w.getnchannels()
+        if cut := wav_cut(w.getnframes() * frame_bytes, frames.bytes_read, w.getframerate() * frame_bytes, frame_bytes):
+            raise AudioError(cut)
 
 
 def _pcm_blocks(head: bytes, stream, dtype: np.dtype, scale: float, rate: int, channels: int,

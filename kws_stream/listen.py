@@ -23,15 +23,12 @@ def full_topic(topic: str) -> str:
 Configure = Callable[[zmq.Socket], None]  # sets socket options before connecting, e.g. CURVE client keys
 
 
-def subscriber(ctx: zmq.Context, endpoint: str, topics: list[str], configure: Configure | None = None,
-               before_connect: Callable[[zmq.Socket], None] | None = None) -> zmq.Socket:
+def subscriber(ctx: zmq.Context, endpoint: str, topics: list[str], configure: Configure | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.SUB)
     if configure is not None:
         configure(sock)  # e.g. CURVE client keys, before connecting
     for topic in topics or [""]:
         sock.setsockopt(zmq.SUBSCRIBE, full_topic(topic).encode())
-    if before_connect is not None:
-        before_connect(sock)
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as e:
@@ -46,10 +43,15 @@ def listen(endpoint: str = DEFAULT_ENDPOINT, topics: list[str] | None = None, co
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.append(True))
     ctx = zmq.Context()
-    monitors = []  # the handshake's outcome: a daemon that will never talk to us is said once
+    monitors = []  # the handshake's outcome, watched from before connecting: a refusal is said once
+
+    def prepare(sock: zmq.Socket) -> None:
+        if configure is not None:
+            configure(sock)
+        monitors.append(sock.get_monitor_socket(HANDSHAKE))
+
     try:
-        sock = subscriber(ctx, endpoint, topics or [], configure,
-                          before_connect=lambda s: monitors.append(s.get_monitor_socket(HANDSHAKE)))
+        sock = subscriber(ctx, endpoint, topics or [], prepare)
     except ValueError as e:
         print(f"kws-stream listen: error: {e}", file=sys.stderr)
         for m in monitors:

@@ -175,7 +175,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_streams", int, 200, "--rtp: streams watched at once; new senders past it are refused with an "
            "error event", "source", "N", low=1, high=10000, sources=("rtp",)),
     Option("rtp_l16", str, [], "--rtp: dynamic payload types carrying L16 (16-bit big-endian PCM), as PT or "
-           "PT/RATE (RATE 4000..48000 Hz, default 8000)", "source", "PT", many=True, check=_payload_type, sources=("rtp",)),
+           "PT/RATE (RATE 4000..48000 Hz, default 8000)", "source", "PT", many=True, check=_payload_type,
+           sources=("rtp",)),
     Option("rtp_opus", str, [], "--rtp: dynamic payload types carrying Opus", "source", "PT", many=True,
            check=_opus_type, sources=("rtp",)),
     Option("realtime", bool, False, "pace file replay at real time (one file at a time: not with --jobs above 1)",
@@ -224,6 +225,8 @@ OPTIONS: tuple[Option, ...] = (
            choices=("debug", "info", "warning", "error")),
 )
 BY_KEY = {o.key: o for o in OPTIONS}
+
+
 def _toml(value: Any) -> str:
     """A value as TOML spells it: true, not Python's True."""
     if isinstance(value, bool):

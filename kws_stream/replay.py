@@ -317,7 +317,7 @@ class ReplayJob:
                     break
                 if result.error is not None:
                     failed += 1
-                    log.error("%s: %s", stream_name(result.path), result.error)
+                    log.error("%s: %s", result.stream, result.error)
                     self.publisher.publish(error_event(result.stream, result.error))
                     self.publisher.publish(stream_end_event(result.summary(), reason="error"))
                     continue

@@ -20,7 +20,7 @@ from kws_stream.frontends import SAMPLE_RATE
 from kws_stream import resample as resample_module
 from kws_stream.resample import resample
 
-from .synth_tts import CACHE
+from .synth_tts import CACHE, save_atomically
 
 SHARED_NOISE = Path(os.environ.get("KWS_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "noise"
 PKGS = CACHE / "pkgs"  # Debian packages unpacked by `apt-get download` + `dpkg-deb -x`
@@ -97,9 +97,7 @@ def cached_16k(path: str) -> np.ndarray:
     cached = CACHE / "clips" / key[:2] / (key + ".npy")
     if not cached.exists():
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = cached.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp_path, load_16k(path))
-        os.replace(tmp_path, cached)  # atomic: parallel workers may race on one recording
+        save_atomically(cached, load_16k(path))
     return np.load(cached, mmap_mode="r")
 
 

@@ -132,7 +132,12 @@ def speech(u: Utterance) -> np.ndarray:
     x = trim(x)
     peak = np.abs(x).max() if x.size else 0.0
     x = (x / peak * 0.5 if peak > 0 else x).astype(np.float32)
+    save_atomically(path, x)
+    return x
+
+
+def save_atomically(path: Path, x: np.ndarray) -> None:
+    """np.save to a cache file whole or not at all: parallel workers may race on one entry."""
     tmp_path = path.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp_path, x)
-    os.replace(tmp_path, path)  # atomic: parallel workers may race on one utterance
-    return x
+    os.replace(tmp_path, path)
