@@ -44,9 +44,10 @@ MAX_GAP_SECONDS = 2.0  # a jump in time larger than this is a new talk spurt, no
 MAX_DROPOUT, MAX_MISORDER = 3000, 100  # RFC 3550 A.1: a sequence number this far off is out of range
 DRAIN_BUDGET = (2000, 0.05)  # packets and seconds handled before the loop scores, beats and checks for stop
 MAX_WARNED_SENDERS = 1000
-# A sender becomes a stream only after two packets in sequence with a payload type this
-# service decodes (RFC 3550's probation, A.1): stray or random datagrams, a quarter of which
-# look like RTP, would otherwise each open a stream and fill --max-streams before real calls.
+# A sender becomes a stream only after two packets close in sequence (within the jitter
+# buffer's reach, either order) with a payload type this service decodes (RFC 3550's
+# probation, A.1): stray or random datagrams, a quarter of which look like RTP, would
+# otherwise each open a stream and fill --max-streams before real calls.
 MAX_CANDIDATES = 1000  # senders on probation at once; the longest waiting one makes room
 COMFORT_NOISE = 13  # a static payload type that may come first in a call: no warning for it
 RECV_BUFFER = 8 * 1024 * 1024
@@ -430,8 +431,9 @@ class RtpService:
         self._buffer(stream, packet)
 
     def _on_probation(self, key: tuple, address: tuple[str, int], packet: Packet, arrival: float) -> Packet | None:
-        """A new sender's packet: its first packet once this one follows it in sequence with a
-        payload type the service decodes (the sender is then a stream), else None."""
+        """A new sender's packet: its first packet once this one lands within JITTER_PACKETS
+        of it in sequence, either way, with a payload type the service decodes (the sender is
+        then a stream, and the jitter buffer puts the two in order), else None."""
         if packet.pt not in self.types:
             self.ignored_packets += 1
             if packet.pt != COMFORT_NOISE and len(self._unknown_from) < MAX_WARNED_SENDERS \
@@ -443,10 +445,11 @@ class RtpService:
                             "heartbeat (ignored_packets) and start no call", *address, packet.pt, hint)
             return None
         earlier = self._candidates.pop(key, None)
-        if earlier is not None and packet.seq in ((earlier[0].seq + 1) & 0xFFFF, (earlier[0].seq - 1) & 0xFFFF):
-            return earlier[0]  # the two in sequence (or swapped: the jitter buffer puts them in order)
+        if earlier is not None and 0 < min((packet.seq - earlier[0].seq) & 0xFFFF,
+                                           (earlier[0].seq - packet.seq) & 0xFFFF) <= JITTER_PACKETS:
+            return earlier[0]  # 1, 3, 2 at a call's start: 1 and 3 open it, 2 fills the gap
         if earlier is not None:
-            self.ignored_packets += 1  # the one before, out of sequence: this one waits instead
+            self.ignored_packets += 1  # the one before, far out of sequence: this one waits instead
         if len(self._candidates) >= MAX_CANDIDATES:
             del self._candidates[next(iter(self._candidates))]  # the longest waiting: dicts keep arrival order
             self.ignored_packets += 1

@@ -423,6 +423,12 @@ def test_sequence_resets_strays_comfort_noise_and_odd_opus_gaps_are_survived():
         feed(5, 5, [7, 6], lambda q: q * 160)  # a new sender's first two packets swapped: both played, in order
         s = feed(5, 5, range(8, 20), lambda q: q * 160)
         assert s.stats.reordered == 1 and s.stats.lost == 0 and s.stats.packets == 14
+        feed(6, 6, [1, 3], lambda q: q * 160)  # 1, 3, 2: the first two open the call, the third fills the gap
+        s = feed(6, 6, [2, *range(4, 12)], lambda q: q * 160)
+        assert s.stats.lost == 0 and s.stats.duplicates_or_late == 0 and s.stats.packets == 11
+        assert s.stats.reordered == 1 and svc.ignored_packets == 0
+        feed(7, 7, [40, 50], lambda q: q * 160)  # too far apart: the first is dropped, the second waits
+        assert ("127.0.0.1", 7, 7) not in svc.streams and svc.ignored_packets == 1
         feed(1, 1, range(30000, 30010), lambda q: q * 160)
         s = feed(1, 1, range(100, 600), lambda q: (q + 40000) * 160)  # numbering restarted
         assert s.stats.duplicates_or_late == 1 and s.spotter.audio_seconds > 9.9

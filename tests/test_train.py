@@ -270,6 +270,19 @@ def test_negative_weight_ramps_and_weight_one_is_the_plain_loss():
     torch.testing.assert_close(window_loss(logits, y, pos, 4.0), (each * (1 + 3 * (1 - y))).mean())
 
 
+def test_skip_easy_averages_only_the_windows_still_wrong():
+    import torch
+    from kws_train.fit import FitConfig, window_loss
+    logits = torch.tensor([-9.0, -1.0, 0.5, 9.0, 2.0, -3.0])  # p: 0.0001 0.27 0.62 0.9999 0.88 0.047
+    y = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    pos = torch.tensor([2.0])
+    each = torch.nn.BCEWithLogitsLoss(pos_weight=pos, reduction="none")(logits, y) * torch.tensor([5, 5, 5, 1, 1, 1])
+    torch.testing.assert_close(window_loss(logits, y, pos, 5.0, skip_easy=0.001), each[[1, 2, 4, 5]].mean())
+    assert window_loss(logits[[0, 3]], y[[0, 3]], pos, 5.0, skip_easy=0.001).item() == 0.0  # nothing left to learn
+    with pytest.raises(ValueError, match="--skip-easy 0.5"):
+        FitConfig(data=(), out="-", skip_easy=0.5)
+
+
 def test_attention_head_with_a_negative_weight_ramp_fits_and_exports(corpus, tmp_path):
     """emb-attn trains with target-free windows weighted 1 in the first epoch and 5 in the
     last, and exports to a graph onnxruntime agrees with."""

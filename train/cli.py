@@ -70,6 +70,9 @@ def _fit_parser(sub) -> None:
     p.add_argument("--min-cover", type=float, default=0.9, metavar="SHARE",
                    help="a training window is positive when it holds this share of the phrase (partly covered "
                         "windows are left out)")
+    p.add_argument("--skip-easy", type=float, default=0.0, metavar="P",
+                   help="leave out of the loss the windows whose probability lies within P of their label "
+                        "(openWakeWord: 0.001), so --negative-weight acts on the target-free windows that still score")
     p.add_argument("--init", metavar="RUN/ckpt.pt",
                    help="start from this checkpoint (emb-tune: an emb-deep one, for its head)")
     p.add_argument("--candidate-low", type=float, metavar="P",
@@ -109,6 +112,7 @@ def _folds_parser(sub) -> None:
     p.add_argument("--hard-negatives", type=float, default=0.2, metavar="SHARE")
     p.add_argument("--negative-weight", type=float, default=1.0, metavar="W")
     p.add_argument("--min-cover", type=float, default=0.9, metavar="SHARE")
+    p.add_argument("--skip-easy", type=float, default=0.0, metavar="P")
     p.add_argument("--init", metavar="RUN",
                    help="start fold k from RUN/foldk/ckpt.pt (a `kws-train folds` run; emb-tune: of emb-deep)")
     p.add_argument("--candidate-low", type=float, metavar="P",

@@ -46,6 +46,7 @@ class FitConfig:
     hard_negatives: float = 0.0  # from epoch 2, add this share (of the epoch's windows) of the hardest negatives
     negative_weight: float = 1.0  # target-free windows' loss weight, ramped linearly from 1 to this by the last epoch
     min_cover: float = 0.9  # a training window is positive when it holds this share of the phrase
+    skip_easy: float = 0.0  # windows whose probability lies within this of their label are left out of the loss
     init: str | None = None  # start from this checkpoint (emb-tune: an emb-deep head's, its tail the packaged network)
     # A verifier: every epoch also holds the target-free windows the init model (its first
     # stage) scores at or above candidate_low, at most candidate_share of an epoch's windows.
@@ -53,6 +54,8 @@ class FitConfig:
     candidate_share: float = 0.25
 
     def __post_init__(self):
+        if not 0.0 <= self.skip_easy < 0.5:
+            raise ValueError(f"--skip-easy {self.skip_easy:g}: a probability margin from 0 up to 0.5")
         if self.candidate_low is not None:
             if not self.init:
                 raise ValueError("--candidate-low trains a verifier of the --init model, and no --init was given")
@@ -198,7 +201,7 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
             logits = model(xb)
             if cfg.recipe == "seed":  # multiple-instance: a file's logit is its best window's
                 logits = logits.reshape(len(idx), -1).amax(dim=1)
-            loss = window_loss(logits, yb, pos_weight, neg_weight)
+            loss = window_loss(logits, yb, pos_weight, neg_weight, cfg.skip_easy)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -228,11 +231,21 @@ def warm_start(model: nn.Module, path: str) -> None:
     log.info("started from %s (%s)", path, arch)
 
 
-def window_loss(logits: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor, neg_weight: float) -> torch.Tensor:
+def window_loss(logits: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor, neg_weight: float,
+                skip_easy: float = 0.0) -> torch.Tensor:
     """Mean BCE over windows (or files), positives weighted pos_weight and target-free ones
-    neg_weight: with neg_weight 1, exactly nn.BCEWithLogitsLoss(pos_weight=pos_weight)."""
+    neg_weight: with neg_weight 1, exactly nn.BCEWithLogitsLoss(pos_weight=pos_weight).
+
+    skip_easy > 0 averages only over the windows whose probability is farther than
+    skip_easy from their label (openWakeWord keeps target-free windows at >= 0.001 and
+    positives below 0.999), so a large neg_weight pushes on the few target-free windows
+    that still score, not on the many the model already rejects."""
     loss = nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight, reduction="none")
-    return (loss * torch.where(y > 0.5, 1.0, neg_weight)).mean()
+    loss = loss * torch.where(y > 0.5, 1.0, neg_weight)
+    if skip_easy <= 0:
+        return loss.mean()
+    hard = (torch.sigmoid(logits.detach()) - y).abs() > skip_easy
+    return loss[hard].sum() / hard.sum().clamp(min=1)
 
 
 def negative_weight(cfg: FitConfig, epoch: int) -> float:
@@ -282,7 +295,7 @@ def run(args) -> int:
                         arch=args.arch, recipe=args.recipe, epochs=args.epochs, batch=args.batch, lr=args.lr,
                         seed=args.seed, threads=args.threads, cache=args.cache, hard_negatives=args.hard_negatives,
                         negative_weight=args.negative_weight, min_cover=args.min_cover, init=args.init,
-                        candidate_low=args.candidate_low)
+                        candidate_low=args.candidate_low, skip_easy=args.skip_easy)
     except ValueError as e:
         print(f"kws-train fit: {e}", file=sys.stderr)
         return 2
