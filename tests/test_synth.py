@@ -212,3 +212,11 @@ def test_recordings_are_cached_at_16_khz_to_the_bit(tmp_path, monkeypatch):
     again = ch.cached_16k(str(wav))
     np.testing.assert_array_equal(again, ch.load_16k(wav))
     assert again.size == 16000
+
+
+def test_confusable_share_sets_the_kind_chances_and_the_default_keeps_the_old_draws():
+    from kws_train.synth import SynthConfig, negative_kinds
+    assert negative_kinds(SynthConfig(out="-", n=1, seed=1)) == [0.45, 0.25, 0.1, 0.1, 0.1]  # old corpora's bytes
+    chances = negative_kinds(SynthConfig(out="-", n=1, seed=1, confusable_share=0.7))
+    assert chances[1] == 0.7 and abs(sum(chances) - 1) < 1e-12
+    assert np.allclose(np.array(chances)[[0, 2, 3, 4]] / chances[0], [1, 0.1 / 0.45, 0.1 / 0.45, 0.1 / 0.45])

@@ -29,6 +29,8 @@ def _synth_parser(sub) -> None:
     p.add_argument("--max-seconds", type=float, default=20.0, help="longest call (speech may run slightly over)")
     p.add_argument("--sentence-share", type=float, default=0.65,
                    help="share of positives and confusables said inside one whole sentence (bounds by DTW)")
+    p.add_argument("--confusable-share", type=float, default=0.25, metavar="SHARE",
+                   help="share of target-free calls built on a confusable (forms of «слыш-», «слуш-», near-rhymes)")
     p.add_argument("--pseudo-speakers", type=float, default=0.3,
                    help="share of speech tracks given a new pitch and vocal-tract length (WORLD vocoder)")
     p.add_argument("--codecs", choices=["train", "heldout"], default="train",

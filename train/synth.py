@@ -64,6 +64,7 @@ class SynthConfig:
     codecs: str = "train"  # train: the training codecs; heldout: only codecs training never uses
     real_context: float = 0.0  # share of speech tracks among real Russian recordings (cli.py says more)
     real_speech: str = "train"  # which recordings: train or heldout (synth_channel.real_speech_files)
+    confusable_share: float = 0.25  # share of target-free calls built on a confusable
 
 
 # -- choices ---------------------------------------------------------------------
@@ -274,12 +275,21 @@ def real_context(rng: np.random.Generator, cfg: SynthConfig, special: tuple, bud
     return np.concatenate(parts), span, texts
 
 
+def negative_kinds(cfg: SynthConfig) -> list[float]:
+    """Chances of a target-free call's kind (speech, confusable, Russian recordings, foreign
+    prompts, other sounds): the confusables' share as asked, the others in their proportions."""
+    rest = [0.45, 0.1, 0.1, 0.1]
+    if cfg.confusable_share != 0.25:
+        rest = [p * (1 - cfg.confusable_share) / 0.75 for p in rest]
+    return [rest[0], cfg.confusable_share, *rest[1:]]
+
+
 def make_call(cfg: SynthConfig, index: int) -> tuple[bytes, dict]:
     rng = np.random.default_rng([cfg.seed, index, 0 if cfg.split == "train" else 1])
     uid = call_uid(cfg, index)
     seconds = rng.uniform(cfg.min_seconds, cfg.max_seconds)
     kind = "positive" if rng.random() < cfg.pos_fraction else \
-        str(rng.choice(["speech", "confusable", "russian", "foreign", "other"], p=[0.45, 0.25, 0.1, 0.1, 0.1]))
+        str(rng.choice(["speech", "confusable", "russian", "foreign", "other"], p=negative_kinds(cfg)))
     meta: dict = {"uid": uid, "kind": kind, "label": int(kind == "positive")}
     span = None
     if kind in ("positive", "speech", "confusable"):
@@ -472,7 +482,11 @@ def run(args) -> int:
                       holdout_engine=args.holdout_engine, min_seconds=args.min_seconds,
                       max_seconds=args.max_seconds, jobs=args.jobs, fetch=not args.no_fetch,
                       sentence_share=args.sentence_share, pseudo_speakers=args.pseudo_speakers, codecs=args.codecs,
-                      real_context=args.real_context, real_speech=args.real_speech)
+                      real_context=args.real_context, real_speech=args.real_speech,
+                      confusable_share=args.confusable_share)
+    if not 0.0 <= cfg.confusable_share <= 1.0:
+        print(f"kws-train synth: --confusable-share {cfg.confusable_share:g}: a share from 0 to 1", file=sys.stderr)
+        return 2
     try:
         metas = generate(cfg)
     except (MissingTool, ValueError) as e:
