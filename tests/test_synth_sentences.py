@@ -200,3 +200,11 @@ def test_kws_train_folds_end_to_end(tmp_path):
     assert {"window", "the second model alone", "mean with the second model"} <= set(pooled)
     assert pooled["window"]["files"] == held and pooled["window"]["auc"] == pytest.approx(report["pooled_hop_1.0"]["auc"])
     assert "| the second model alone | — |" in r.stdout  # gated: its AUC would be the first stage's
+    # a checkpoint from before a setting existed is read back when the setting is at its default
+    ckpt = torch.load(run / "fold0" / "ckpt.pt", weights_only=False)
+    del ckpt["config"]["skip_easy"]
+    torch.save(ckpt, run / "fold0" / "ckpt.pt")
+    r = subprocess.run([sys.executable, "-m", "kws_train.cli", "folds", "--data", str(calls), "--negatives", str(neg),
+                        "--out", str(run), "--epochs", "1", "--threads", "1", "--hops", "1.0", "--folds", "0"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and json.loads((run / "folds.json").read_text())["folds"]["0"].get("read_back")

@@ -11,7 +11,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -280,7 +280,8 @@ def trained_before(cfg: FitConfig) -> tuple[nn.Module, list[dict]] | None:
         return None
     from .export import load_checkpoint  # export does not import fit: no cycle, but kept local
     model, ckpt = load_checkpoint(str(path))
-    before, now = ckpt.get("config") or {}, asdict(cfg)
+    defaults = {f.name: f.default for f in fields(FitConfig)}  # settings added since that run: their defaults
+    before, now = {**defaults, **(ckpt.get("config") or {})}, asdict(cfg)
     if before != now:
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         log.info("%s was trained with other settings (%s): training again", path, ", ".join(changed))
