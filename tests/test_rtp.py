@@ -429,6 +429,11 @@ def test_sequence_resets_strays_comfort_noise_and_odd_opus_gaps_are_survived():
         assert s.stats.reordered == 1 and svc.ignored_packets == 0
         feed(7, 7, [40, 50], lambda q: q * 160)  # too far apart: the first is dropped, the second waits
         assert ("127.0.0.1", 7, 7) not in svc.streams and svc.ignored_packets == 1
+        assert feed(7, 7, [51], lambda q: q * 160).stats.packets == 2  # 50 and 51 open it
+        for port, first in ((8, [65534, 1]), (9, [1, 65534])):  # close across the wrap, either order
+            feed(port, port, first, lambda q: q * 160)
+            s = feed(port, port, [65535, 0, *range(2, 10)], lambda q: q * 160)
+            assert s.stats.lost == 0 and s.stats.duplicates_or_late == 0 and s.stats.packets == 12
         feed(1, 1, range(30000, 30010), lambda q: q * 160)
         s = feed(1, 1, range(100, 600), lambda q: (q + 40000) * 160)  # numbering restarted
         assert s.stats.duplicates_or_late == 1 and s.spotter.audio_seconds > 9.9

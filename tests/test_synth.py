@@ -177,11 +177,13 @@ def test_a_corpus_begun_before_a_setting_existed_resumes(tmp_path):
     """synth.json records the recipe; settings added since then count as their defaults."""
     cfg = synth.SynthConfig(out=str(tmp_path), n=1, seed=24, fetch=False)
     old = {k: v for k, v in json.loads(json.dumps(synth.asdict(cfg))).items()
-           if k not in ("out", "n", "jobs", "fetch", "real_context", "real_speech")}
+           if k not in ("out", "n", "jobs", "fetch", "real_context", "real_speech", "confusable_share")}
     (tmp_path / "synth.json").write_text(json.dumps(old))
     synth.check_same_recipe(cfg)
     with pytest.raises(ValueError, match="real_context"):
         synth.check_same_recipe(synth.SynthConfig(out=str(tmp_path), n=1, seed=24, fetch=False, real_context=0.5))
+    with pytest.raises(ValueError, match="confusable_share"):
+        synth.check_same_recipe(synth.SynthConfig(out=str(tmp_path), n=1, seed=24, fetch=False, confusable_share=0.8))
 
 
 def test_a_stalled_tts_run_is_tried_again_then_named(tmp_path, monkeypatch):

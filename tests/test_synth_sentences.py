@@ -207,4 +207,5 @@ def test_kws_train_folds_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, "-m", "kws_train.cli", "folds", "--data", str(calls), "--negatives", str(neg),
                         "--out", str(run), "--epochs", "1", "--threads", "1", "--hops", "1.0", "--folds", "0"],
                        capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and json.loads((run / "folds.json").read_text())["folds"]["0"].get("read_back")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((run / "folds.json").read_text())["folds"]["0"].get("read_back")

@@ -114,7 +114,8 @@ def _folds_parser(sub) -> None:
     p.add_argument("--hard-negatives", type=float, default=0.2, metavar="SHARE")
     p.add_argument("--negative-weight", type=float, default=1.0, metavar="W")
     p.add_argument("--min-cover", type=float, default=0.9, metavar="SHARE")
-    p.add_argument("--skip-easy", type=float, default=0.0, metavar="P")
+    p.add_argument("--skip-easy", type=float, default=0.0, metavar="P",
+                   help="leave out of the loss the windows within P of their label (see kws-train fit --help)")
     p.add_argument("--init", metavar="RUN",
                    help="start fold k from RUN/foldk/ckpt.pt (a `kws-train folds` run; emb-tune: of emb-deep)")
     p.add_argument("--candidate-low", type=float, metavar="P",
