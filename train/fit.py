@@ -53,6 +53,13 @@ class FitConfig:
     candidate_low: float | None = None
     candidate_share: float = 0.25
 
+    @classmethod
+    def from_args(cls, args) -> "FitConfig":
+        """The settings a `kws-train fit` or `folds` command line gives: every option named as
+        a field (the fields a command has no option for keep their defaults)."""
+        given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        return cls(**{**given, "data": tuple(args.data)})
+
     def __post_init__(self):
         if not 0.0 <= self.skip_easy < 0.5:
             raise ValueError(f"--skip-easy {self.skip_easy:g}: a probability margin from 0 up to 0.5")
@@ -292,11 +299,7 @@ def trained_before(cfg: FitConfig) -> tuple[nn.Module, list[dict]] | None:
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
-        cfg = FitConfig(data=tuple(args.data), exclude_engine=args.exclude_engine, out=args.out, val=args.val,
-                        arch=args.arch, recipe=args.recipe, epochs=args.epochs, batch=args.batch, lr=args.lr,
-                        seed=args.seed, threads=args.threads, cache=args.cache, hard_negatives=args.hard_negatives,
-                        negative_weight=args.negative_weight, min_cover=args.min_cover, init=args.init,
-                        candidate_low=args.candidate_low, skip_easy=args.skip_easy)
+        cfg = FitConfig.from_args(args)
     except ValueError as e:
         print(f"kws-train fit: {e}", file=sys.stderr)
         return 2

@@ -293,11 +293,7 @@ def _mean_windows(per_model: list[list[tuple[np.ndarray, np.ndarray]]]) -> list[
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
-        cfg = FitConfig(data=tuple(args.data), out=args.out, arch=args.arch, epochs=args.epochs, batch=args.batch,
-                        lr=args.lr, seed=args.seed, threads=args.threads, cache=args.cache,
-                        hard_negatives=args.hard_negatives, negative_weight=args.negative_weight,
-                        min_cover=args.min_cover, init=args.init, candidate_low=args.candidate_low,
-                        skip_easy=args.skip_easy)
+        cfg = FitConfig.from_args(args)
         report = run_folds(args.data, args.negatives, args.out, cfg, args.folds, args.extra_val, tuple(args.hops),
                            tuple(args.without), tuple(args.also_arch), args.baseline, args.train_extra)
     except (ValueError, FileNotFoundError) as e:
