@@ -44,6 +44,31 @@ def _synth_parser(sub) -> None:
                    help="do not apt-get download the packages of real recordings and music")
 
 
+def _training_options(p, epochs: int, hard_negatives: float, init: tuple[str, str], candidate_help: str) -> None:
+    """The options fit and folds share (kws_train.fit.FitConfig.from_args reads them), declared
+    once; each command keeps its own defaults for epochs and hard negatives. `init` is the --init
+    option's metavar and help."""
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=2, help="torch threads and feature workers")
+    p.add_argument("--cache", metavar="DIR", help="feature cache (default RUN/cache)")
+    p.add_argument("--hard-negatives", type=float, default=hard_negatives, metavar="SHARE",
+                   help="from epoch 2, add this share of the epoch's windows as the corpus's hardest negative windows")
+    p.add_argument("--negative-weight", type=float, default=1.0, metavar="W",
+                   help="loss weight of target-free windows, rising linearly from 1 in the first epoch to W "
+                        "in the last")
+    p.add_argument("--min-cover", type=float, default=0.9, metavar="SHARE",
+                   help="a training window is positive when it holds this share of the phrase (partly covered "
+                        "windows are left out)")
+    p.add_argument("--skip-easy", type=float, default=0.0, metavar="P",
+                   help="leave out of the loss the windows whose probability lies within P of their label "
+                        "(openWakeWord: 0.001), so --negative-weight acts on the target-free windows that still score")
+    p.add_argument("--init", metavar=init[0], help=init[1])
+    p.add_argument("--candidate-low", type=float, metavar="P", help=candidate_help)
+
+
 def _fit_parser(sub) -> None:
     p = sub.add_parser("fit", help="train a model on a corpus in the seed's layout")
     p.set_defaults(module="kws_train.fit")
@@ -58,28 +83,11 @@ def _fit_parser(sub) -> None:
     p.add_argument("--recipe", choices=["seed", "improved"], default="improved",
                    help="seed: the notebook's windows and MIL; improved: phrase at random offsets, SpecAugment")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (ckpt.pt, metrics.json)")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=2, help="torch threads and feature workers")
-    p.add_argument("--cache", metavar="DIR", help="feature cache (default RUN/cache)")
-    p.add_argument("--hard-negatives", type=float, default=0.0, metavar="SHARE",
-                   help="from epoch 2, add this share of the epoch's windows as the corpus's hardest negative windows")
-    p.add_argument("--negative-weight", type=float, default=1.0, metavar="W",
-                   help="loss weight of target-free windows, rising linearly from 1 in the first epoch to W "
-                        "in the last")
-    p.add_argument("--min-cover", type=float, default=0.9, metavar="SHARE",
-                   help="a training window is positive when it holds this share of the phrase (partly covered "
-                        "windows are left out)")
-    p.add_argument("--skip-easy", type=float, default=0.0, metavar="P",
-                   help="leave out of the loss the windows whose probability lies within P of their label "
-                        "(openWakeWord: 0.001), so --negative-weight acts on the target-free windows that still score")
-    p.add_argument("--init", metavar="RUN/ckpt.pt",
-                   help="start from this checkpoint (emb-tune: an emb-deep one, for its head)")
-    p.add_argument("--candidate-low", type=float, metavar="P",
-                   help="train a verifier: every epoch also holds the target-free windows the --init model "
-                        "scores at or above P (at most a quarter of the epoch's windows, the highest first)")
+    _training_options(p, epochs=15, hard_negatives=0.0,
+                      init=("RUN/ckpt.pt", "start from this checkpoint (emb-tune: an emb-deep one, for its head)"),
+                      candidate_help="train a verifier: every epoch also holds the target-free windows the --init "
+                                     "model scores at or above P (at most a quarter of the epoch's windows, the "
+                                     "highest first)")
 
 
 def _folds_parser(sub) -> None:
@@ -105,23 +113,11 @@ def _folds_parser(sub) -> None:
                    help="train these too on every fold, and report them and the ensemble of all")
     p.add_argument("--baseline", metavar="M.onnx",
                    help="also score fold 0 (the voices RHVOICE_VAL that earlier models never heard) with this model")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--cache", metavar="DIR", help="feature cache (default RUN/cache)")
-    p.add_argument("--hard-negatives", type=float, default=0.2, metavar="SHARE")
-    p.add_argument("--negative-weight", type=float, default=1.0, metavar="W")
-    p.add_argument("--min-cover", type=float, default=0.9, metavar="SHARE")
-    p.add_argument("--skip-easy", type=float, default=0.0, metavar="P",
-                   help="leave out of the loss the windows within P of their label (see kws-train fit --help)")
-    p.add_argument("--init", metavar="RUN",
-                   help="start fold k from RUN/foldk/ckpt.pt (a `kws-train folds` run; emb-tune: of emb-deep)")
-    p.add_argument("--candidate-low", type=float, metavar="P",
-                   help="train verifiers of the --init RUN: fold k's epochs also hold the target-free windows "
-                        "RUN/foldk scores at or above P (measure the cascade with python -m kws_train.verifier "
-                        "--stage2)")
+    _training_options(p, epochs=12, hard_negatives=0.2,
+                      init=("RUN", "start fold k from RUN/foldk/ckpt.pt (a `kws-train folds` run; emb-tune: of emb-deep)"),
+                      candidate_help="train verifiers of the --init RUN: fold k's epochs also hold the target-free "
+                                     "windows RUN/foldk scores at or above P (measure the cascade with python -m "
+                                     "kws_train.verifier --stage2)")
 
 
 def _eval_parser(sub) -> None:
