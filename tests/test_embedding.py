@@ -96,6 +96,24 @@ def test_rows_stream_equals_whole_file_and_keeps_the_embedding_grid(hop_frames, 
         np.testing.assert_allclose(w, rows_fe.features(ref, first, np.empty_like(w)), atol=1e-5)
 
 
+@pytest.mark.parametrize("hop_frames,chunks", [(100, 160), (100, 32000), (37, 0), (8, 0)])
+def test_mel_stream_equals_whole_file_and_keeps_the_embedding_grid(hop_frames, chunks):
+    """The mel front end gives exactly the mel frames under the embedding front end's windows,
+    on its grid: a model on mel frames scores the windows an embedding model scores."""
+    mel_fe = emb.MelFrontEnd
+    assert mel_fe.window_frames == emb.WINDOW_MEL == 244 and mel_fe.feature_size == 244 * 32
+    x = speechlike(6.3)
+    ref = mel_fe.file_frames(x)
+    assert ref.shape == (32, emb.EMB_STRIDE * (emb.n_embeddings_for(x.size) - 1) + emb.EMB_FRAMES)
+    got = stream_windows(x, hop_frames, chunks or np.random.default_rng(hop_frames), mel_fe)
+    assert [s for s, _ in got] == [s for s, _ in stream_windows(x, hop_frames, 4096)]
+    assert mel_fe.window_frame(len(got), hop_frames) >= mel_fe.start_limit(ref.shape[1])
+    for k, (s, w) in enumerate(got):
+        assert mel_fe.window_frame(k, hop_frames) == s < mel_fe.start_limit(ref.shape[1])
+        assert np.array_equal(w, mel_fe.features(ref, s, np.empty_like(w)))  # the same numpy, the same frames
+        assert np.array_equal(w.reshape(244, 32), emb.shared_nets().mel(np.pad(x, (0, 40000))[s * 160:][:39392]))
+
+
 def test_short_stream_gets_one_padded_window():
     got = stream_windows(speechlike(0.3), 100, 1000)
     assert [s for s, _ in got] == [0]

@@ -59,7 +59,7 @@ def test_a_bad_margin_is_refused():
             SpeechGate(margin, blocks)
 
 
-@pytest.mark.parametrize("front_end", [emb.EmbeddingFrontEnd, emb.EmbeddingRowsFrontEnd])
+@pytest.mark.parametrize("front_end", [emb.EmbeddingFrontEnd, emb.EmbeddingRowsFrontEnd, emb.MelFrontEnd])
 @pytest.mark.parametrize("hop_frames, chunks", [(100, 160), (100, 16000), (8, 1000), (50, "random"), (250, 3000)])
 def test_gated_windows_are_skipped_and_the_rest_are_exact(front_end, hop_frames, chunks):
     """At hops where windows overlap (the stream runs on after a skip) and where they do

@@ -5,8 +5,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FRONT_END_MODULES = ("seed", "embedding")
-FRONT_END_CLASSES = ("SeedFrontEnd", "EmbeddingFrontEnd", "EmbeddingRowsFrontEnd")
-FRONT_END_NAMES = ("seed-logmel-v1", "oww-embedding-v1", "oww-embedding-rows-v1")
+FRONT_END_CLASSES = ("SeedFrontEnd", "EmbeddingFrontEnd", "EmbeddingRowsFrontEnd", "MelFrontEnd")
+FRONT_END_NAMES = ("seed-logmel-v1", "oww-embedding-v1", "oww-embedding-rows-v1", "oww-mel-v1")
 
 
 def sources():

@@ -10,7 +10,7 @@ import importlib
 import sys
 
 # on speech embeddings (emb-tune: on the network's part-3a rows); kws_train.nets
-EMB_ARCHS = ["emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn", "emb-tune"]
+EMB_ARCHS = ["emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn", "emb-tune", "mel-student"]
 
 
 def _synth_parser(sub) -> None:

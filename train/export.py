@@ -39,7 +39,7 @@ class WithSigmoid(torch.nn.Module):
 def load_checkpoint(path: str) -> tuple[torch.nn.Module, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     args = dict(ckpt["model_args"])
-    for key in ("hidden", "channels", "emb_channels", "deep_channels", "deeper_channels"):
+    for key in ("hidden", "channels", "emb_channels", "deep_channels", "deeper_channels", "student_channels"):
         if key in args:
             args[key] = tuple(args[key])
     model = build(ModelConfig(**args))

@@ -8,11 +8,12 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 
-from kws_stream.frontends import EmbeddingFrontEnd, EmbeddingRowsFrontEnd, FrontEnd, SeedFrontEnd
+from kws_stream.frontends import EmbeddingFrontEnd, EmbeddingRowsFrontEnd, FrontEnd, MelFrontEnd, SeedFrontEnd
 
 SEED_SHAPE = SeedFrontEnd.feature_shape  # (channels, mel bands, time bins)
 EMB_WINDOW, EMB_DIM = EmbeddingFrontEnd.feature_shape  # (embeddings per window, dimensions), time-major
 ROWS_WINDOW, ROW_DIM = EmbeddingRowsFrontEnd.feature_shape  # (part-3a rows per window, 96 channels x 2 bins)
+MEL_WINDOW, MEL_BANDS = MelFrontEnd.feature_shape  # (mel frames per window, 32 bands), time-major
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class ModelConfig:
     deeper_channels: tuple[int, ...] = (128, 128, 128, 128)  # emb-deep4: dilations 1, 2, 4, 8 (the whole window)
     gru_hidden: int = 64  # emb-gru: hidden units per direction
     attention_heads: int = 4  # emb-attn: heads of the self-attention layer over emb-deep's outputs
+    student_channels: tuple[int, ...] = (96, 192, 256, 256)  # mel-student: the student network's widths
 
     @property
     def front_end(self) -> type[FrontEnd]:
@@ -183,6 +185,53 @@ class TunedEmbeddingHead(nn.Module):
         return self.head(self.tail(x))
 
 
+class _Separable(nn.Module):
+    """Depthwise temporal convolution, pointwise mix, then (but for the last) BN and ReLU."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, last: bool = False):
+        super().__init__()
+        self.dw = nn.Conv1d(cin, cin, k, stride=stride, groups=cin, bias=False)
+        self.pw = nn.Conv1d(cin, cout, 1, bias=last)
+        self.bn = None if last else nn.BatchNorm1d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pw(self.dw(x))
+        return x if self.bn is None else torch.relu(self.bn(x))
+
+
+class MelStudent(nn.Module):
+    """A small network in speech_embedding's place: mel frames (B, T, 32) to 96-dim
+    embeddings every 8 frames (B, (T - 76) // 8 + 1, 96), each from the last 68 of the 76
+    frames the teacher's embedding hears (unpadded convolutions, strides 2, 2, 2). Trained
+    first to give the teacher's embeddings (kws_train.distil), then with the head on labels.
+    It costs about 3 M multiply-adds per second of audio, the teacher about 70 M."""
+
+    FIELD = 68  # mel frames under one output; its first output (frames 0..67) is dropped
+
+    def __init__(self, widths: tuple[int, ...]):
+        super().__init__()
+        self.c1 = nn.Conv1d(MEL_BANDS, widths[0], 4, stride=2, bias=False)
+        self.bn1 = nn.BatchNorm1d(widths[0])
+        self.body = nn.Sequential(_Separable(widths[0], widths[1], 5, 2), _Separable(widths[1], widths[2], 5, 2),
+                                  _Separable(widths[2], widths[3], 5), _Separable(widths[3], EMB_DIM, 2, last=True))
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.c1(mel.transpose(1, 2))))
+        return self.body(x).transpose(1, 2)[:, 1:]
+
+
+class MelStudentHead(nn.Module):
+    """mel-student: MelStudent under emb-deep's head, over a window of mel frames."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.student = MelStudent(cfg.student_channels)
+        self.head = EmbeddingHead(replace(cfg, arch="emb-deep"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.student(x.reshape(-1, MEL_WINDOW, MEL_BANDS)))
+
+
 class EmbeddingGRU(nn.Module):
     """A bidirectional GRU over the window's embeddings, max over time of its outputs: a
     temporal model with the whole 2.46 s as context, to compare with the conv head."""
@@ -200,11 +249,12 @@ class EmbeddingGRU(nn.Module):
 
 
 ARCHS = {"dnn": SeedDNN, "cnn": SmallCNN, "emb": EmbeddingHead, "emb-deep": EmbeddingHead, "emb-deep4": EmbeddingHead,
-         "emb-gru": EmbeddingGRU, "emb-attn": EmbeddingHead, "emb-tune": TunedEmbeddingHead}
+         "emb-gru": EmbeddingGRU, "emb-attn": EmbeddingHead, "emb-tune": TunedEmbeddingHead,
+         "mel-student": MelStudentHead}
 ARCH_FRONT_END: dict[str, type[FrontEnd]] = {"dnn": SeedFrontEnd, "cnn": SeedFrontEnd, "emb": EmbeddingFrontEnd,
                                              "emb-deep": EmbeddingFrontEnd, "emb-deep4": EmbeddingFrontEnd,
                                              "emb-gru": EmbeddingFrontEnd, "emb-attn": EmbeddingFrontEnd,
-                                             "emb-tune": EmbeddingRowsFrontEnd}
+                                             "emb-tune": EmbeddingRowsFrontEnd, "mel-student": MelFrontEnd}
 
 
 # Front end A -> (front end B whose frames are an earlier stage of A's, the module that computes

@@ -7,10 +7,11 @@ everything else asks the registry (`get`) instead of branching on a front end's 
 from __future__ import annotations
 
 from .base import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, SEGMENT_SECONDS, WINDOW_HOPS, FrontEnd, windows
-from .embedding import EmbeddingFrontEnd, EmbeddingRowsFrontEnd
+from .embedding import EmbeddingFrontEnd, EmbeddingRowsFrontEnd, MelFrontEnd
 from .seed import SeedFrontEnd
 
-REGISTRY: dict[str, type[FrontEnd]] = {fe.name: fe for fe in (SeedFrontEnd, EmbeddingFrontEnd, EmbeddingRowsFrontEnd)}
+REGISTRY: dict[str, type[FrontEnd]] = {
+    fe.name: fe for fe in (SeedFrontEnd, EmbeddingFrontEnd, EmbeddingRowsFrontEnd, MelFrontEnd)}
 
 
 def get(name: str) -> type[FrontEnd]:
@@ -22,4 +23,4 @@ def get(name: str) -> type[FrontEnd]:
 
 
 __all__ = ["FRAMES_PER_SECOND", "HOP_LENGTH", "REGISTRY", "SAMPLE_RATE", "SEGMENT_SECONDS", "WINDOW_HOPS",
-           "EmbeddingFrontEnd", "EmbeddingRowsFrontEnd", "FrontEnd", "SeedFrontEnd", "get", "windows"]
+           "EmbeddingFrontEnd", "EmbeddingRowsFrontEnd", "FrontEnd", "MelFrontEnd", "SeedFrontEnd", "get", "windows"]

@@ -326,10 +326,13 @@ class EmbeddingFrontEnd:
         self.nets = nets or shared_nets()
         self.gate = gate
         self._pcm = np.zeros(WINDOW_SAMPLES + WINDOW_HOPS * MEL_HOP, dtype=np.float64)
-        self._stream = EmbeddingStream(self.nets, self.stops_at_rows)  # holds the rows its layers still need
+        self._stream = self._new_stream()  # holds the rows its layers still need
         # mirrored ring of S = window_frames rows: output e at e % S and e % S + S, so a window is a view
         self._ring = np.zeros((2 * self.window_frames, self.row_dim), dtype=np.float32)  # the pending window
         self.reset()
+
+    def _new_stream(self):
+        return EmbeddingStream(self.nets, self.stops_at_rows)
 
     def reset(self) -> None:
         self.samples_in = 0
@@ -401,9 +404,9 @@ class EmbeddingFrontEnd:
     def _push(self, mel: np.ndarray) -> None:
         """Run the network over the next mel frames; keep the outputs in the ring."""
         emb = self._stream.push(mel)
-        for e in range(emb.shape[0]):
-            row = (self.frames_out + e) % self.window_frames
-            self._ring[row] = self._ring[row + self.window_frames] = emb[e]
+        keep = emb[-self.window_frames:]  # rows before the last window's worth would be overwritten anyway
+        rows = (self.frames_out + emb.shape[0] - keep.shape[0] + np.arange(keep.shape[0])) % self.window_frames
+        self._ring[rows] = self._ring[rows + self.window_frames] = keep
         self.frames_out += emb.shape[0]
 
     def _gated_window(self) -> bool:
@@ -496,3 +499,62 @@ class EmbeddingRowsFrontEnd(EmbeddingFrontEnd):
     def network_bytes(name: str) -> bytes:
         """A packaged network file, checked (a model on this front end carries the tail's copy)."""
         return _checked_bytes(name)
+
+
+class _MelStream:
+    """The mel front end's stream: mel frames are its outputs, one per frame pushed."""
+
+    def reset(self) -> None:
+        pass
+
+    @staticmethod
+    def push(mel: np.ndarray) -> np.ndarray:
+        return mel
+
+
+class MelFrontEnd(EmbeddingFrontEnd):
+    """openWakeWord's mel frames themselves (32 bands every 10 ms, x/10 + 2), WINDOW_MEL of
+    them: the frames under the embedding front end's window, on its grid, so a model on them
+    scores the windows an embedding model scores. A model on this front end carries its own
+    network over the mel frames (kws_train.nets.MelStudent), so the front end costs the mel
+    spectrogram alone. The speech gate works as on the embedding front ends."""
+
+    name = "oww-mel-v1"
+    stops_at_rows = False
+    row_dim = N_BANDS
+    rows_per_embedding = EMB_STRIDE  # mel frames per embedding step: the window grid is the embeddings'
+    feature_size = WINDOW_MEL * N_BANDS  # 7808
+    feature_shape = (WINDOW_MEL, N_BANDS)  # time-major
+    window_frames = WINDOW_MEL
+    frame_rate = float(FRAMES_PER_SECOND)
+    tail = WINDOW_MEL - 1
+    reach = -(-(WINDOW_SAMPLES - WINDOW_MEL * MEL_HOP) // MEL_HOP)  # a frame hears 512 samples, 160 past its slot
+
+    @staticmethod
+    def load() -> None:
+        shared_nets()
+
+    def _new_stream(self):
+        return _MelStream()
+
+    @classmethod
+    def file_frames(cls, signal: np.ndarray) -> np.ndarray:
+        """(32, n) mel frames of a whole signal and the silence after it, as a stream computes them."""
+        return np.ascontiguousarray(shared_nets().mel(_padded(signal)).T)
+
+    @classmethod
+    def features(cls, frames: np.ndarray, start: int, out: np.ndarray,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+        """The window's mel frames, flattened time-major; with rng, up to 24 frames (three
+        embedding steps) and 3 bands first set to their mean over the window."""
+        w = frames[:, start:start + cls.window_frames]
+        if rng is not None:
+            w = w.copy()
+            fill = w.mean(axis=1, keepdims=True)
+            t = int(rng.integers(0, 25))
+            t0 = int(rng.integers(0, w.shape[1] - t + 1))
+            w[:, t0:t0 + t] = fill
+            bands = rng.choice(w.shape[0], size=int(rng.integers(0, 4)), replace=False)
+            w[bands, :] = fill[bands]
+        out[:] = np.ascontiguousarray(w.T).reshape(-1)
+        return out
