@@ -368,3 +368,49 @@ def test_gate_margin_reports_what_each_margin_keeps(corpus, capsys):
     assert worst["headroom_db"] == min(r["headroom_db"] for r in report["worst"]) >= 3.0
     lost = round((1.0 - kept[gate_margin.MARGINS.index(worst["headroom_db"] + 3.0)]) * report["calls"])
     assert lost >= 1  # one step above the worst call's headroom, that call's window is gated
+
+
+def test_a_distilled_mel_student_gives_the_teachers_embeddings_and_fits_exports_and_scores(corpus, tmp_path):
+    """kws_train.distil trains the mel-student network towards the embedding front end's
+    embeddings from the mel front end's frames (closer than the untrained network); fit
+    starts from its checkpoint, the export reads the mel front end, and the daemon's
+    streamed scores are the batch scores."""
+    import torch
+    from kws_stream.frontends import MelFrontEnd
+    from kws_train.export import load_checkpoint
+    from kws_train.fit import window_scores
+    from kws_train.nets import MelStudent, ModelConfig
+    cache = tmp_path / "cache"
+    r = subprocess.run([sys.executable, "-m", "kws_train.distil", "--data", str(corpus), "--cache", str(cache),
+                        "--folds", "all", "--steps", "150", "--batch", "8", "--threads", "1", "--out",
+                        str(tmp_path / "d")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    distilled, ckpt = load_checkpoint(str(tmp_path / "d" / "all" / "ckpt.pt"))
+    assert ckpt["model_args"]["arch"] == "mel-student" and ckpt["config"]["fold"] is None
+    mels, embs = (data.load_corpus(corpus, cache, front_end=fe) for fe in (MelFrontEnd, EmbeddingFrontEnd))
+    fresh = MelStudent(ModelConfig().student_channels).eval()
+    with torch.no_grad():
+        fresh.body[-1].pw.bias.copy_(torch.from_numpy(np.concatenate(embs.mels, axis=1).mean(axis=1)))
+        errors = [np.mean([((s(torch.from_numpy(m.T[None]))[0].numpy() - e.T) ** 2).mean()
+                           for m, e in zip(mels.mels, embs.mels)]) for s in (distilled.student, fresh)]
+    assert errors[0] < 0.8 * errors[1], errors
+
+    kws_train("fit", "--data", corpus, "--arch", "mel-student", "--init", tmp_path / "d" / "all" / "ckpt.pt",
+              "--out", tmp_path / "run", "--epochs", "2", "--threads", "1", "--hard-negatives", "0.25",
+              "--cache", cache)
+    onnx_path = tmp_path / "mel.onnx"
+    r = kws_train("export", "--ckpt", tmp_path / "run" / "ckpt.pt", "--out", onnx_path, "--threshold", "0.5")
+    assert json.loads(r.stdout)["max_abs_diff"] <= 1e-4
+    model = KwsModel(onnx_path)
+    assert model.front_end_class is MelFrontEnd and model.feature_size == 244 * 32
+    files = sorted((corpus / "audio").glob("*.opus"))[:4]
+    r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--file", *map(str, files), "--model",
+                        str(onnx_path), "--pub", "none", "--csv", str(tmp_path / "out.csv")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    streamed = {row.split(",")[0]: float(row.split(",")[2])
+                for row in (tmp_path / "out.csv").read_text().splitlines()[1:]}
+    batch = window_scores(model, data.load_corpus(corpus, cache, front_end=MelFrontEnd))
+    for f in files:
+        i = mels.files.index(f)
+        assert abs(streamed[f.stem] - batch[i][1].max()) <= 1e-4, f
