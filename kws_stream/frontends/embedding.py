@@ -341,6 +341,7 @@ class EmbeddingFrontEnd:
         self._stream.reset()
         self.frames_out = 0  # the next embedding (or row) the stream gives: all before it are computed
         self.window = 0  # index of the next window
+        self._need = self._need_samples()  # kept with self.window: checked on every 10 ms hop
         self.total_samples = None  # known once the stream is finished
         self.skipped = False  # whether the window take() last wrote was left out by the gate
         if self.gate is not None:
@@ -376,7 +377,7 @@ class EmbeddingFrontEnd:
     def _fill(self, audio: np.ndarray | None) -> int:
         """Append samples (zeros if audio is None) up to what the pending window needs; never
         more, so that no embedding past the ring's reach is computed."""
-        want = max(self._need_samples() - (self._pcm_first + self._n_pcm), 0)
+        want = max(self._need - (self._pcm_first + self._n_pcm), 0)
         n = min(want if audio is None else min(audio.size, want), self._pcm.size - self._n_pcm)
         self._pcm[self._n_pcm:self._n_pcm + n] = 0.0 if audio is None else audio[:n]
         self._n_pcm += n
@@ -436,13 +437,14 @@ class EmbeddingFrontEnd:
     # -- windows out ------------------------------------------------------------
 
     def ready(self) -> bool:
+        if self.total_samples is None and self._pcm_first + self._n_pcm < self._need:
+            return False  # the usual hop: the pending window still lacks samples
         if not self._due():
             return False
         if self.total_samples is not None:  # the silence after the stream
             while self._fill(None):
                 pass
-        have = self._pcm_first + self._n_pcm
-        if have < self._need_samples():
+        if self._pcm_first + self._n_pcm < self._need:
             return False
         if self.gate is not None:
             self._advance()
@@ -461,6 +463,7 @@ class EmbeddingFrontEnd:
             row = self.rows_per_embedding * first % self.window_frames
             out[:] = self._ring[row:row + self.window_frames].reshape(-1)
         self.window += 1
+        self._need = self._need_samples()
         if self.gate is not None:
             self._forget_mel()
         return first * EMB_STRIDE
