@@ -23,6 +23,23 @@ def kws_train(*args, timeout=600):
     return r
 
 
+def exported(ckpt: Path, out: Path) -> KwsModel:
+    """`kws-train export` of a checkpoint at threshold 0.5, onnxruntime agreeing with torch."""
+    r = kws_train("export", "--ckpt", ckpt, "--out", out, "--threshold", "0.5")
+    assert json.loads(r.stdout)["max_abs_diff"] <= 1e-4
+    return KwsModel(out)
+
+
+def replay_scores(files: list[Path], model: Path, tmp_path: Path) -> dict[str, float]:
+    """Each file's score from `kws-stream --file` with this model (a real subprocess), by file stem."""
+    r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--file", *map(str, files), "--model", str(model),
+                        "--pub", "none", "--csv", str(tmp_path / "out.csv")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [row.split(",") for row in (tmp_path / "out.csv").read_text().splitlines()[1:]]
+    return {row[0]: float(row[2]) for row in rows}
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny") / "c"
@@ -184,17 +201,11 @@ def test_embedding_head_fits_exports_and_scores(corpus, tmp_path):
     c = data.load_corpus(corpus, front_end=EmbeddingFrontEnd)
     assert c.mels[0].shape[0] == 96
     onnx_path = tmp_path / "emb.onnx"
-    r = kws_train("export", "--ckpt", tmp_path / "run" / "ckpt.pt", "--out", onnx_path, "--threshold", "0.5")
-    assert json.loads(r.stdout)["max_abs_diff"] <= 1e-4
-    model = KwsModel(onnx_path)
+    model = exported(tmp_path / "run" / "ckpt.pt", onnx_path)
     assert model.front_end_class is EmbeddingFrontEnd and model.feature_size == FEATURE_SIZE
     files = sorted((corpus / "audio").glob("*.opus"))
-    r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--file", *map(str, files), "--model",
-                        str(onnx_path), "--pub", "none", "--csv", str(tmp_path / "out.csv")],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    rows = (tmp_path / "out.csv").read_text().splitlines()[1:]
-    assert len(rows) == len(files) and all(0.0 <= float(row.split(",")[2]) <= 1.0 for row in rows)
+    scores = replay_scores(files, onnx_path, tmp_path)
+    assert sorted(scores) == [f.stem for f in files] and all(0.0 <= p <= 1.0 for p in scores.values())
 
 
 def test_tuned_tail_starts_as_the_front_end_and_fits_exports_and_scores(corpus, tmp_path):
@@ -226,17 +237,11 @@ def test_tuned_tail_starts_as_the_front_end_and_fits_exports_and_scores(corpus, 
     history = json.loads((tmp_path / "tune" / "metrics.json").read_text())
     assert history[1]["mined"]["windows"] > 0 and all(np.isfinite(h["loss"]) for h in history)
     onnx_path = tmp_path / "tune.onnx"
-    r = kws_train("export", "--ckpt", tmp_path / "tune" / "ckpt.pt", "--out", onnx_path, "--threshold", "0.5")
-    assert json.loads(r.stdout)["max_abs_diff"] <= 1e-4
-    model = KwsModel(onnx_path)
+    model = exported(tmp_path / "tune" / "ckpt.pt", onnx_path)
     assert model.front_end_class is EmbeddingRowsFrontEnd and model.feature_size == 52 * 192
     files = sorted((corpus / "audio").glob("*.opus"))[:4]
-    r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--file", *map(str, files), "--model",
-                        str(onnx_path), "--pub", "none", "--csv", str(tmp_path / "out.csv")],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    scores = [float(row.split(",")[2]) for row in (tmp_path / "out.csv").read_text().splitlines()[1:]]
-    assert len(scores) == len(files) and all(0.0 <= p <= 1.0 for p in scores)
+    scores = replay_scores(files, onnx_path, tmp_path)
+    assert sorted(scores) == [f.stem for f in files] and all(0.0 <= p <= 1.0 for p in scores.values())
 
     # with a head on embeddings, the ensemble reads rows and gives that head the packaged tail's embeddings
     mixed = tmp_path / "mixed.onnx"
@@ -399,17 +404,10 @@ def test_a_distilled_mel_student_gives_the_teachers_embeddings_and_fits_exports_
               "--out", tmp_path / "run", "--epochs", "2", "--threads", "1", "--hard-negatives", "0.25",
               "--cache", cache)
     onnx_path = tmp_path / "mel.onnx"
-    r = kws_train("export", "--ckpt", tmp_path / "run" / "ckpt.pt", "--out", onnx_path, "--threshold", "0.5")
-    assert json.loads(r.stdout)["max_abs_diff"] <= 1e-4
-    model = KwsModel(onnx_path)
+    model = exported(tmp_path / "run" / "ckpt.pt", onnx_path)
     assert model.front_end_class is MelFrontEnd and model.feature_size == 244 * 32
     files = sorted((corpus / "audio").glob("*.opus"))[:4]
-    r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--file", *map(str, files), "--model",
-                        str(onnx_path), "--pub", "none", "--csv", str(tmp_path / "out.csv")],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    streamed = {row.split(",")[0]: float(row.split(",")[2])
-                for row in (tmp_path / "out.csv").read_text().splitlines()[1:]}
+    streamed = replay_scores(files, onnx_path, tmp_path)
     batch = window_scores(model, data.load_corpus(corpus, cache, front_end=MelFrontEnd))
     for f in files:
         i = mels.files.index(f)

@@ -233,16 +233,16 @@ def window_start(k: int, hop_frames: int) -> int:
     return (k * hop_frames) // EMB_STRIDE
 
 
-def _mask(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
-    """SpecAugment's idea on a window's frames (dimensions, W), embeddings or rows: mask up
-    to 3 frames and 9 dimensions."""
+def _mask(rng: np.random.Generator, w: np.ndarray, frames: int, dims: int) -> np.ndarray:
+    """SpecAugment's idea on a window's frames (dimensions, W): set up to `frames` consecutive
+    frames and up to `dims` dimensions to their mean over the window."""
     w = w.copy()
     fill = w.mean(axis=1, keepdims=True)
-    t = int(rng.integers(0, 4))
+    t = int(rng.integers(0, frames + 1))
     t0 = int(rng.integers(0, w.shape[1] - t + 1))
     w[:, t0:t0 + t] = fill
-    dims = rng.choice(w.shape[0], size=int(rng.integers(0, 10)), replace=False)
-    w[dims, :] = fill[dims]
+    picked = rng.choice(w.shape[0], size=int(rng.integers(0, dims + 1)), replace=False)
+    w[picked, :] = fill[picked]
     return w
 
 
@@ -264,6 +264,7 @@ class EmbeddingFrontEnd:
     rows_per_embedding = 1
     feature_size = FEATURE_SIZE
     feature_shape = (WINDOW_EMBEDDINGS, EMB_DIM)  # time-major
+    mask_frames, mask_dims = 3, 9  # training's masking (features with rng): at most this many frames, dimensions
     sample_rate = SAMPLE_RATE
     hop_length = MEL_HOP
     window_frames = WINDOW_EMBEDDINGS
@@ -288,11 +289,12 @@ class EmbeddingFrontEnd:
     @classmethod
     def features(cls, frames: np.ndarray, start: int, out: np.ndarray,
                  rng: np.random.Generator | None = None) -> np.ndarray:
-        """The window_frames embeddings (or rows) from `start`, flattened time-major; with
-        rng, up to 3 of them and 9 dimensions are first set to their mean over the window."""
+        """The window_frames embeddings (or rows, or mel frames) from `start`, flattened
+        time-major; with rng, up to mask_frames of them and mask_dims dimensions are first set
+        to their mean over the window."""
         w = frames[:, start:start + cls.window_frames]
         if rng is not None:
-            w = _mask(rng, w)
+            w = _mask(rng, w, cls.mask_frames, cls.mask_dims)
         out[:] = np.ascontiguousarray(w.T).reshape(-1)
         return out
 
@@ -528,6 +530,7 @@ class MelFrontEnd(EmbeddingFrontEnd):
     rows_per_embedding = EMB_STRIDE  # mel frames per embedding step: the window grid is the embeddings'
     feature_size = WINDOW_MEL * N_BANDS  # 7808
     feature_shape = (WINDOW_MEL, N_BANDS)  # time-major
+    mask_frames, mask_dims = 3 * EMB_STRIDE, 3  # three embedding steps' frames, 3 of the 32 bands
     window_frames = WINDOW_MEL
     frame_rate = float(FRAMES_PER_SECOND)
     tail = WINDOW_MEL - 1
@@ -544,20 +547,3 @@ class MelFrontEnd(EmbeddingFrontEnd):
     def file_frames(cls, signal: np.ndarray) -> np.ndarray:
         """(32, n) mel frames of a whole signal and the silence after it, as a stream computes them."""
         return np.ascontiguousarray(shared_nets().mel(_padded(signal)).T)
-
-    @classmethod
-    def features(cls, frames: np.ndarray, start: int, out: np.ndarray,
-                 rng: np.random.Generator | None = None) -> np.ndarray:
-        """The window's mel frames, flattened time-major; with rng, up to 24 frames (three
-        embedding steps) and 3 bands first set to their mean over the window."""
-        w = frames[:, start:start + cls.window_frames]
-        if rng is not None:
-            w = w.copy()
-            fill = w.mean(axis=1, keepdims=True)
-            t = int(rng.integers(0, 25))
-            t0 = int(rng.integers(0, w.shape[1] - t + 1))
-            w[:, t0:t0 + t] = fill
-            bands = rng.choice(w.shape[0], size=int(rng.integers(0, 4)), replace=False)
-            w[bands, :] = fill[bands]
-        out[:] = np.ascontiguousarray(w.T).reshape(-1)
-        return out
