@@ -70,7 +70,7 @@ def main() -> int:
     rows.append(("microWakeWord streaming (okay_nabu)", mww_cpu))
     ratios = {}
     for path in [None, *args.model]:
-        name = "default" if path is None else Path(path).name
+        name = "default" if path is None else path  # the path as given: two models may share a file name
         with tempfile.TemporaryDirectory() as tmp:
             wav = Path(tmp) / "calls.wav"
             sf.write(wav, audio, SAMPLE_RATE, subtype="PCM_16")

@@ -390,6 +390,14 @@ def test_a_distilled_mel_student_gives_the_teachers_embeddings_and_fits_exports_
                         "--folds", "all", "--steps", "150", "--batch", "8", "--threads", "1", "--out",
                         str(tmp_path / "d")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+    from kws_train.distil import SEGMENT, Stretches
+    stretches = Stretches([str(corpus)], str(cache), 1)
+    for fold in (None, 0, 1):  # a fold's student never hears its voices
+        pool = stretches.pool(fold)
+        assert pool.size and all(stretches.folds[i] != fold or fold is None for i in pool)
+        assert all(stretches.embs[i].shape[1] >= SEGMENT for i in pool)
+    mel, emb = stretches.batch(np.random.default_rng(0), stretches.pool(None), None, 3)
+    assert mel.shape == (3, 8 * (SEGMENT - 1) + 76, 32) and emb.shape == (3, SEGMENT, 96)
     distilled, ckpt = load_checkpoint(str(tmp_path / "d" / "all" / "ckpt.pt"))
     assert ckpt["model_args"]["arch"] == "mel-student" and ckpt["config"]["fold"] is None
     mels, embs = (data.load_corpus(corpus, cache, front_end=fe) for fe in (MelFrontEnd, EmbeddingFrontEnd))
@@ -412,3 +420,23 @@ def test_a_distilled_mel_student_gives_the_teachers_embeddings_and_fits_exports_
     for f in files:
         i = mels.files.index(f)
         assert abs(streamed[f.stem] - batch[i][1].max()) <= 1e-4, f
+
+
+@pytest.mark.parametrize("args, says", [(["--folds", "9"], "--folds 9: a fold number"),
+                                        (["--folds", "0", "--steps", "0"], "--steps 0"),
+                                        (["--folds", "all", "--batch", "0"], "--batch 0")])
+def test_distil_refuses_bad_options_in_one_line(corpus, tmp_path, args, says):
+    r = subprocess.run([sys.executable, "-m", "kws_train.distil", "--data", str(corpus), "--cache",
+                        str(tmp_path / "cache"), "--out", str(tmp_path / "d"), *args], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "cache").exists()  # nothing computed
+
+
+def test_distil_names_a_corpus_without_its_manifest(tmp_path):
+    (tmp_path / "c" / "audio").mkdir(parents=True)
+    r = subprocess.run([sys.executable, "-m", "kws_train.distil", "--data", str(tmp_path / "c"), "--cache",
+                        str(tmp_path / "cache"), "--out", str(tmp_path / "d")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "manifest.jsonl" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-# on speech embeddings (emb-tune: on the network's part-3a rows); kws_train.nets
+# on speech embeddings (emb-tune: on the network's part-3a rows; mel-student: on the mel frames); kws_train.nets
 EMB_ARCHS = ["emb", "emb-deep", "emb-deep4", "emb-gru", "emb-attn", "emb-tune", "mel-student"]
 
 
@@ -79,7 +79,9 @@ def _fit_parser(sub) -> None:
     p.add_argument("--arch", choices=["dnn", "cnn", *EMB_ARCHS], default="cnn",
                    help="dnn: the seed's model; cnn: a small CNN on the seed's features; emb: a conv head on "
                         "speech embeddings; emb-deep: a wider, deeper one (emb-deep4: one layer more); "
-                        "emb-gru: a bidirectional GRU on them; emb-attn: emb-deep with a self-attention layer")
+                        "emb-gru: a bidirectional GRU on them; emb-attn: emb-deep with a self-attention layer; "
+                        "mel-student: emb-deep's head on a small network over the mel frames (start it from "
+                        "python -m kws_train.distil)")
     p.add_argument("--recipe", choices=["seed", "improved"], default="improved",
                    help="seed: the notebook's windows and MIL; improved: phrase at random offsets, SpecAugment")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (ckpt.pt, metrics.json)")
@@ -114,7 +116,8 @@ def _folds_parser(sub) -> None:
     p.add_argument("--baseline", metavar="M.onnx",
                    help="also score fold 0 (the voices RHVOICE_VAL that earlier models never heard) with this model")
     _training_options(p, epochs=12, hard_negatives=0.2,
-                      init=("RUN", "start fold k from RUN/foldk/ckpt.pt (a `kws-train folds` run; emb-tune: of emb-deep)"),
+                      init=("RUN", "start fold k from RUN/foldk/ckpt.pt (a `kws-train folds` run; emb-tune: of emb-deep; "
+                                   "mel-student: a python -m kws_train.distil run)"),
                       candidate_help="train verifiers of the --init RUN: fold k's epochs also hold the target-free "
                                      "windows RUN/foldk scores at or above P (measure the cascade with python -m "
                                      "kws_train.verifier --stage2)")

@@ -2,7 +2,8 @@
 to give speech_embedding's embeddings from the mel frames alone.
 
 The teacher's embeddings and the mel frames both come from the front ends' caches
-(`oww-embedding-v1` and `oww-mel-v1`), so no audio is decoded twice. Each step takes
+(`oww-embedding-v1` and `oww-mel-v1`; what a --cache does not hold yet is computed
+and written there first). Each step takes
 random stretches of SEGMENT embeddings from the calls and streams, and the student
 learns to give the teacher's embedding at every one, each dimension's error scaled by that
 dimension's spread. No label is used.
@@ -37,6 +38,7 @@ from kws_stream.frontends import EmbeddingFrontEnd, MelFrontEnd
 from .data import load_corpus
 from .folds import fold_of, manifest
 from .nets import MelStudent, ModelConfig, build
+from .synth_tts import FOLDS
 
 log = logging.getLogger(__name__)
 
@@ -137,24 +139,55 @@ def run(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
-        folds = [None if f == "all" else int(f) for f in args.folds]
-    except ValueError:
-        print(f"kws_train.distil: --folds takes fold numbers or all, got {' '.join(args.folds)}", file=sys.stderr)
+        folds = checked_folds(args.folds)
+        if args.steps < 1 or args.batch < 1:
+            raise ValueError(f"--steps {args.steps} and --batch {args.batch}: each at least 1")
+        for root in [*args.data, *args.negatives]:
+            manifest(root)  # before any feature is computed: each corpus has its calls' voices
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as e:
+        print(f"kws_train.distil: {_reason(e)}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     try:
         data = Stretches([*args.data, *args.negatives], args.cache, args.threads)
-    except (FileNotFoundError, RuntimeError) as e:
-        print(f"kws_train.distil: {e}", file=sys.stderr)
+        pools = {fold: data.pool(fold) for fold in folds}
+        empty = [fold for fold, pool in pools.items() if not pool.size]
+        if empty:
+            raise ValueError(f"no file of {SEGMENT} embeddings or more to learn from without fold {empty[0]}")
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"kws_train.distil: {_reason(e)}", file=sys.stderr)
         return 2
     config = {k: v for k, v in vars(args).items() if k != "folds"}
     for fold in folds:
         student, history = distil(data, fold, args.steps, args.batch, args.lr, args.seed)
-        path = save(student, history, Path(args.out) / ("all" if fold is None else f"fold{fold}"),
-                    {**config, "fold": fold})
+        try:
+            path = save(student, history, Path(args.out) / ("all" if fold is None else f"fold{fold}"),
+                        {**config, "fold": fold})
+        except OSError as e:
+            print(f"kws_train.distil: {args.out}: cannot write the student ({e.strerror or e})", file=sys.stderr)
+            return 2
         print(json.dumps({"fold": fold, "ckpt": str(path), "loss": history[-1]["loss"]}))
     return 0
 
+
+def _reason(e: Exception) -> str:
+    """One line naming the thing and the reason."""
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    return str(e)
+
+
+def checked_folds(given: list[str]) -> list[int | None]:
+    """--folds as fold numbers (None: all voices), each once; ValueError names a bad one."""
+    folds: list[int | None] = []
+    for f in given:
+        fold = None if f == "all" else int(f) if f.isdigit() else -1
+        if fold is not None and not 0 <= fold < len(FOLDS):
+            raise ValueError(f"--folds {f}: a fold number from 0 to {len(FOLDS) - 1}, or all")
+        if fold not in folds:
+            folds.append(fold)
+    return folds
 
 if __name__ == "__main__":
     sys.exit(run())
