@@ -96,7 +96,7 @@ def test_rows_stream_equals_whole_file_and_keeps_the_embedding_grid(hop_frames, 
         np.testing.assert_allclose(w, rows_fe.features(ref, first, np.empty_like(w)), atol=1e-5)
 
 
-@pytest.mark.parametrize("hop_frames,chunks", [(100, 160), (100, 32000), (37, 0), (8, 0)])
+@pytest.mark.parametrize("hop_frames,chunks", [(100, 160), (100, 32000), (37, 0), (8, 0), (250, 7)])
 def test_mel_stream_equals_whole_file_and_keeps_the_embedding_grid(hop_frames, chunks):
     """The mel front end gives exactly the mel frames under the embedding front end's windows,
     on its grid: a model on mel frames scores the windows an embedding model scores."""
