@@ -130,14 +130,21 @@ class Spotter:
 
     def feed(self, audio: np.ndarray) -> list[Detection]:
         """Take the next samples (a float numpy array, mono, 16 kHz); return the detections they complete."""
-        return self._windows(_checked(audio))
+        audio = _checked(audio)
+        if self.front_end.store(audio):  # the usual 10 ms hop completes no window
+            return []
+        return self._windows(audio)
 
     def queue(self, audio: np.ndarray | None) -> int:
         """Like feed (None: like finish), but keep the windows the audio completes unscored,
         for `score_together` to score many streams' windows in one model call. Returns how
         many windows wait."""
         fe = self.front_end
-        for start in windows(fe, None if audio is None else _checked(audio), self._window):
+        if audio is not None:
+            audio = _checked(audio)
+            if fe.store(audio):
+                return len(self._waiting)
+        for start in windows(fe, audio, self._window):
             self._waiting.append((start, None if fe.skipped else self._window.copy()))
         return len(self._waiting)
 

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+from kws_stream.frontends import REGISTRY
 from kws_stream.frontends import seed as frontend
 from seed_reference import seed_features, seed_log_mel, seed_mel_filterbank, seed_window_mel
 
@@ -129,3 +130,36 @@ def test_hot_path_does_not_allocate_numpy_arrays():
     tracemalloc.stop()
     grown = sum(s.size_diff for s in after.compare_to(before, "filename") if s.size_diff > 0)
     assert grown < 4096, f"{grown} bytes allocated over 1000 hops"
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_store_keeps_only_hops_that_complete_no_window(name):
+    """store() is accept()'s fast path: it takes a hop only while the pending window still
+    lacks samples, refuses the hop that completes it, and after finish() takes nothing."""
+    fe = REGISTRY[name](hop_frames=100)
+    x = signal(6.0, seed=3).astype(np.float32)
+    out = np.empty(fe.feature_size, dtype=np.float32)
+    stored, windows_at = 0, []
+    for pos in range(0, x.size - 159, 160):
+        hop = x[pos:pos + 160]
+        if fe.store(hop):
+            stored += 1
+            assert not fe.ready()
+            continue
+        taken = 0
+        while taken < hop.size:
+            taken += fe.accept(hop[taken:])
+            while fe.ready():
+                windows_at.append((pos + taken, fe.take(out)))
+    assert fe.samples_in == x.size // 160 * 160
+    assert stored > 0.9 * (x.size // 160)
+    # the windows come at the sample that completes them, as with accept() alone
+    ref = REGISTRY[name](hop_frames=100)
+    want, pos = [], 0
+    while pos < x.size // 160 * 160:
+        pos += ref.accept(x[pos:x.size // 160 * 160])
+        while ref.ready():
+            want.append((pos, ref.take(out)))
+    assert len(want) >= 3 and windows_at == want
+    fe.finish()
+    assert not fe.store(x[:160]) and fe.samples_in == x.size // 160 * 160

@@ -22,7 +22,7 @@ class FrontEnd(Protocol):
     """Audio to model features, in two views that give the same numbers.
 
     Streaming: `accept(audio)` takes samples up to the next due window and returns how
-    many it took; while `ready()`, `take(out)` writes one window's features and returns
+    many it took (`store(audio)` is its fast path, for audio that completes no window); while `ready()`, `take(out)` writes one window's features and returns
     the window's start in hops of `hop_length` samples; `finish()` ends the stream.
     `windows()` below drives this loop; nothing else should.
 
@@ -55,6 +55,10 @@ class FrontEnd(Protocol):
     def reset(self) -> None: ...
 
     def accept(self, audio: np.ndarray) -> int: ...
+
+    def store(self, audio: np.ndarray) -> bool:
+        """Keep all of audio and return True if no window can be ready after it (the usual
+        10 ms hop, at a few attribute reads and one copy); else take nothing, return False."""
 
     def ready(self) -> bool: ...
 

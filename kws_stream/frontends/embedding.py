@@ -372,9 +372,22 @@ class EmbeddingFrontEnd:
         """Take samples until the next window is complete; return how many were taken."""
         if self.total_samples is not None:
             raise RuntimeError("accept() after finish(); call reset() first")
+        if self.store(audio):
+            return audio.size
         n = self._fill(audio)
         self.samples_in += n
         return n
+
+    def store(self, audio: np.ndarray) -> bool:
+        """The common 10 ms hop: if the pending window still lacks samples after audio, only
+        keep it (True); else take nothing (False), and accept() does the work."""
+        n, held = audio.size, self._n_pcm
+        if self.total_samples is not None or self._pcm_first + held + n >= self._need or held + n >= self._pcm.size:
+            return False
+        self._pcm[held:held + n] = audio
+        self._n_pcm = held + n
+        self.samples_in += n
+        return True
 
     def _fill(self, audio: np.ndarray | None) -> int:
         """Append samples (zeros if audio is None) up to what the pending window needs; never

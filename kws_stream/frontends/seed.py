@@ -283,13 +283,8 @@ class SeedFrontEnd:
         """Take samples until the next window is complete; return how many were taken."""
         if self.total_frames is not None:
             raise RuntimeError("accept() after finish(); call reset() first")
-        n, held = audio.size, self._n_pcm
-        due = (self.next_window + WINDOW_FRAMES - self.frames - 1) * HOP_LENGTH + FRAME_LENGTH - held
-        if n < due and held + n < self._pcm.size:  # the common 10 ms hop: just store it
-            self._pcm[held:held + n] = audio
-            self._n_pcm = held + n
-            self.samples_in += n
-            return n
+        if self.store(audio):
+            return audio.size
         taken = 0
         while taken < audio.size and not self._complete():
             # Absolute sample index at which the pending window's last frame is in.
@@ -303,6 +298,18 @@ class SeedFrontEnd:
                 self._compute_frames()
         self.samples_in += taken
         return taken
+
+    def store(self, audio: np.ndarray) -> bool:
+        """The common 10 ms hop: if the pending window still lacks samples after audio, only
+        keep it (True); else take nothing (False), and accept() does the work."""
+        n, held = audio.size, self._n_pcm
+        due = (self.next_window + WINDOW_FRAMES - self.frames - 1) * HOP_LENGTH + FRAME_LENGTH - held
+        if self.total_frames is not None or n >= due or held + n >= self._pcm.size:
+            return False
+        self._pcm[held:held + n] = audio
+        self._n_pcm = held + n
+        self.samples_in += n
+        return True
 
     def _complete(self) -> bool:
         end = self.next_window + WINDOW_FRAMES
