@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kws_stream import KwsModel
-from kws_stream.frontends import EmbeddingFrontEnd, EmbeddingRowsFrontEnd, SeedFrontEnd, windows
+from kws_stream.frontends import EmbeddingFrontEnd, EmbeddingRowsFrontEnd, MelFrontEnd, SeedFrontEnd, windows
 from kws_stream.frontends import seed as frontend
 from kws_stream.audio import read_file
 from kws_train import data, export, synth
@@ -67,7 +67,7 @@ def test_fit_writes_a_self_describing_checkpoint(run):
 
 
 def test_mined_negative_windows_never_hear_the_phrase(corpus):
-    for fe in (SeedFrontEnd, EmbeddingFrontEnd):
+    for fe in (SeedFrontEnd, EmbeddingFrontEnd, MelFrontEnd):
         c = data.load_corpus(corpus, front_end=fe)
         pool = data.negative_pool(c)
         assert len(pool) > 0
@@ -75,6 +75,31 @@ def test_mined_negative_windows_never_hear_the_phrase(corpus):
             phrase = data.phrase_frames(c, i)
             if phrase is not None:
                 assert s + fe.window_frames + fe.reach <= phrase[0] or s >= phrase[1]
+
+
+def test_mining_runs_the_mel_student_once_per_file_and_scores_each_window_as_alone(corpus):
+    """pool_logits runs a mel-student's network once over each file and slices every
+    window's outputs; the logits equal the model on each window alone."""
+    import torch
+    from kws_train.fit import pool_logits
+    from kws_train.nets import ModelConfig, build
+
+    c = data.load_corpus(corpus, front_end=MelFrontEnd)
+    pool = data.negative_pool(c)
+    assert len(pool) > 10 and (pool[:, 1] % 8 == 0).all() and 48 in pool[:, 1]  # the embeddings' grid
+    torch.manual_seed(0)
+    model = build(ModelConfig(arch="mel-student"))
+    for m in model.modules():  # running statistics away from the identity, as after training
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    got = pool_logits(model, c, pool)
+    with torch.no_grad():
+        want = model(torch.from_numpy(np.stack([data.window_of(c, i, s) for i, s in pool]))).numpy()
+    assert np.isfinite(want).all() and want.std() > 0
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="every 8 frames"):
+        model.file_logits(c.mels[0], np.array([4]))
 
 
 def test_a_verifiers_candidates_are_the_windows_its_first_stage_passes(corpus):

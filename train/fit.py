@@ -111,6 +111,12 @@ def pool_logits(model: nn.Module, corpus, pool: np.ndarray, batch: int = 2048) -
     scores = np.empty(len(pool), dtype=np.float32)
     model.eval()
     with torch.no_grad():
+        if hasattr(model, "file_logits"):  # a network over the frames (MelStudentHead): once per file
+            order = np.argsort(pool[:, 0], kind="stable")
+            files, first = np.unique(pool[order, 0], return_index=True)
+            for i, rows in zip(files, np.split(order, first[1:])):
+                scores[rows] = model.file_logits(corpus.mels[i], pool[rows, 1]).numpy()
+            return scores
         for a in range(0, len(pool), batch):
             x = np.stack([window_of(corpus, i, s) for i, s in pool[a:a + batch]])
             scores[a:a + batch] = model(torch.from_numpy(x)).numpy()

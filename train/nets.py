@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -14,6 +15,7 @@ SEED_SHAPE = SeedFrontEnd.feature_shape  # (channels, mel bands, time bins)
 EMB_WINDOW, EMB_DIM = EmbeddingFrontEnd.feature_shape  # (embeddings per window, dimensions), time-major
 ROWS_WINDOW, ROW_DIM = EmbeddingRowsFrontEnd.feature_shape  # (part-3a rows per window, 96 channels x 2 bins)
 MEL_WINDOW, MEL_BANDS = MelFrontEnd.feature_shape  # (mel frames per window, 32 bands), time-major
+STUDENT_STRIDE = MelFrontEnd.rows_per_embedding  # mel frames between a MelStudent's outputs: the embeddings' grid
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,18 @@ class MelStudentHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.student(x.reshape(-1, MEL_WINDOW, MEL_BANDS)))
+
+    def file_logits(self, mel: np.ndarray, starts: np.ndarray) -> torch.Tensor:
+        """Logits of the windows of one file's mel frames (32, T) that start at `starts`
+        (multiples of the student's stride of 8 frames, each window inside the file), the
+        student run once over the file: window s's outputs are the file's outputs s // 8 ..
+        s // 8 + 21, so this equals forward() on each window (to float rounding) at a fifth
+        of the cost where windows overlap as the mining pool's do."""
+        if (starts % STUDENT_STRIDE).any() or (starts + MEL_WINDOW > mel.shape[1]).any():
+            raise ValueError(f"file_logits: windows must start every {STUDENT_STRIDE} frames and end in the file")
+        emb = self.student(torch.from_numpy(np.ascontiguousarray(mel.T))[None])[0]
+        first = torch.from_numpy(starts // STUDENT_STRIDE)[:, None] + torch.arange(EMB_WINDOW)
+        return self.head(emb[first])
 
 
 class EmbeddingGRU(nn.Module):
