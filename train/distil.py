@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -36,6 +35,7 @@ import torch
 from kws_stream.frontends import EmbeddingFrontEnd, MelFrontEnd
 
 from .data import load_corpus
+from .fit import write_checkpoint
 from .folds import fold_of, manifest
 from .nets import MelStudent, ModelConfig, build
 from .synth_tts import FOLDS
@@ -115,12 +115,8 @@ def save(student: MelStudent, history: list, out: Path, config: dict) -> Path:
     """A mel-student checkpoint in kws-train fit's format: the student distilled, the head as built."""
     model = build(ModelConfig(arch="mel-student"))
     model.student.load_state_dict(student.state_dict())
-    out.mkdir(parents=True, exist_ok=True)
-    part = out / "ckpt.pt.part"
-    torch.save({"model_args": asdict(ModelConfig(arch="mel-student")), "config": config,
-                "state_dict": model.state_dict(), "history": history, "distilled": True}, part)
-    os.replace(part, out / "ckpt.pt")
-    return out / "ckpt.pt"
+    return write_checkpoint(out, {"model_args": asdict(ModelConfig(arch="mel-student")), "config": config,
+                                  "state_dict": model.state_dict(), "history": history, "distilled": True})
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -271,16 +271,21 @@ def negative_weight(cfg: FitConfig, epoch: int) -> float:
 
 
 def save(cfg: FitConfig, model: nn.Module, history: list[dict], train) -> Path:
-    """RUN/ckpt.pt (written whole or not at all: a run killed while saving leaves none) and
-    RUN/metrics.json."""
+    """RUN/ckpt.pt (write_checkpoint) and RUN/metrics.json."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     labels = train.labels
-    part = out / "ckpt.pt.part"
-    torch.save({"model_args": asdict(ModelConfig(arch=cfg.arch)), "config": asdict(cfg),
-                "state_dict": model.state_dict(), "history": history, "train_files": len(labels),
-                "train_positives": int(labels.sum())}, part)
+    path = write_checkpoint(out, {"model_args": asdict(ModelConfig(arch=cfg.arch)), "config": asdict(cfg),
+                                  "state_dict": model.state_dict(), "history": history,
+                                  "train_files": len(labels), "train_positives": int(labels.sum())})
     (out / "metrics.json").write_text(json.dumps(history, indent=1))
+    return path
+
+
+def write_checkpoint(out: Path, ckpt: dict) -> Path:
+    """OUT/ckpt.pt, written whole or not at all (a run killed while saving leaves none)."""
+    out.mkdir(parents=True, exist_ok=True)
+    part = out / "ckpt.pt.part"
+    torch.save(ckpt, part)
     os.replace(part, out / "ckpt.pt")
     return out / "ckpt.pt"
 

@@ -538,7 +538,6 @@ class MelFrontEnd(EmbeddingFrontEnd):
     spectrogram alone. The speech gate works as on the embedding front ends."""
 
     name = "oww-mel-v1"
-    stops_at_rows = False
     row_dim = N_BANDS
     rows_per_embedding = EMB_STRIDE  # mel frames per embedding step: the window grid is the embeddings'
     feature_size = WINDOW_MEL * N_BANDS  # 7808
