@@ -234,7 +234,8 @@ class Spotter:
 def _checked(audio: np.ndarray) -> np.ndarray:
     if audio.ndim != 1:
         raise ValueError(f"Spotter.feed expects mono audio of shape (n,), got {audio.shape}")
-    if not audio.size or np.abs(audio).max() <= 1.0:  # one pass for the usual case (NaN compares False)
+    # one pass for the usual case (NaN compares False); the ufunc's own reduce skips .max()'s wrappers
+    if not audio.size or np.maximum.reduce(np.abs(audio)) <= 1.0:
         return audio
     if not np.isfinite(audio).all():
         raise ValueError("Spotter.feed got NaN or Inf samples")
