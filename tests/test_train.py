@@ -87,19 +87,24 @@ def test_mining_runs_the_mel_student_once_per_file_and_scores_each_window_as_alo
     c = data.load_corpus(corpus, front_end=MelFrontEnd)
     pool = data.negative_pool(c)
     assert len(pool) > 10 and (pool[:, 1] % 8 == 0).all() and 48 in pool[:, 1]  # the embeddings' grid
+    pool = pool[np.random.default_rng(0).permutation(len(pool))]  # any order
     torch.manual_seed(0)
-    model = build(ModelConfig(arch="mel-student"))
+    model = build(ModelConfig(arch="mel-student")).eval()
     for m in model.modules():  # running statistics away from the identity, as after training
         if isinstance(m, torch.nn.BatchNorm1d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
+    runs = []
+    model.student.register_forward_hook(lambda module, args, out: runs.append(args[0].shape[0]))
     got = pool_logits(model, c, pool)
+    assert runs == [1] * len(np.unique(pool[:, 0]))  # one run of the student per file
     with torch.no_grad():
         want = model(torch.from_numpy(np.stack([data.window_of(c, i, s) for i, s in pool]))).numpy()
     assert np.isfinite(want).all() and want.std() > 0
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="every 8 frames"):
-        model.file_logits(c.mels[0], np.array([4]))
+    for bad in (4, (c.mels[0].shape[1] - 244) // 8 * 8 + 8):  # off the grid; running past the file's end
+        with pytest.raises(ValueError, match="every 8 frames and end in the file"):
+            model.file_logits(c.mels[0], np.array([bad]))
 
 
 def test_a_verifiers_candidates_are_the_windows_its_first_stage_passes(corpus):

@@ -173,8 +173,8 @@ def clear_of(s: int, phrase: tuple[int, int] | None, front_end: type[FrontEnd]) 
 
 
 def negative_pool(corpus: Corpus) -> np.ndarray:
-    """(file, start) of every target-free window on a half-second grid: all windows of
-    negative files and the windows of positive files clear of the phrase."""
+    """(file, start) of every target-free window on a grid of about half a second: all
+    windows of negative files and the windows of positive files clear of the phrase."""
     fe = corpus.front_end
     grid = getattr(fe, "rows_per_embedding", 1)  # the embedding grid: 8 mel frames on the mel front end
     step = max(1, int(fe.frame_rate // 2)) // grid * grid  # about half a second: 50 seed frames, 6 embeddings, 48 mel frames

@@ -273,12 +273,12 @@ def negative_weight(cfg: FitConfig, epoch: int) -> float:
 def save(cfg: FitConfig, model: nn.Module, history: list[dict], train) -> Path:
     """RUN/ckpt.pt (write_checkpoint) and RUN/metrics.json."""
     out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(history, indent=1))  # before the checkpoint that a rerun reads back
     labels = train.labels
-    path = write_checkpoint(out, {"model_args": asdict(ModelConfig(arch=cfg.arch)), "config": asdict(cfg),
+    return write_checkpoint(out, {"model_args": asdict(ModelConfig(arch=cfg.arch)), "config": asdict(cfg),
                                   "state_dict": model.state_dict(), "history": history,
                                   "train_files": len(labels), "train_positives": int(labels.sum())})
-    (out / "metrics.json").write_text(json.dumps(history, indent=1))
-    return path
 
 
 def write_checkpoint(out: Path, ckpt: dict) -> Path:

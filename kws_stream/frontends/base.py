@@ -22,9 +22,10 @@ class FrontEnd(Protocol):
     """Audio to model features, in two views that give the same numbers.
 
     Streaming: `accept(audio)` takes samples up to the next due window and returns how
-    many it took (`store(audio)` is its fast path, for audio that completes no window); while `ready()`, `take(out)` writes one window's features and returns
+    many it took; while `ready()`, `take(out)` writes one window's features and returns
     the window's start in hops of `hop_length` samples; `finish()` ends the stream.
-    `windows()` below drives this loop; nothing else should.
+    `windows()` below drives this loop; nothing else should. `store(audio)` is accept's
+    fast path for audio that completes no window, which a caller tries first (Spotter).
 
     Batch (training, evaluation): `file_frames(signal)` gives a whole signal's frames,
     (frame_dim, n) at `frame_rate` per second; `features(frames, start, out, rng)` turns
@@ -57,8 +58,9 @@ class FrontEnd(Protocol):
     def accept(self, audio: np.ndarray) -> int: ...
 
     def store(self, audio: np.ndarray) -> bool:
-        """Keep all of audio and return True if no window can be ready after it (the usual
-        10 ms hop, at a few attribute reads and one copy); else take nothing, return False."""
+        """The usual 10 ms hop, at a few attribute reads and one copy: keep all of audio and
+        return True only when no window can be ready after it; else (also when the held
+        audio would fill the buffer, or after finish()) take nothing and return False."""
 
     def ready(self) -> bool: ...
 

@@ -379,8 +379,8 @@ class EmbeddingFrontEnd:
         return n
 
     def store(self, audio: np.ndarray) -> bool:
-        """The common 10 ms hop: if the pending window still lacks samples after audio, only
-        keep it (True); else take nothing (False), and accept() does the work."""
+        """The common 10 ms hop: keep audio (True) only when the pending window still lacks
+        samples after it and the buffer has room; else take nothing (False): accept() works."""
         n, held = audio.size, self._n_pcm
         if self.total_samples is not None or self._pcm_first + held + n >= self._need or held + n >= self._pcm.size:
             return False

@@ -300,8 +300,8 @@ class SeedFrontEnd:
         return taken
 
     def store(self, audio: np.ndarray) -> bool:
-        """The common 10 ms hop: if the pending window still lacks samples after audio, only
-        keep it (True); else take nothing (False), and accept() does the work."""
+        """The common 10 ms hop: keep audio (True) only when the pending window still lacks
+        samples after it and the buffer has room; else take nothing (False): accept() works."""
         n, held = audio.size, self._n_pcm
         due = (self.next_window + WINDOW_FRAMES - self.frames - 1) * HOP_LENGTH + FRAME_LENGTH - held
         if self.total_frames is not None or n >= due or held + n >= self._pcm.size:
