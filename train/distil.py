@@ -185,5 +185,6 @@ def checked_folds(given: list[str]) -> list[int | None]:
             folds.append(fold)
     return folds
 
+
 if __name__ == "__main__":
     sys.exit(run())
