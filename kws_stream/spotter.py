@@ -105,7 +105,7 @@ class Spotter:
         self.windows = 0
         self.gated = 0  # windows the speech gate left unscored (counted in windows, score 0)
         self.detections = 0
-        self.nonfinite_scores = 0
+        self.bad_scores = 0  # model outputs outside [0, 1] or not finite, counted as 0
         self.max_score = -math.inf
 
     def replace_model(self, model: KwsModel) -> None:
@@ -210,11 +210,13 @@ class Spotter:
             self.on_window(start / self.sample_rate, (start + self.front_end.window_samples) / self.sample_rate, 0.0)
 
     def _apply(self, starts: list[int], probs: np.ndarray, found: list[Detection]) -> None:
-        if not np.isfinite(probs).all():  # a broken model: never let a non-finite score out
-            if not self.nonfinite_scores:
-                log.warning("%s: the model gave a non-finite score; counted as 0", self.model.path)
-            self.nonfinite_scores += int((~np.isfinite(probs)).sum())
-            probs = np.nan_to_num(probs, nan=0.0, posinf=0.0, neginf=0.0)
+        bad = ~((probs >= 0.0) & (probs <= 1.0))  # NaN compares false: a broken model's value never gets out
+        if bad.any():
+            if not self.bad_scores:
+                log.warning("%s: the model gave a score that is not a probability (%s); counted as 0",
+                            self.model.path, float(probs[bad][0]))
+            self.bad_scores += int(bad.sum())
+            probs = np.where(bad, 0.0, probs)
         fe = self.front_end
         for start_frame, prob in zip(starts, probs.tolist()):
             start = start_frame * fe.hop_length

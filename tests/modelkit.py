@@ -37,21 +37,24 @@ def graph_sha256(model) -> str:
 
 def save_model(path, weights: np.ndarray | None = None, bias: float = 0.0, threshold: float = 0.5,
                meta: dict | None = None, name: str = "test-burst", version: str = "0.0.1",
-               front_end: str = frontend.SeedFrontEnd.name) -> str:
-    """Write sigmoid(x @ w + b) as an ONNX model with the kws metadata."""
+               front_end: str = frontend.SeedFrontEnd.name, out_scale: float = 1.0) -> str:
+    """Write sigmoid(x @ w + b) * out_scale as an ONNX model with the kws metadata (a scale
+    other than 1 makes a broken model: values above 1, or NaN)."""
     if weights is None:
         weights, bias = burst_weights()
     n = weights.size
     graph = helper.make_graph(
         [helper.make_node("MatMul", [INPUT_NAME, "w"], ["z"]),
          helper.make_node("Add", ["z", "b"], ["logit"]),
-         helper.make_node("Sigmoid", ["logit"], ["p"]),
+         helper.make_node("Sigmoid", ["logit"], ["s"]),
+         helper.make_node("Mul", ["s", "scale"], ["p"]),
          helper.make_node("Reshape", ["p", "shape"], [OUTPUT_NAME])],
         "kws_test",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", n])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch"])],
         initializer=[numpy_helper.from_array(weights.reshape(n, 1).astype(np.float32), "w"),
                      numpy_helper.from_array(np.array([bias], dtype=np.float32), "b"),
+                     numpy_helper.from_array(np.array([out_scale], dtype=np.float32), "scale"),
                      numpy_helper.from_array(np.array([-1], dtype=np.int64), "shape")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

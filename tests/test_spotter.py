@@ -91,6 +91,26 @@ def test_reset_forgets_the_stream(burst_model):
     assert sp.audio_seconds == pytest.approx(8.0)
 
 
+@pytest.mark.parametrize("scale", [1.5, float("nan")])
+def test_a_model_value_outside_0_1_is_counted_as_0(tmp_path, caplog, scale):
+    """A broken model (values above 1, or NaN): no such score gets out, in windows or events."""
+    x = burst_signal(8.0, [2.05])
+    cfg = SpotterConfig(hop_seconds=0.1, threshold=0.8)
+    good = Spotter(KwsModel(save_model(tmp_path / "good.onnx")), config=cfg)
+    assert len(good.feed(x) + good.finish()) == 1 and good.bad_scores == 0
+    seen = []
+    sp = Spotter(KwsModel(save_model(tmp_path / "broken.onnx", out_scale=scale)), config=cfg,
+                 on_window=lambda a, b, p: seen.append(p))
+    found = sp.feed(x) + sp.finish()
+    assert len(seen) == sp.windows == good.windows and all(0.0 <= p <= 1.0 for p in seen)
+    assert all(0.0 <= d.score <= 1.0 for d in found)
+    if scale > 1:  # only the windows the model scored above 1 / 1.5 were broken
+        assert 0 < sp.bad_scores < sp.windows
+    else:
+        assert sp.bad_scores == sp.windows and sp.max_score == 0.0 and found == []
+    assert sum("not a probability" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_threshold_override(burst_model):
     model = KwsModel(burst_model)
     x = burst_signal(8.0, [2.05])
