@@ -181,6 +181,8 @@ def expand_inputs(items: list[str]) -> list[str]:
     stdin and must come alone, anything else is a file (checked when it is read)."""
     paths: list[str] = []
     for item in items:
+        if not item.strip():  # Path("") is the working directory: never search it by accident
+            raise InputError("--file: an empty path (an unset variable?)")
         if item.startswith("@") and len(item) > 1:
             try:
                 lines = Path(item[1:]).read_text(encoding="utf-8").splitlines()
