@@ -47,12 +47,6 @@ def to_mono(block: np.ndarray) -> np.ndarray:
     return block.mean(axis=1, dtype=np.float64)
 
 
-def check_finite(x: np.ndarray, at_seconds: float) -> None:
-    if not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x))[0])
-        raise AudioError(f"NaN or Inf sample at {at_seconds + bad / SAMPLE_RATE:.2f} s")
-
-
 def soundfile():
     """The soundfile module (libsndfile), imported on first use; AudioError if it is not usable."""
     try:
@@ -85,14 +79,32 @@ def _reason(e: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
-def _output(resample: Resampler, mono: np.ndarray, last: bool, at_seconds: float) -> np.ndarray:
-    """A decoded block as the source yields it: 16 kHz, checked for NaN and Inf, clipped to
-    full scale (float files and streams may hold any finite level)."""
-    y = resample(mono, last=last)
-    if y.size:
-        check_finite(y, at_seconds)
-        np.clip(y, -1.0, 1.0, out=y)
-    return y
+LEVEL_LIMIT = 1e30  # absurd finite levels are held here before resampling, which could overflow them
+
+
+class _Output:
+    """Decoded mono blocks as a source yields them: resampled to 16 kHz and clipped to full
+    scale (float files and streams may hold any finite level). A NaN or Inf sample ends the
+    stream: the audio before it is yielded, then AudioError names where it was."""
+
+    def __init__(self, rate: int):
+        self.resample = Resampler(rate)
+        self.rate = rate
+        self.frames = 0  # input frames taken
+        self.seconds = 0.0  # output yielded
+
+    def __call__(self, mono: np.ndarray, last: bool) -> Iterator[np.ndarray]:
+        finite = np.isfinite(mono)
+        cut = None if finite.all() else int(np.argmin(finite))
+        taken = mono if cut is None else mono[:cut]
+        y = self.resample(np.clip(taken, -LEVEL_LIMIT, LEVEL_LIMIT), last=last or cut is not None)
+        self.frames += taken.size
+        if y.size:
+            np.clip(y, -1.0, 1.0, out=y)
+            self.seconds += y.size / SAMPLE_RATE
+            yield y
+        if cut is not None:
+            raise AudioError(f"NaN or Inf sample at {self.frames / self.rate:.2f} s")
 
 
 def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
@@ -101,30 +113,42 @@ def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterato
     path = Path(path)
     with _open(path) as f:
         container_problem = ogg.problem(path) if ogg.is_ogg(path) else wav_problem(path)
-        resample = Resampler(f.samplerate)
+        out = _Output(f.samplerate)
         block = max(1, int(block_seconds * f.samplerate))
-        out_seconds, frames_read = 0.0, 0
+        frames_read = 0
         try:
             while True:
                 data = f.read(block, dtype="float64", always_2d=True)
                 frames_read += len(data)
                 last = len(data) < block
-                y = _output(resample, to_mono(data), last, out_seconds)
-                if y.size:
-                    out_seconds += y.size / SAMPLE_RATE
-                    yield y
+                yield from out(to_mono(data), last)
                 if last:
                     break
         except (sf.LibsndfileError, RuntimeError) as e:
-            raise AudioError(f"decoding failed after {out_seconds:.2f} s ({_reason(e)})") from e
-        if out_seconds == 0.0:
+            for data in _salvage(f, frames_read, max(1, f.samplerate // 100), sf):  # the failed block up to the error
+                yield from out(to_mono(data), False)
+            yield from out(np.zeros(0), True)
+            raise AudioError(f"decoding failed after {out.seconds:.2f} s ({_reason(e)})") from e
+        if out.seconds == 0.0:
             raise AudioError("no audio samples")
         if container_problem is not None:  # what was read has been scored; the file still failed
-            raise AudioError(f"{container_problem} ({out_seconds:.2f} s read)")
+            raise AudioError(f"{container_problem} ({out.seconds:.2f} s read)")
         # A header that promises more than the data holds (e.g. a cut MP3) means a truncated file.
+        # Compressed formats' frame counts may be estimates, so they get 1% (WAV: wav_problem, exact).
         if 0 < f.frames < 2**62 and frames_read < f.frames * 0.99:
             raise AudioError(f"truncated: the header promises {f.frames / f.samplerate:.2f} s, "
                              f"the data holds {frames_read / f.samplerate:.2f} s")
+
+
+def _salvage(f, at: int, piece: int, sf) -> Iterator[np.ndarray]:
+    """After a block failed to decode: its frames from `at` up to the error, read again in
+    pieces of `piece` frames (nothing when the file cannot seek back there)."""
+    try:
+        f.seek(at)
+        while len(data := f.read(piece, dtype="float64", always_2d=True)):
+            yield data
+    except (sf.LibsndfileError, RuntimeError, ValueError):
+        return
 
 
 UNKNOWN_WAV_SIZE = 0x7FFFF000  # data sizes from here up are streaming writers' placeholders
@@ -132,15 +156,15 @@ UNKNOWN_WAV_SIZE = 0x7FFFF000  # data sizes from here up are streaming writers' 
 
 def wav_cut(size: int, held: int, byte_rate: int, block_align: int) -> str | None:
     """Why a WAV whose data chunk promises `size` bytes and holds `held` is cut short, or
-    None: not over 1% short, or a size that is a streaming writer's placeholder (0, or from
+    None: not short at all, or a size that is a streaming writer's placeholder (0, or from
     UNKNOWN_WAV_SIZE up; sox rounds its own down to whole frames)."""
-    if size == 0 or size >= UNKNOWN_WAV_SIZE - block_align or held >= 0.99 * size or not byte_rate:
+    if size == 0 or size >= UNKNOWN_WAV_SIZE - block_align or held >= size or not byte_rate:
         return None
     return f"truncated: the WAV header promises {size / byte_rate:.2f} s, the data holds {held / byte_rate:.2f} s"
 
 
 def wav_problem(path: Path) -> str | None:
-    """For a RIFF WAV whose data chunk promises over 1% more bytes than the file holds, the
+    """For a RIFF WAV whose data chunk promises more bytes than the file holds, the
     reason (libsndfile reads such a file to its end without complaint); otherwise None.
     Writers that cannot seek back leave a placeholder size: 0, or a huge one (sox
     0x7FFFF000, arecord 0x80000000, others 0xFFFFFFFF); those are not cuts."""
@@ -285,30 +309,28 @@ def _wav_blocks(head: bytes, stream: BinaryIO, block_seconds: float) -> Iterator
 
 def _pcm_blocks(head: bytes, stream, dtype: np.dtype, scale: float, rate: int, channels: int,
                 block_seconds: float, offset: float = 0.0) -> Iterator[np.ndarray]:
-    resample = Resampler(rate)
+    out = _Output(rate)
     frame = dtype.itemsize * channels
     want = max(1, int(block_seconds * rate)) * frame
-    pending, out_seconds, done = head, 0.0, False
+    pending, done = head, False
     while not done:
         try:
             data = stream.read(want - len(pending)) if len(pending) < want else b""
         except OSError as e:
-            raise AudioError(f"cannot read after {out_seconds:.2f} s ({e.strerror or e})") from None
+            raise AudioError(f"cannot read after {out.seconds:.2f} s ({e.strerror or e})") from None
         done = not data
         pending += data
         whole = len(pending) // frame * frame
         if not whole and not done:
             continue
-        x = np.frombuffer(pending[:whole], dtype=dtype).astype(np.float64).reshape(-1, channels)
+        with np.errstate(invalid="ignore"):  # a signalling NaN's cast; the NaN itself is refused next
+            x = np.frombuffer(pending[:whole], dtype=dtype).astype(np.float64).reshape(-1, channels)
         pending = pending[whole:]
-        y = _output(resample, to_mono((x - offset) / scale), done, out_seconds)
-        if y.size:
-            out_seconds += y.size / SAMPLE_RATE
-            yield y
-    if out_seconds == 0.0:
+        yield from out(to_mono((x - offset) / scale), done)
+    if out.seconds == 0.0:
         raise AudioError("no audio samples")
     if pending:
-        raise AudioError(f"truncated: {len(pending)} bytes after the last whole sample ({out_seconds:.2f} s read)")
+        raise AudioError(f"truncated: {len(pending)} bytes after the last whole sample ({out.seconds:.2f} s read)")
 
 
 class _Prefixed:

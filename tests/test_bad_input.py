@@ -80,3 +80,38 @@ def test_a_wav_written_to_a_pipe_is_not_called_truncated(tmp_path, channels, dec
     if channels == 1:  # Python's wave module reads no WAVE_FORMAT_EXTENSIBLE header before 3.12
         with open(path, "rb") as f:
             assert sum(x.size for x in iter_stdin(f, StdinFormat())) == 16000
+
+
+def test_the_audio_before_a_nan_or_a_decoding_error_is_all_scored(tmp_path, burst_model):
+    """Files are decoded 2 s at a time; a block that holds a NaN or fails to decode still
+    gives the audio before the fault (a phrase just before it is found), not its last whole block."""
+    from kws_stream import KwsModel, SpotterConfig
+    from kws_stream.audio import BLOCK_SECONDS
+    from kws_stream.replay import scan_file
+    model, cfg = KwsModel(burst_model), SpotterConfig(hop_seconds=0.1, threshold=0.8)
+    x = burst_signal(13.0, [8.05], seed=5)  # the burst's best window ends near 9.3 s
+    nan = x.copy()
+    nan[int(9.6 * 16000)] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    r = scan_file(str(tmp_path / "nan.wav"), model, cfg)
+    assert r.error == "NaN or Inf sample at 9.60 s" and r.audio_seconds == pytest.approx(9.6)
+    assert len(r.detections) == 1
+    sf.write(tmp_path / "whole.flac", x, 16000)
+    flac = (tmp_path / "whole.flac").read_bytes()
+    (tmp_path / "cut.flac").write_bytes(flac[:int(len(flac) * 0.77)])
+    r = scan_file(str(tmp_path / "cut.flac"), model, cfg)
+    assert r.error.startswith("decoding failed after") and len(r.detections) == 1
+    assert 9.4 < r.audio_seconds < 10.5 and r.audio_seconds % BLOCK_SECONDS > 0.1  # not a block boundary
+
+
+def test_a_wav_a_byte_short_is_truncated(tmp_path):
+    """A WAV's data size is exact, so one missing byte is a cut (compressed formats' frame
+    counts may be estimates and get 1%)."""
+    from kws_stream.audio import wav_problem
+    path = tmp_path / "w.wav"
+    sf.write(path, np.zeros((16000, 2)), 16000, subtype="PCM_16")
+    data = path.read_bytes()
+    assert wav_problem(path) is None
+    for short in (1, 4, 64000):
+        path.write_bytes(data[:-short])
+        assert wav_problem(path).startswith("truncated: the WAV header promises 1.00 s"), short
