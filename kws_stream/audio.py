@@ -1,4 +1,4 @@
-"""Audio files in: any format libsndfile reads, any rate, any channel count; and stdin.
+"""Audio files in: any format libsndfile reads, any rate from 1 to 768 kHz, any channel count; and stdin.
 
 Files are read in blocks, averaged to mono in float64 (as the seed does) and resampled
 to 16 kHz with a streaming resampler (resample.py), so a 10-hour recording needs bounded
@@ -8,6 +8,7 @@ Stdin (`-`) carries a WAV stream or raw mono PCM, read as it arrives.
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -59,8 +60,10 @@ def soundfile():
 def _open(path: Path):
     """An open soundfile.SoundFile, or AudioError naming why not."""
     sf = soundfile()
-    if not path.exists():
-        raise AudioError("no such file")
+    try:
+        path.stat()
+    except OSError as e:
+        raise AudioError("no such file" if e.errno == errno.ENOENT else f"cannot open ({e.strerror or e})") from None
     if path.is_dir():
         raise AudioError("is a directory with no audio files in it")
     if not os.access(path, os.R_OK):

@@ -5,8 +5,10 @@ tuned for, its name and version. The daemon reads that and needs no matching fla
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import stat
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -125,14 +127,21 @@ class KwsModel:
             import onnxruntime  # noqa: F401 (open_session uses it)
         except ImportError as e:  # pragma: no cover - a broken install
             raise ModelError(f"onnxruntime is not importable: {e}") from e
-        if path.is_dir():
+        try:
+            mode = path.stat().st_mode
+        except OSError as e:
+            raise ModelError(f"{path}: no such model file" if e.errno == errno.ENOENT
+                             else f"{path}: cannot open ({e.strerror or e})") from None
+        if stat.S_ISDIR(mode):
             raise ModelError(f"{path}: a directory, not a model file")
-        if not path.is_file():
-            raise ModelError(f"{path}: no such model file")
+        if not stat.S_ISREG(mode):
+            raise ModelError(f"{path}: not a regular file, so not a model file")
         try:
             data = path.read_bytes()  # read once: the bytes checked are the bytes run
         except OSError as e:
             raise ModelError(f"{path}: cannot read ({e.strerror or e})") from e
+        if not data:
+            raise ModelError(f"{path}: empty file, not a model")
         self.sha256 = sha256_hex(data)
         if expect_sha256 is not None and expect_sha256.lower() != self.sha256:
             raise ModelError(f"{path}: SHA-256 is {self.sha256}, not the pinned {expect_sha256}")

@@ -155,7 +155,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("device", str, None, "capture from this PortAudio input (`pulse`, `default`, `hw:1,0`, `3`); opened at "
            "16 kHz, or at its own rate and resampled (default: the default input)", "source", "NAME|INDEX",
            sources=("device",)),
-    Option("file", str, None, "replay recordings (any format libsndfile reads, any rate, any channel count) "
+    Option("file", str, None, "replay recordings (any format libsndfile reads, any rate from 1 to 768 kHz, any channel count) "
            "through the streaming path, as fast as possible; a directory is searched recursively for audio, "
            "@LIST reads paths from a file (one per line), - reads WAV or raw PCM from stdin, and a named pipe "
            "(`<(ffmpeg -i IN -f wav -)`) is read as stdin is", "source", "PATH",
@@ -211,7 +211,8 @@ OPTIONS: tuple[Option, ...] = (
            "dropping their events, and as long at exit for queued events to leave", "output", "S", low=0.0,
            high=3600, sources=("file",)),
     Option("csv", str, None, "write id,label,score per file (file replay): the file's stem (its path when stems "
-           "collide), 0/1 as in the seed's submission, the highest window probability", "output", "OUT",
+           "collide), 0/1 as in the seed's submission, the highest window probability; a file that fails has no row "
+           "(its error is on stderr and in an error event)", "output", "OUT",
            sources=("file",)),
     Option("scores", str, None, "write every scored window as a JSON line: stream, start, end, score (file "
            "replay)", "output", "OUT.jsonl", sources=("file",)),
@@ -220,7 +221,7 @@ OPTIONS: tuple[Option, ...] = (
            sources=("file",)),
     Option("events", str, "detections", "what is printed on stdout: detections, or all events (status and errors "
            "too)", "output", "WHICH", choices=("detections", "all")),
-    Option("quiet", bool, False, "do not print detections on stdout", "output"),
+    Option("quiet", bool, False, "print nothing on stdout: no detections, nor the status events of --events all", "output"),
     Option("log_level", str, "info", "how much goes to stderr", "output", "LEVEL",
            choices=("debug", "info", "warning", "error")),
 )
@@ -269,8 +270,12 @@ def read_file(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise OptionError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise OptionError(f"{path}: cannot read ({e})") from None
+    except IsADirectoryError:
+        raise OptionError(f"{path}: a directory, not a config file") from None
+    except OSError as e:
+        raise OptionError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise OptionError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise OptionError(f"{path}: not valid TOML ({e})") from None
     known = sorted(o.key for o in OPTIONS if o.in_file)

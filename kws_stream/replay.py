@@ -230,7 +230,10 @@ def check_writable(path: str, folder: bool = False) -> None:
     if folder:
         if target.exists() and not target.is_dir():
             raise NotADirectoryError(f"{path}: not a directory")
-        target.mkdir(parents=True, exist_ok=True)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"{path}: cannot make the folder ({e.strerror or e})") from None
         if not os.access(target, os.W_OK | os.X_OK):
             raise PermissionError(f"{path}: permission denied")
         return

@@ -219,8 +219,9 @@ def test_config_file_and_overrides(tmp_path, burst_model):
         cfg.write_text(text)
         r = run("--config", cfg, "--file", wav)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    r = run("--config", tmp_path / "missing.toml", "--file", wav)
-    assert r.returncode == 2 and "no such config file" in r.stderr
+    for path, message in ((tmp_path / "missing.toml", "no such config file"), (tmp_path, "a directory, not a config")):
+        r = run("--config", path, "--file", wav)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_the_wheel_installs_kws_train_and_no_top_level_train(tmp_path):

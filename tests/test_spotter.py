@@ -143,3 +143,11 @@ def test_model_without_metadata_or_not_onnx(tmp_path):
         KwsModel(junk)
     with pytest.raises(ModelError, match="no such model file"):
         KwsModel(tmp_path / "missing.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(ModelError, match="empty.onnx: empty file"):
+        KwsModel(tmp_path / "empty.onnx")
+    with pytest.raises(ModelError, match="/dev/null: not a regular file"):
+        KwsModel("/dev/null")
+    (tmp_path / "loop.onnx").symlink_to(tmp_path / "loop.onnx")
+    with pytest.raises(ModelError, match="loop.onnx: cannot open .Too many levels of symbolic links"):
+        KwsModel(tmp_path / "loop.onnx")
