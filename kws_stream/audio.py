@@ -11,11 +11,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 import sys
-import wave
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -194,13 +194,34 @@ def wav_problem(path: Path) -> str | None:
 
 
 STDIN = "-"
-RAW_DTYPES = {"s16le": ("<i2", 32768.0), "s32le": ("<i4", 2147483648.0), "f32le": ("<f4", 1.0)}
-WAV_DTYPES = {1: ("u1", 128.0), 2: ("<i2", 32768.0), 4: ("<i4", 2147483648.0)}  # sample width -> dtype, scale
+Decoder = Callable[[bytes], np.ndarray]  # interleaved sample bytes to float64 at full scale 1
+
+
+def _int24(b: bytes) -> np.ndarray:
+    u = np.frombuffer(b, np.uint8).reshape(-1, 3).astype(np.int32)
+    v = u[:, 0] | u[:, 1] << 8 | u[:, 2] << 16
+    return (v - ((v & 0x800000) << 1)) / 8388608.0
+
+
+def _scaled(dtype: str, scale: float, offset: float = 0.0) -> Decoder:
+    def decode(b: bytes) -> np.ndarray:
+        with np.errstate(invalid="ignore"):  # a signalling NaN's cast; the NaN itself is refused after
+            return (np.frombuffer(b, dtype).astype(np.float64) - offset) / scale
+    return decode
+
+
+RAW_DECODERS = {"s16le": (2, _scaled("<i2", 32768.0)), "s32le": (4, _scaled("<i4", 2147483648.0)),
+                "f32le": (4, _scaled("<f4", 1.0))}
+WAV_PCM, WAV_FLOAT, WAV_EXTENSIBLE = 1, 3, 0xFFFE  # format tags
+WAV_DECODERS = {(WAV_PCM, 8): _scaled("u1", 128.0, 128.0), (WAV_PCM, 16): _scaled("<i2", 32768.0),
+                (WAV_PCM, 24): _int24, (WAV_PCM, 32): _scaled("<i4", 2147483648.0),
+                (WAV_FLOAT, 32): _scaled("<f4", 1.0), (WAV_FLOAT, 64): _scaled("<f8", 1.0)}
+WAV_HEADER_LIMIT = 1 << 20  # bytes of other chunks skipped before the data at most
 
 
 @dataclass(frozen=True)
 class StdinFormat:
-    format: str = "auto"  # auto, wav, or a RAW_DTYPES key
+    format: str = "auto"  # auto, wav, or a RAW_DECODERS key
     rate: int = SAMPLE_RATE  # of raw PCM
 
 
@@ -287,33 +308,57 @@ def iter_stdin(stream: BinaryIO, fmt: StdinFormat, block_seconds: float = 0.1, p
         return
     if head[:4] == b"RIFF":
         raise AudioError(f"holds a WAV header but --format is {kind}; use --format wav or auto")
-    dtype, scale = RAW_DTYPES[kind]
-    yield from _pcm_blocks(head, stream, np.dtype(dtype), scale, fmt.rate, 1, block_seconds)
+    sample_bytes, decode = RAW_DECODERS[kind]
+    yield from _pcm_blocks(head, stream, sample_bytes, decode, fmt.rate, 1, block_seconds)
 
 
 def _wav_blocks(head: bytes, stream: BinaryIO, block_seconds: float) -> Iterator[np.ndarray]:
     source = _Prefixed(head, stream)
-    try:
-        w = wave.open(source, "rb")
-    except (wave.Error, EOFError) as e:
-        raise AudioError(f"not a PCM WAV stream ({str(e) or 'the header is cut short'})") from None
-    if w.getsampwidth() not in WAV_DTYPES:
-        raise AudioError(f"WAV with {8 * w.getsampwidth()}-bit samples; send 8, 16 or 32-bit PCM or raw f32le")
-    dtype, scale = WAV_DTYPES[w.getsampwidth()]
-    # a writer that could not seek back left the data size 0: the samples run to the end
-    frames = _WaveFrames(w) if w.getnframes() else source
-    yield from _pcm_blocks(b"", frames, np.dtype(dtype), scale, w.getframerate(), w.getnchannels(),
-                           block_seconds, offset=128.0 if dtype == "u1" else 0.0)
-    if w.getnframes():  # (with size 0 the samples ran to the end)
-        frame_bytes = w.getsampwidth() * w.getnchannels()
-        if cut := wav_cut(w.getnframes() * frame_bytes, frames.bytes_read, w.getframerate() * frame_bytes, frame_bytes):
-            raise AudioError(cut)
+    tag, channels, rate, bits, size = _wav_header(source)
+    if (decode := WAV_DECODERS.get((tag, bits))) is None:
+        kind = {WAV_PCM: "PCM", WAV_FLOAT: "float"}.get(tag, f"format-{tag}")
+        raise AudioError(f"WAV with {bits}-bit {kind} samples; send 8, 16, 24 or 32-bit PCM or 32 or 64-bit float "
+                         "(ffmpeg -c:a pcm_s16le)")
+    frame = bits // 8 * channels
+    placeholder = size == 0 or size >= UNKNOWN_WAV_SIZE - frame  # a writer that could not seek back: to the end
+    data = source if placeholder else _Limited(source, size)
+    yield from _pcm_blocks(b"", data, bits // 8, decode, rate, channels, block_seconds)
+    if not placeholder and (cut := wav_cut(size, data.bytes_read, rate * frame, frame)):
+        raise AudioError(cut)
 
 
-def _pcm_blocks(head: bytes, stream, dtype: np.dtype, scale: float, rate: int, channels: int,
-                block_seconds: float, offset: float = 0.0) -> Iterator[np.ndarray]:
+def _wav_header(source) -> tuple[int, int, int, int, int]:
+    """A WAV stream's format tag (an extensible header's sub-format), channels, rate, bits
+    per sample and data size, read up to the data's first byte."""
+    riff = source.read(12)
+    if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+        raise AudioError("not a PCM WAV stream (the RIFF/WAVE header is cut short or missing)")
+    fmt, skipped = None, 0
+    while len(chunk := source.read(8)) == 8:
+        size = int.from_bytes(chunk[4:], "little")
+        if chunk[:4] == b"data":
+            if fmt is None:
+                raise AudioError("not a PCM WAV stream (its data comes before its format)")
+            return (*fmt, size)
+        body = source.read(min(size + (size & 1), WAV_HEADER_LIMIT))
+        if chunk[:4] == b"fmt ":
+            if len(body) < 16:
+                raise AudioError("not a PCM WAV stream (its format chunk is cut short)")
+            tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", body)
+            if tag == WAV_EXTENSIBLE and len(body) >= 26:
+                tag = int.from_bytes(body[24:26], "little")  # the sub-format GUID's first two bytes
+            if not channels or bits % 8:
+                raise AudioError(f"not a PCM WAV stream ({channels} channels of {bits}-bit samples)")
+            fmt = (tag, channels, rate, bits)
+        elif (skipped := skipped + len(body)) >= WAV_HEADER_LIMIT:
+            raise AudioError(f"not a PCM WAV stream (no data in its first {WAV_HEADER_LIMIT} bytes)")
+    raise AudioError("not a PCM WAV stream (the header is cut short)")
+
+
+def _pcm_blocks(head: bytes, stream, sample_bytes: int, decode: Decoder, rate: int, channels: int,
+                block_seconds: float) -> Iterator[np.ndarray]:
     out = _Output(rate)
-    frame = dtype.itemsize * channels
+    frame = sample_bytes * channels
     want = max(1, int(block_seconds * rate)) * frame
     pending, done = head, False
     while not done:
@@ -326,10 +371,9 @@ def _pcm_blocks(head: bytes, stream, dtype: np.dtype, scale: float, rate: int, c
         whole = len(pending) // frame * frame
         if not whole and not done:
             continue
-        with np.errstate(invalid="ignore"):  # a signalling NaN's cast; the NaN itself is refused next
-            x = np.frombuffer(pending[:whole], dtype=dtype).astype(np.float64).reshape(-1, channels)
+        x = decode(pending[:whole]).reshape(-1, channels)
         pending = pending[whole:]
-        yield from out(to_mono((x - offset) / scale), done)
+        yield from out(to_mono(x), done)
     if out.seconds == 0.0:
         raise AudioError("no audio samples")
     if pending:
@@ -352,15 +396,16 @@ class _Prefixed:
         return out + (self._stream.read(n - len(out)) if len(out) < n else b"")
 
 
-class _WaveFrames:
-    """A wave reader's frames as a byte stream."""
+class _Limited:
+    """The first `size` bytes of a stream (a WAV's data chunk), counting what was read."""
 
-    def __init__(self, w: wave.Wave_read):
-        self._w = w
+    def __init__(self, stream, size: int):
+        self._stream, self._left = stream, size
         self.bytes_read = 0
 
     def read(self, n: int) -> bytes:
-        data = self._w.readframes(max(1, n // (self._w.getsampwidth() * self._w.getnchannels())))
+        data = self._stream.read(min(n, self._left)) if self._left else b""
+        self._left -= len(data)
         self.bytes_read += len(data)
         return data
 

@@ -160,10 +160,10 @@ OPTIONS: tuple[Option, ...] = (
            "@LIST reads paths from a file (one per line), - reads WAV or raw PCM from stdin, and a named pipe "
            "(`<(ffmpeg -i IN -f wav -)`) is read as stdin is", "source", "PATH",
            many=True, in_file=False),
-    Option("format", str, "auto", "--file -: what stdin holds: wav, raw s16le, s32le or f32le (auto: WAV if it "
-           "starts with a RIFF header; a stream that starts like Ogg, FLAC, MP3, MP4 or text is refused; else "
-           "s16le)", "source", "FMT", choices=("auto", "wav", "s16le", "s32le",
-                                                                                 "f32le"), sources=("stdin",)),
+    Option("format", str, "auto", "--file -: what stdin holds: wav (8, 16, 24 or 32-bit PCM, 32 or 64-bit "
+           "float, any channel count), raw s16le, s32le or f32le (auto: WAV if it starts with a RIFF header; a "
+           "stream that starts like Ogg, FLAC, MP3, MP4 or text is refused; else s16le)", "source", "FMT",
+           choices=("auto", "wav", "s16le", "s32le", "f32le"), sources=("stdin",)),
     Option("rate", int, 16000, "--file -: sample rate of raw PCM on stdin, mono", "source", "HZ", low=4000,
            high=192000, sources=("stdin",)),
     Option("list_devices", bool, False, "list audio devices and exit", "source", in_file=False),

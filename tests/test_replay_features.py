@@ -88,13 +88,19 @@ def test_an_unwritable_output_is_refused_before_any_audio_is_read(tmp_path):
         assert str(target) in line and "not-read" not in line  # the audio was never opened
 
 
-@pytest.mark.parametrize("how", ["s16le-8k", "f32le", "wav-auto", "wav-given"])
+@pytest.mark.parametrize("how", ["s16le-8k", "f32le", "wav-auto", "wav-given", "wav-float", "wav-24bit-3ch",
+                                 "wav-u8", "wav-f64"])
 def test_stdin_finds_what_the_file_finds(how):
+    """ffmpeg writes float, 24-bit and 3+ channel WAVs with an extensible header: all taken."""
     want = detections(kws("--file", POS).stdout)
     args = {"s16le-8k": (("-f", "s16le", "-ac", "1", "-ar", "8000"), ("--rate", "8000")),
             "f32le": (("-f", "f32le", "-ac", "1", "-ar", "16000"), ("--format", "f32le")),
             "wav-auto": (("-f", "wav",), ()),
-            "wav-given": (("-f", "wav", "-ac", "2"), ("--format", "wav"))}[how]
+            "wav-given": (("-f", "wav", "-ac", "2"), ("--format", "wav")),
+            "wav-float": (("-c:a", "pcm_f32le", "-f", "wav"), ()),
+            "wav-24bit-3ch": (("-c:a", "pcm_s24le", "-ac", "3", "-f", "wav"), ()),
+            "wav-u8": (("-c:a", "pcm_u8", "-f", "wav"), ()),
+            "wav-f64": (("-c:a", "pcm_f64le", "-ar", "44100", "-f", "wav"), ())}[how]
     r = kws("--file", "-", *args[1], stdin=pcm(POS, *args[0]))
     assert r.returncode == 0, r.stderr
     got = detections(r.stdout)
