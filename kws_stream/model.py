@@ -164,8 +164,9 @@ class KwsModel:
         meta = session.get_modelmeta().custom_metadata_map
 
         def need(key: str) -> str:
-            if key not in meta:
-                raise ModelError(f"{path}: metadata has no {key!r}; export the model with kws-train export")
+            if not meta.get(key, "").strip():
+                raise ModelError(f"{path}: metadata has no {key!r} (or an empty one); export the model with "
+                                 "kws-train export")
             return meta[key]
 
         if need("kws.schema") != SCHEMA:

@@ -351,6 +351,11 @@ def check_together(args: argparse.Namespace, given: Iterable[str] = ()) -> None:
         raise OptionError(f"--rtp-l16 and --rtp-opus name a payload type twice: {' '.join(pts)}")
     if bool(args.curve_secret) != bool(args.curve_clients):
         raise OptionError("--curve-secret and --curve-clients go together")
+    if args.list_devices and here & {"file", "rtp"}:
+        raise OptionError("--list-devices lists the input devices and exits; it takes no --file or --rtp")
+    silent = args.pub.lower() == "none" if args.pub is not None else "file" in here  # a replay publishes on --pub only
+    if args.curve_secret and "curve_secret" in given and silent:
+        raise OptionError("--curve-secret encrypts published events, and without --pub ENDPOINT none are published")
 
 
 def markdown_table() -> str:

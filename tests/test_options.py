@@ -128,7 +128,11 @@ NOT_HERE = [(["--jobs", "2"], "--jobs applies to --file only, not to live captur
             (["--file", "a.wav", "--format", "s16le"], "--format applies to --file - only, not to --file"),
             (["--file", "a.wav", "--status-interval", "3"],
              "--status-interval applies to live capture (--device) or --rtp only, not to --file"),
-            (["--rtp", "127.0.0.1:40000", "--no-realtime"], "--realtime applies to --file only, not to --rtp")]
+            (["--rtp", "127.0.0.1:40000", "--no-realtime"], "--realtime applies to --file only, not to --rtp"),
+            (["--file", "a.wav", "--list-devices"],
+             "--list-devices lists the input devices and exits; it takes no --file or --rtp"),
+            (["--file", "a.wav", "--pub", "none", "--curve-secret", "k", "--curve-clients", "d"],
+             "--curve-secret encrypts published events, and without --pub ENDPOINT none are published")]
 
 
 @pytest.mark.parametrize("argv,error", NOT_HERE, ids=[a[-2] for a, _ in NOT_HERE])

@@ -129,6 +129,7 @@ def test_feed_rejects_multichannel(burst_model):
     ({"kws.threshold": "high"}, "not a number"),
     ({"kws.threshold": "1.5"}, "outside"),
     ({"kws.schema": "7"}, "schema"),
+    ({"kws.label": " "}, "no 'kws.label' .or an empty one."),
 ])
 def test_model_contract_is_checked(tmp_path, meta, message):
     path = save_model(tmp_path / "bad.onnx", meta=meta)
