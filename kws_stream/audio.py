@@ -11,18 +11,18 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from . import ogg, resample
+from . import ogg, resample, wav
 from .frontends import SAMPLE_RATE
 
-BLOCK_SECONDS = 2.0  # decoded per read: bounds memory, and a decode error loses at most this much
+BLOCK_SECONDS = 2.0  # decoded per read: bounds memory
+SALVAGE_SECONDS = 0.01  # a block that fails to decode is read again in pieces this long, up to the error
 
 
 class AudioError(Exception):
@@ -41,11 +41,19 @@ class Resampler(resample.Resampler):
         super().__init__(rate, SAMPLE_RATE)
 
 
+LEVEL_LIMIT = 1e30  # absurd finite levels are held here before resampling, which could overflow them
+
+
 def to_mono(block: np.ndarray) -> np.ndarray:
-    """Average channels of a (frames, channels) block into float64 mono."""
+    """Average channels of a (frames, channels) block into float64 mono; NaN and Inf
+    stay, and finite levels too large to sum are averaged without overflowing."""
     if block.ndim == 1:
         return block.astype(np.float64, copy=False)
-    return block.mean(axis=1, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        mono = block.mean(axis=1, dtype=np.float64)
+    if not np.isfinite(mono).all():
+        mono = np.where(np.isfinite(block).all(axis=1), (block / block.shape[1]).sum(axis=1), mono)
+    return mono
 
 
 def soundfile():
@@ -82,9 +90,6 @@ def _reason(e: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
-LEVEL_LIMIT = 1e30  # absurd finite levels are held here before resampling, which could overflow them
-
-
 class _Output:
     """Decoded mono blocks as a source yields them: resampled to 16 kHz and clipped to full
     scale (float files and streams may hold any finite level). A NaN or Inf sample ends the
@@ -115,7 +120,7 @@ def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterato
     sf = soundfile()
     path = Path(path)
     with _open(path) as f:
-        container_problem = ogg.problem(path) if ogg.is_ogg(path) else wav_problem(path)
+        container_problem = ogg.problem(path) if ogg.is_ogg(path) else wav.file_problem(path)
         out = _Output(f.samplerate)
         block = max(1, int(block_seconds * f.samplerate))
         frames_read = 0
@@ -128,7 +133,7 @@ def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterato
                 if last:
                     break
         except (sf.LibsndfileError, RuntimeError) as e:
-            for data in _salvage(f, frames_read, max(1, f.samplerate // 100), sf):  # the failed block up to the error
+            for data in _salvage(path, f, frames_read, block):  # the failed block up to the error
                 yield from out(to_mono(data), False)
             yield from out(np.zeros(0), True)
             raise AudioError(f"decoding failed after {out.seconds:.2f} s ({_reason(e)})") from e
@@ -137,86 +142,48 @@ def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterato
         if container_problem is not None:  # what was read has been scored; the file still failed
             raise AudioError(f"{container_problem} ({out.seconds:.2f} s read)")
         # A header that promises more than the data holds (e.g. a cut MP3) means a truncated file.
-        # Compressed formats' frame counts may be estimates, so they get 1% (WAV: wav_problem, exact).
+        # Compressed formats' frame counts may be estimates, so they get 1% (WAV: wav.file_problem, exact).
         if 0 < f.frames < 2**62 and frames_read < f.frames * 0.99:
             raise AudioError(f"truncated: the header promises {f.frames / f.samplerate:.2f} s, "
                              f"the data holds {frames_read / f.samplerate:.2f} s")
 
 
-def _salvage(f, at: int, piece: int, sf) -> Iterator[np.ndarray]:
-    """After a block failed to decode: its frames from `at` up to the error, read again in
-    pieces of `piece` frames (nothing when the file cannot seek back there)."""
+def _salvage(path: Path, f, at: int, frames: int) -> Iterator[np.ndarray]:
+    """After the block of `frames` frames from `at` failed to decode: its frames up to the
+    error, read again in small pieces, from the open file or, when its decoder cannot seek
+    back, from the file opened anew; nothing when neither can."""
+    sf = soundfile()
+    errors = (sf.LibsndfileError, RuntimeError, ValueError)
     try:
         f.seek(at)
-        while len(data := f.read(piece, dtype="float64", always_2d=True)):
-            yield data
-    except (sf.LibsndfileError, RuntimeError, ValueError):
+    except errors:
+        try:
+            with sf.SoundFile(str(path)) as fresh:
+                fresh.seek(at)
+                yield from _pieces(fresh, frames, errors)
+        except errors:
+            pass
         return
+    yield from _pieces(f, frames, errors)
 
 
-UNKNOWN_WAV_SIZE = 0x7FFFF000  # data sizes from here up are streaming writers' placeholders
-
-
-def wav_cut(size: int, held: int, byte_rate: int, block_align: int) -> str | None:
-    """Why a WAV whose data chunk promises `size` bytes and holds `held` is cut short, or
-    None: not short at all, or a size that is a streaming writer's placeholder (0, or from
-    UNKNOWN_WAV_SIZE up; sox rounds its own down to whole frames)."""
-    if size == 0 or size >= UNKNOWN_WAV_SIZE - block_align or held >= size or not byte_rate:
-        return None
-    return f"truncated: the WAV header promises {size / byte_rate:.2f} s, the data holds {held / byte_rate:.2f} s"
-
-
-def wav_problem(path: Path) -> str | None:
-    """For a RIFF WAV whose data chunk promises more bytes than the file holds, the
-    reason (libsndfile reads such a file to its end without complaint); otherwise None.
-    Writers that cannot seek back leave a placeholder size: 0, or a huge one (sox
-    0x7FFFF000, arecord 0x80000000, others 0xFFFFFFFF); those are not cuts."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(12)
-            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-                return None
-            byte_rate = block_align = 0
-            while len(chunk := f.read(8)) == 8:
-                size = int.from_bytes(chunk[4:], "little")
-                if chunk[:4] == b"fmt ":
-                    fmt = f.read(min(size, 16))
-                    byte_rate = int.from_bytes(fmt[8:12], "little") if len(fmt) >= 12 else 0
-                    block_align = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else 0
-                    f.seek(size - len(fmt) + (size & 1), os.SEEK_CUR)
-                elif chunk[:4] == b"data":
-                    return wav_cut(size, os.fstat(f.fileno()).st_size - f.tell(), byte_rate, block_align)
-                else:
-                    f.seek(size + (size & 1), os.SEEK_CUR)
-    except OSError:
-        return None
-    return None
+def _pieces(f, frames: int, errors: tuple) -> Iterator[np.ndarray]:
+    piece = max(1, int(SALVAGE_SECONDS * f.samplerate))
+    while frames > 0:
+        try:
+            data = f.read(min(piece, frames), dtype="float64", always_2d=True)
+        except errors:
+            return
+        if not len(data):
+            return
+        frames -= len(data)
+        yield data
 
 
 STDIN = "-"
-Decoder = Callable[[bytes], np.ndarray]  # interleaved sample bytes to float64 at full scale 1
-
-
-def _int24(b: bytes) -> np.ndarray:
-    u = np.frombuffer(b, np.uint8).reshape(-1, 3).astype(np.int32)
-    v = u[:, 0] | u[:, 1] << 8 | u[:, 2] << 16
-    return (v - ((v & 0x800000) << 1)) / 8388608.0
-
-
-def _scaled(dtype: str, scale: float, offset: float = 0.0) -> Decoder:
-    def decode(b: bytes) -> np.ndarray:
-        with np.errstate(invalid="ignore"):  # a signalling NaN's cast; the NaN itself is refused after
-            return (np.frombuffer(b, dtype).astype(np.float64) - offset) / scale
-    return decode
-
-
-RAW_DECODERS = {"s16le": (2, _scaled("<i2", 32768.0)), "s32le": (4, _scaled("<i4", 2147483648.0)),
-                "f32le": (4, _scaled("<f4", 1.0))}
-WAV_PCM, WAV_FLOAT, WAV_EXTENSIBLE = 1, 3, 0xFFFE  # format tags
-WAV_DECODERS = {(WAV_PCM, 8): _scaled("u1", 128.0, 128.0), (WAV_PCM, 16): _scaled("<i2", 32768.0),
-                (WAV_PCM, 24): _int24, (WAV_PCM, 32): _scaled("<i4", 2147483648.0),
-                (WAV_FLOAT, 32): _scaled("<f4", 1.0), (WAV_FLOAT, 64): _scaled("<f8", 1.0)}
-WAV_HEADER_LIMIT = 1 << 20  # bytes of other chunks skipped before the data at most
+RAW_DECODERS = {"s16le": (2, wav.scaled("<i2", 32768.0)), "s32le": (4, wav.scaled("<i4", 2147483648.0)),
+                "f32le": (4, wav.scaled("<f4", 1.0))}
+READ_LIMIT = 1 << 20  # bytes read from a stream at a time at most, whatever a header says
 
 
 @dataclass(frozen=True)
@@ -314,52 +281,22 @@ def iter_stdin(stream: BinaryIO, fmt: StdinFormat, block_seconds: float = 0.1, p
 
 def _wav_blocks(head: bytes, stream: BinaryIO, block_seconds: float) -> Iterator[np.ndarray]:
     source = _Prefixed(head, stream)
-    tag, channels, rate, bits, size = _wav_header(source)
-    if (decode := WAV_DECODERS.get((tag, bits))) is None:
-        kind = {WAV_PCM: "PCM", WAV_FLOAT: "float"}.get(tag, f"format-{tag}")
-        raise AudioError(f"WAV with {bits}-bit {kind} samples; send 8, 16, 24 or 32-bit PCM or 32 or 64-bit float "
-                         "(ffmpeg -c:a pcm_s16le)")
-    frame = bits // 8 * channels
-    placeholder = size == 0 or size >= UNKNOWN_WAV_SIZE - frame  # a writer that could not seek back: to the end
-    data = source if placeholder else _Limited(source, size)
-    yield from _pcm_blocks(b"", data, bits // 8, decode, rate, channels, block_seconds)
-    if not placeholder and (cut := wav_cut(size, data.bytes_read, rate * frame, frame)):
+    try:
+        header = wav.read_header(source.read)
+        decode = header.decoder()
+    except wav.WavError as e:
+        raise AudioError(str(e)) from None
+    data = source if header.placeholder else wav.Limited(source, header.size)
+    yield from _pcm_blocks(b"", data, header.bits // 8, decode, header.rate, header.channels, block_seconds)
+    if not header.placeholder and (cut := header.cut(data.bytes_read)):
         raise AudioError(cut)
 
 
-def _wav_header(source) -> tuple[int, int, int, int, int]:
-    """A WAV stream's format tag (an extensible header's sub-format), channels, rate, bits
-    per sample and data size, read up to the data's first byte."""
-    riff = source.read(12)
-    if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
-        raise AudioError("not a PCM WAV stream (the RIFF/WAVE header is cut short or missing)")
-    fmt, skipped = None, 0
-    while len(chunk := source.read(8)) == 8:
-        size = int.from_bytes(chunk[4:], "little")
-        if chunk[:4] == b"data":
-            if fmt is None:
-                raise AudioError("not a PCM WAV stream (its data comes before its format)")
-            return (*fmt, size)
-        body = source.read(min(size + (size & 1), WAV_HEADER_LIMIT))
-        if chunk[:4] == b"fmt ":
-            if len(body) < 16:
-                raise AudioError("not a PCM WAV stream (its format chunk is cut short)")
-            tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", body)
-            if tag == WAV_EXTENSIBLE and len(body) >= 26:
-                tag = int.from_bytes(body[24:26], "little")  # the sub-format GUID's first two bytes
-            if not channels or bits % 8:
-                raise AudioError(f"not a PCM WAV stream ({channels} channels of {bits}-bit samples)")
-            fmt = (tag, channels, rate, bits)
-        elif (skipped := skipped + len(body)) >= WAV_HEADER_LIMIT:
-            raise AudioError(f"not a PCM WAV stream (no data in its first {WAV_HEADER_LIMIT} bytes)")
-    raise AudioError("not a PCM WAV stream (the header is cut short)")
-
-
-def _pcm_blocks(head: bytes, stream, sample_bytes: int, decode: Decoder, rate: int, channels: int,
+def _pcm_blocks(head: bytes, stream, sample_bytes: int, decode: wav.Decoder, rate: int, channels: int,
                 block_seconds: float) -> Iterator[np.ndarray]:
     out = _Output(rate)
     frame = sample_bytes * channels
-    want = max(1, int(block_seconds * rate)) * frame
+    want = max(1, min(int(block_seconds * rate), READ_LIMIT // frame)) * frame
     pending, done = head, False
     while not done:
         try:
@@ -381,7 +318,7 @@ def _pcm_blocks(head: bytes, stream, sample_bytes: int, decode: Decoder, rate: i
 
 
 class _Prefixed:
-    """A stream with bytes already read put back in front (for the wave module)."""
+    """A stream with bytes already read put back in front."""
 
     def __init__(self, head: bytes, stream: BinaryIO):
         self._head, self._stream = head, stream
@@ -394,20 +331,6 @@ class _Prefixed:
             return out
         out, self._head = self._head[:n], self._head[n:]
         return out + (self._stream.read(n - len(out)) if len(out) < n else b"")
-
-
-class _Limited:
-    """The first `size` bytes of a stream (a WAV's data chunk), counting what was read."""
-
-    def __init__(self, stream, size: int):
-        self._stream, self._left = stream, size
-        self.bytes_read = 0
-
-    def read(self, n: int) -> bytes:
-        data = self._stream.read(min(n, self._left)) if self._left else b""
-        self._left -= len(data)
-        self.bytes_read += len(data)
-        return data
 
 
 def read_file(path: str | Path) -> np.ndarray:

@@ -155,8 +155,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("device", str, None, "capture from this PortAudio input (`pulse`, `default`, `hw:1,0`, `3`); opened at "
            "16 kHz, or at its own rate and resampled (default: the default input)", "source", "NAME|INDEX",
            sources=("device",)),
-    Option("file", str, None, "replay recordings (any format libsndfile reads, any rate from 1 to 768 kHz, any channel count) "
-           "through the streaming path, as fast as possible; a directory is searched recursively for audio, "
+    Option("file", str, None, "replay recordings (any format libsndfile reads, any rate from 1 to 768 kHz, any "
+           "channel count) through the streaming path, as fast as possible; a directory is searched recursively for audio, "
            "@LIST reads paths from a file (one per line), - reads WAV or raw PCM from stdin, and a named pipe "
            "(`<(ffmpeg -i IN -f wav -)`) is read as stdin is", "source", "PATH",
            many=True, in_file=False),
@@ -221,7 +221,8 @@ OPTIONS: tuple[Option, ...] = (
            sources=("file",)),
     Option("events", str, "detections", "what is printed on stdout: detections, or all events (status and errors "
            "too)", "output", "WHICH", choices=("detections", "all")),
-    Option("quiet", bool, False, "print nothing on stdout: no detections, nor the status events of --events all", "output"),
+    Option("quiet", bool, False, "print nothing on stdout: no detections, nor the status events of --events all",
+           "output"),
     Option("log_level", str, "info", "how much goes to stderr", "output", "LEVEL",
            choices=("debug", "info", "warning", "error")),
 )

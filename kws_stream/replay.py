@@ -182,7 +182,7 @@ def expand_inputs(items: list[str]) -> list[str]:
     paths: list[str] = []
     for item in items:
         if not item.strip():  # Path("") is the working directory: never search it by accident
-            raise InputError("--file: an empty path (an unset variable?)")
+            raise InputError("--file: an empty or blank path (an unset variable?)")
         if item.startswith("@") and len(item) > 1:
             try:
                 lines = Path(item[1:]).read_text(encoding="utf-8").splitlines()

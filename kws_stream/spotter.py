@@ -18,6 +18,8 @@ from .model import KwsModel
 
 log = logging.getLogger(__name__)
 
+SCORE_SLACK = 1e-6  # a model value this far outside [0, 1] is rounding, clipped; beyond, a broken model's
+
 OnWindow = Callable[[float, float, float], None]  # (start s, end s, probability) of every window (0: gated)
 
 
@@ -122,6 +124,7 @@ class Spotter:
         if gate is not None:
             gate.retune(margin)
         self.model = model
+        self.bad_scores = 0  # a new model warns anew
         self.detector.threshold = self.config.threshold_for(model)
 
     @property
@@ -210,13 +213,14 @@ class Spotter:
             self.on_window(start / self.sample_rate, (start + self.front_end.window_samples) / self.sample_rate, 0.0)
 
     def _apply(self, starts: list[int], probs: np.ndarray, found: list[Detection]) -> None:
-        bad = ~((probs >= 0.0) & (probs <= 1.0))  # NaN compares false: a broken model's value never gets out
-        if bad.any():
+        bad = ~((probs >= -SCORE_SLACK) & (probs <= 1.0 + SCORE_SLACK))  # NaN compares false
+        if bad.any():  # a broken model's value never gets out
             if not self.bad_scores:
                 log.warning("%s: the model gave a score that is not a probability (%s); counted as 0",
                             self.model.path, float(probs[bad][0]))
             self.bad_scores += int(bad.sum())
             probs = np.where(bad, 0.0, probs)
+        probs = np.clip(probs, 0.0, 1.0)  # float rounding of a mean or a calibration
         fe = self.front_end
         for start_frame, prob in zip(starts, probs.tolist()):
             start = start_frame * fe.hop_length

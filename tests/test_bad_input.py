@@ -1,5 +1,8 @@
 """Bad files: one line each on stderr naming the file and the reason; the rest still scored."""
 import csv
+import io
+import re
+import struct
 import subprocess
 import sys
 
@@ -68,7 +71,8 @@ def test_each_bad_file_is_one_line_and_the_others_are_scored(tmp_path, burst_mod
 def test_a_wav_written_to_a_pipe_is_not_called_truncated(tmp_path, channels, declared):
     """Streaming writers cannot seek back to fill in the data size and leave a placeholder
     (sox rounds its own down to whole frames); as a file and on stdin."""
-    from kws_stream.audio import StdinFormat, iter_stdin, wav_problem
+    from kws_stream.audio import StdinFormat, iter_stdin
+    from kws_stream.wav import file_problem as wav_problem
     path = tmp_path / "piped.wav"
     sf.write(path, np.zeros((16000, channels)), 16000, subtype="PCM_16", format="WAV")
     data = bytearray(path.read_bytes())
@@ -97,20 +101,90 @@ def test_the_audio_before_a_nan_or_a_decoding_error_is_all_scored(tmp_path, burs
     assert len(r.detections) == 1
     sf.write(tmp_path / "whole.flac", x, 16000)
     flac = (tmp_path / "whole.flac").read_bytes()
-    (tmp_path / "cut.flac").write_bytes(flac[:int(len(flac) * 0.77)])
-    r = scan_file(str(tmp_path / "cut.flac"), model, cfg)
-    assert r.error.startswith("decoding failed after") and len(r.detections) == 1
-    assert 9.4 < r.audio_seconds < 10.5 and r.audio_seconds % BLOCK_SECONDS > 0.1  # not a block boundary
+    at = int(len(flac) * 0.77)
+    for name, data in (("cut.flac", flac[:at]),  # the decoder can seek back after the error
+                       ("spoilt.flac", flac[:at] + bytes(400) + flac[at + 400:])):  # it cannot: opened anew
+        (tmp_path / name).write_bytes(data)
+        r = scan_file(str(tmp_path / name), model, cfg)
+        assert r.error.startswith("decoding failed after") and len(r.detections) == 1, name
+        assert 9.4 < r.audio_seconds < 10.5 and r.audio_seconds % BLOCK_SECONDS > 0.1, name  # not a block's end
 
 
 def test_a_wav_a_byte_short_is_truncated(tmp_path):
-    """A WAV's data size is exact, so one missing byte is a cut (compressed formats' frame
-    counts may be estimates and get 1%)."""
-    from kws_stream.audio import wav_problem
+    """A WAV's data size is exact, so one missing byte is a cut, as a file and on stdin
+    (compressed formats' frame counts may be estimates and get 1%)."""
+    from kws_stream.wav import file_problem
     path = tmp_path / "w.wav"
     sf.write(path, np.zeros((16000, 2)), 16000, subtype="PCM_16")
     data = path.read_bytes()
-    assert wav_problem(path) is None
+    assert file_problem(path) is None
     for short in (1, 4, 64000):
         path.write_bytes(data[:-short])
-        assert wav_problem(path).startswith("truncated: the WAV header promises 1.00 s"), short
+        assert file_problem(path) == (f"truncated: the WAV header promises 1.00 s, the data holds "
+                                      f"{(64000 - short) / 64000:.2f} s ({short} bytes short)")
+        r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--file", "-"], input=data[:-short],
+                           capture_output=True, timeout=60)
+        reason = b"stdin: truncated" if short < 64000 else b"stdin: no audio samples"
+        assert r.returncode == 1 and reason in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_any_finite_level_of_any_channel_count_is_clipped_not_refused(tmp_path):
+    from kws_stream.audio import read_file
+    x = np.full((16000, 2), 1e308)
+    x[::2] *= -1
+    sf.write(tmp_path / "huge.wav", x, 16000, subtype="DOUBLE")
+    y = read_file(tmp_path / "huge.wav")
+    assert np.isfinite(y).all() and np.abs(y).max() == 1.0
+
+
+def riff(*chunks: tuple[bytes, bytes]) -> bytes:
+    body = b"".join(cid + len(data).to_bytes(4, "little") + data + b"\0" * (len(data) & 1) for cid, data in chunks)
+    return b"RIFF" + (4 + len(body)).to_bytes(4, "little") + b"WAVE" + body
+
+
+def fmt_chunk(tag: int, channels: int, rate: int, bits: int, extra: bytes = b"") -> bytes:
+    align = channels * bits // 8
+    return struct.pack("<HHIIHH", tag, channels, rate, rate * align, align, bits) + extra
+
+
+@pytest.mark.parametrize("case", ["plain", "fmt18", "extensible", "odd-list-first", "odd-data", "u8-ends", "s24-ends"])
+def test_the_wav_reader_takes_the_headers_writers_make(case):
+    from kws_stream import wav
+    samples = {"u8-ends": (bytes([0, 128, 255]), 8, [-1.0, 0.0, 127 / 128]),
+               "s24-ends": (bytes.fromhex("000080 ffff7f 010000"), 24, [-1.0, 8388607 / 8388608, 1 / 8388608])}
+    data, bits, want = samples.get(case, (struct.pack("<3h", -32768, 0, 16384), 16, [-1.0, 0.0, 0.5]))
+    ext = struct.pack("<HHIH", 22, bits, 4, 1) + bytes(14)  # cbSize, valid bits, channel mask, PCM sub-format
+    fmt = {"fmt18": fmt_chunk(1, 1, 8000, bits, b"\0\0"), "extensible": fmt_chunk(0xFFFE, 1, 8000, bits, ext)
+           }.get(case, fmt_chunk(1, 1, 8000, bits))
+    chunks = [(b"fmt ", fmt), (b"data", data)]
+    if case == "odd-list-first":
+        chunks.insert(0, (b"LIST", b"INFOabc"))
+    if case == "odd-data":
+        data, want = data[:1] + b"\x00", [-1.0]  # the u8 sample 0, padded
+        chunks = [(b"fmt ", fmt_chunk(1, 1, 8000, 8)), (b"data", data[:1])]
+    stream = io.BytesIO(riff(*chunks))
+    header = wav.read_header(stream.read)
+    assert (header.channels, header.rate) == (1, 8000)
+    got = header.decoder()(stream.read(header.size))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (riff((b"data", b"\0\0"), (b"fmt ", fmt_chunk(1, 1, 8000, 16))), "data comes before its format"),
+    (riff((b"fmt ", fmt_chunk(1, 1, 8000, 16)))[:30], "format chunk is cut short"),
+    (riff((b"fmt ", struct.pack("<HHIIHH", 1, 1, 8000, 16000, 4, 16)), (b"data", b"")), "frames of 4 bytes"),
+    (riff((b"fmt ", fmt_chunk(1, 0, 8000, 16)), (b"data", b"")), "0 channel(s)"),
+    (riff((b"fmt ", fmt_chunk(1, 1, 8000, 16)), (b"junk", bytes(1 << 20)), (b"data", b"")), "no data in its first"),
+    (b"RIFF\x10", "RIFF/WAVE header is cut short"),
+])
+def test_the_wav_reader_refuses_a_bad_header_with_one_reason(bad, reason):
+    from kws_stream import wav
+    with pytest.raises(wav.WavError, match=re.escape(reason)):
+        wav.read_header(io.BytesIO(bad).read)
+
+
+def test_an_unknown_wav_sample_format_is_named():
+    from kws_stream import wav
+    header = wav.read_header(io.BytesIO(riff((b"fmt ", fmt_chunk(6, 1, 8000, 8)), (b"data", b""))).read)
+    with pytest.raises(wav.WavError, match="8-bit format-6 samples"):
+        header.decoder()

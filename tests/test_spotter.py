@@ -7,7 +7,7 @@ from kws_stream import KwsModel, ModelError, Spotter, SpotterConfig
 from kws_stream.audio import read_file
 from kws_stream.replay import scan_file
 from kws_stream.spotter import Detector
-from modelkit import burst_signal, save_model
+from modelkit import burst_signal, burst_weights, save_model
 from seed_reference import seed_predict
 
 RATE = 16000
@@ -104,11 +104,21 @@ def test_a_model_value_outside_0_1_is_counted_as_0(tmp_path, caplog, scale):
     found = sp.feed(x) + sp.finish()
     assert len(seen) == sp.windows == good.windows and all(0.0 <= p <= 1.0 for p in seen)
     assert all(0.0 <= d.score <= 1.0 for d in found)
+    warned = sum("not a probability" in r.getMessage() for r in caplog.records)
     if scale > 1:  # only the windows the model scored above 1 / 1.5 were broken
-        assert 0 < sp.bad_scores < sp.windows
+        assert 0 < sp.bad_scores < sp.windows and warned == 1
     else:
-        assert sp.bad_scores == sp.windows and sp.max_score == 0.0 and found == []
-    assert sum("not a probability" in r.getMessage() for r in caplog.records) == 1
+        assert sp.bad_scores == sp.windows and sp.max_score == 0.0 and found == [] and warned == 1
+
+
+def test_a_model_value_above_1_by_rounding_is_clipped(tmp_path, caplog):
+    ones = np.zeros_like(burst_weights()[0])  # sigmoid(30) is 1.0 in float32; times the scale, just above
+    model = KwsModel(save_model(tmp_path / "m.onnx", weights=ones, bias=30.0, out_scale=1.0000005))
+    assert model.score(np.zeros((1, ones.size), np.float32))[0] > 1.0
+    sp = Spotter(model, config=SpotterConfig(threshold=0.8))
+    found = sp.feed(np.zeros(16000 * 5)) + sp.finish()
+    assert found and all(d.score == 1.0 for d in found) and sp.max_score == 1.0 and sp.bad_scores == 0
+    assert not [r for r in caplog.records if "not a probability" in r.getMessage()]
 
 
 def test_threshold_override(burst_model):
