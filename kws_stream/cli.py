@@ -375,11 +375,13 @@ def run_rtp(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop)
 
 def run_listen(args) -> int:
     try:
-        if args.connect == "none":
-            raise PublishError("none: listen needs the daemon's tcp://HOST:PORT or ipc://PATH")
         check_endpoint_syntax(args.connect)
-    except PublishError as e:
-        print(f"kws-stream listen: error: --connect {e}", file=sys.stderr)
+        port = args.connect.rpartition(":")[2]
+        if args.connect == "none" or args.connect.startswith("tcp://") and not port.isdigit():
+            raise PublishError("")  # a daemon binds to none or to any port; listen connects to one
+    except PublishError:
+        print(f"kws-stream listen: error: --connect {args.connect}: give the daemon's tcp://HOST:PORT or ipc://PATH",
+              file=sys.stderr)
         return EXIT_USAGE
     if unknown := [t for t in args.topic if not any(full.startswith(full_topic(t)) for full in TOPICS)]:
         print(f"kws-stream listen: error: --topic {unknown[0]}: no event has that topic; the topics are "

@@ -39,9 +39,12 @@ def test_bad_endpoints_are_usage_errors(endpoint):
     assert r.returncode == 2 and "--pub" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_listen_bad_endpoint_is_one_line():
-    r = kws("listen", "--connect", "bogus", "--count", "1")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "bogus" in r.stderr, r.stderr
+@pytest.mark.parametrize("endpoint", ["bogus", "none", "tcp://127.0.0.1:*", "ipc://"])
+def test_listen_bad_endpoint_is_one_line(endpoint):
+    """What a daemon may bind to but listen cannot connect to is refused, and the line says what to give."""
+    r = kws("listen", "--connect", endpoint, "--count", "1")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"--connect {endpoint}: give the daemon's tcp://HOST:PORT or ipc://PATH" in r.stderr
 
 
 def test_listen_accepts_short_topic_names(tmp_path):
@@ -64,7 +67,7 @@ def test_listen_accepts_short_topic_names(tmp_path):
     ((DEMO,), f"unexpected argument '{DEMO}'"),  # --file forgotten
     (("--file", DEMO, "--thresh", "0.5"), "unrecognized option --thresh"),  # no abbreviations
     (("listen", "--bogus"), "see kws-stream listen --help"),
-    (("listen", "--connect", "none"), "listen needs the daemon's"),
+    (("listen", "--connect", "none"), "give the daemon's tcp://HOST:PORT"),
     (("listen", "--topic", "bogus"), "--topic bogus: no event has that topic"),
 ])
 def test_a_mistyped_command_line_names_the_mistake(args, said):
