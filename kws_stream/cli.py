@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = KwsModel(args.model, expect_sha256=args.model_sha256)
     except ModelError as e:
-        log.error("model %s", e)
+        origin = args.origin.get("model", "")
+        log.error("model %s%s", e, f" (from {origin})" if ": " in origin else "")  # a config file's, named
         return EXIT_USAGE
     if args.gate_margin and not model.front_end_class.gates:
         log.warning("--gate-margin: %s reads front end %s, which has no speech gate; every window is scored",

@@ -321,7 +321,7 @@ def merge(cli: dict[str, Any], file_values: dict[str, Any], file_path: str | Pat
             o.validate(values[o.key])
         except ValueError as e:
             raise OptionError(f"{sources.get(o.key, o.flag)} {e}") from None
-    return argparse.Namespace(**values)
+    return argparse.Namespace(**values, origin=sources)  # origin: where each value not a default came from
 
 
 SOURCE_NAMES = {"file": "--file", "stdin": "--file -", "device": "live capture (--device)", "rtp": "--rtp"}

@@ -118,6 +118,7 @@ def test_good_values_mean_the_same_from_the_command_line_and_the_file(tmp_path):
         config.write_text("\n".join(lines) + "\n")
         src = source_args(o)
         from_cli, from_file = vars(cli.parse_args(argv + src)), vars(cli.parse_args(["--config", str(config)] + src))
+        assert from_cli.pop("origin")[key] == o.flag and from_file.pop("origin")[key] == f"{config}: {key}"
         assert from_cli == from_file, key
         assert from_cli[key] == (o.from_text(text) if o.type in (int, float) else text), key
 
@@ -223,6 +224,10 @@ def test_config_file_and_overrides(tmp_path, burst_model):
         cfg.write_text(text)
         r = run("--config", cfg, "--file", wav)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    cfg.write_text('model = "/nonexistent.onnx"\n')
+    r = run("--config", cfg, "--file", wav)
+    assert r.returncode == 2 and r.stderr.strip() == (f"kws-stream: error: model /nonexistent.onnx: no such model file "
+                                                      f"(from {cfg}: model)"), r.stderr
     for path, message in ((tmp_path / "missing.toml", "no such config file"), (tmp_path, "a directory, not a config")):
         r = run("--config", path, "--file", wav)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
