@@ -314,7 +314,7 @@ class ReplayJob:
                     if scores is not None:
                         scores.writelines(score_lines(result, result.stream, self.model.front_end_class.sample_rate))
                         scores.flush()
-                    if self.plot:
+                    if self.plot and result.audio_seconds > 0:  # a file that failed before any audio: no picture
                         self._plot(result, threshold, file_id)
                 if on_result is not None:
                     on_result(result)

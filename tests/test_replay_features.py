@@ -201,6 +201,13 @@ def test_scores_hold_every_window_and_the_events_all_option(tmp_path):
                                  ["max_score"], abs=1e-6)
 
 
+def test_a_file_that_fails_before_any_audio_gets_no_plot(tmp_path):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    r = kws("--file", tmp_path / "empty.wav", POS, "--plot", tmp_path / "plots")
+    assert r.returncode == 1 and b"empty.wav: empty file" in r.stderr
+    assert [p.name for p in (tmp_path / "plots").glob("*.png")] == [f"{POS.stem}.png"]
+
+
 def test_the_plot_shows_scores_threshold_and_detection(tmp_path):
     import matplotlib.image
     r = kws("--file", POS, "--plot", tmp_path / "plots", "--scores", tmp_path / "s.jsonl")
