@@ -82,23 +82,21 @@ def check_clients_dir(clients: Path) -> None:
             raise KeyMaterialError(f"{path}: writable by group or others (mode {mode:o}); chmod go-w it")
 
 
-def _check_secret(path: Path) -> None:
+def load_pair(secret_path: str | Path) -> tuple[bytes, bytes]:
+    """A secret key file's pair; what the file is is checked before who may read it, so a
+    public key given by mistake is named as such."""
+    path = Path(secret_path)
     if not path.is_file():
         raise KeyMaterialError(f"{path}: no such key file")
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise KeyMaterialError(f"{path}: secret key is readable by others (mode {mode:o}); chmod 600 it")
-
-
-def load_pair(secret_path: str | Path) -> tuple[bytes, bytes]:
-    path = Path(secret_path)
-    _check_secret(path)
     try:
         public, secret = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as e:
         raise KeyMaterialError(f"{path}: not a key file ({e})") from e
     if secret is None:
         raise KeyMaterialError(f"{path}: holds no secret key (give the .key_secret file)")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyMaterialError(f"{path}: secret key is readable by others (mode {mode:o}); chmod 600 it")
     return public, secret
 
 

@@ -59,6 +59,12 @@ def test_widely_readable_secret_is_refused(keys, call, burst_model, tmp_path):
     r = cli("--file", call, "--model", burst_model, "--pub", f"tcp://127.0.0.1:{free_port()}",
             "--curve-secret", loose, "--curve-clients", keys / "clients")
     assert r.returncode == 2 and "readable by others" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    public = tmp_path / "server.key"  # a public key given by mistake (mode 644) is named as that
+    shutil.copy(keys / "keys" / "server.key", public)
+    public.chmod(0o644)
+    r = cli("--file", call, "--model", burst_model, "--pub", f"tcp://127.0.0.1:{free_port()}",
+            "--curve-secret", public, "--curve-clients", keys / "clients")
+    assert r.returncode == 2 and "holds no secret key" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def run_capture(endpoint, port, args):
