@@ -229,7 +229,7 @@ class Publisher:
                     os.umask(old_umask)
         except zmq.ZMQError as e:
             self._sock.close(linger=0)
-            raise PublishError(f"cannot bind {endpoint}: {e.strerror}") from e
+            raise PublishError(f"cannot bind {endpoint}: {zmq.strerror(e.errno)}") from e  # (pyzmq repeats the address)
         except PublishError:
             self._sock.close(linger=0)
             raise
