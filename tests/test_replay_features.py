@@ -72,6 +72,12 @@ def test_folders_lists_and_unique_csv_ids(tmp_path):
     r = kws("--file", f"@{listing}", "--csv", tmp_path / "list.csv", "--quiet")
     assert r.returncode == 0, r.stderr
     assert [row.split(",")[0] for row in (tmp_path / "list.csv").read_text().splitlines()[1:]] == ["call", "other"]
+    shutil.copy(POS, tmp_path / "d1" / "call.wav")  # stems and relative stems collide: suffixes; the same file: #2
+    again = tmp_path / "d1" / "call.opus"
+    r = kws("--file", again, tmp_path / "d1" / "call.wav", again, "--csv", tmp_path / "same.csv", "--quiet")
+    assert r.returncode == 0, r.stderr
+    ids = [row.split(",")[0] for row in (tmp_path / "same.csv").read_text().splitlines()[1:]]
+    assert ids == ["call.opus", "call.wav", "call.opus#2"]
     r = kws("--file", f"@{tmp_path / 'missing.txt'}")
     assert r.returncode == 2 and b"cannot read the list of files" in r.stderr and b"Traceback" not in r.stderr
     (tmp_path / "empty").mkdir()
