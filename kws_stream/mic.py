@@ -52,15 +52,30 @@ def list_devices() -> str:
 
 
 def check_input(text: str | None) -> None:
-    """At start-up: DeviceError if PortAudio is missing or no input device matches `text`.
-    (A device that matched once and later vanishes is the daemon's to retry.)"""
+    """At start-up: DeviceError if PortAudio is missing, if this process may not take its
+    callbacks, or if no input device matches `text` (NoSuchDevice). (A device that matched
+    once and later vanishes is the daemon's to retry.)"""
     sd = _sounddevice()
+    _check_callbacks()
     try:
         sd.query_devices(parse_device(text), "input")
     except (ValueError, sd.PortAudioError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else "not found"
         raise NoSuchDevice(f"{text or 'default'}: no such input device ({reason}); see kws-stream --list-devices"
                            ) from None
+
+
+def _check_callbacks() -> None:
+    """PortAudio hands blocks to Python through a cffi callback, whose trampoline is memory
+    written and then executed: a process denied that (systemd's MemoryDenyWriteExecute=yes,
+    prctl PR_SET_MDWE) cannot capture, and should say so once rather than retry."""
+    import cffi  # sounddevice's own binding
+
+    try:
+        cffi.FFI().callback("void(void)", lambda: None)
+    except MemoryError:
+        raise DeviceError("cannot capture: PortAudio's callback needs memory that is written and then executed, "
+                          "which this process is denied (systemd's MemoryDenyWriteExecute=yes?)") from None
 
 
 def parse_device(text: str | None):
@@ -111,7 +126,7 @@ class MicSource:
                                           callback=self._callback)
             self._stream.start()
             alsa = sd.query_hostapis(sd.query_devices(self._stream.device)["hostapi"])["name"] == "ALSA"
-        except (ValueError, sd.PortAudioError) as e:
+        except (ValueError, sd.PortAudioError, MemoryError) as e:  # MemoryError: see _check_callbacks
             self.close()
             raise DeviceError(f"{self.name}: cannot open input ({e})") from e
         if alsa:

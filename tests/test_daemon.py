@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+import mdwe
 from modelkit import burst_signal, save_model
 from pulse import Pulse
 
@@ -223,6 +224,18 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path, unit_file):
     needed = ["Type=notify", "WatchdogSec=", "Restart=on-failure", "StartLimitBurst=", "RestartPreventExitStatus=2"]
     for line in needed + (["SupplementaryGroups=audio"] if unit_file == UNIT else []):
         assert line in text
+    # PortAudio's callback needs write+execute memory (see the next test); RTP takes no callbacks
+    assert ("\nMemoryDenyWriteExecute=yes" in text) == (unit_file != UNIT)
+
+
+@pytest.mark.skipif(not mdwe.supported(), reason="this kernel has no PR_SET_MDWE")
+def test_live_capture_denied_write_execute_memory_says_so_in_one_line():
+    """Under MemoryDenyWriteExecute=yes PortAudio's cffi callback cannot be made: one line and exit 2 (which
+    the unit does not restart), not a traceback at the first open and retries."""
+    r = subprocess.run(mdwe.kws_argv("--device", "default", "--pub", "none"), capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, NOTIFY_SOCKET=""))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "cannot capture" in r.stderr and "MemoryDenyWriteExecute" in r.stderr
 
 
 def test_capture_delivers_steady_200_ms_blocks_from_a_deep_device_buffer(pulse, burst_wav, monkeypatch):

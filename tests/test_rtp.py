@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 import zmq
 
+import mdwe
 from modelkit import read_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,11 +53,10 @@ def free_tcp() -> int:
 class Service:
     """kws-stream --rtp as a subprocess; its stdout holds every event (--events all)."""
 
-    def __init__(self, port: int, *extra):
+    def __init__(self, port: int, *extra, argv=lambda *args: [sys.executable, "-m", "kws_stream.cli", *args]):
         self.port = port
-        self.p = subprocess.Popen([sys.executable, "-m", "kws_stream.cli", "--rtp", f"127.0.0.1:{port}",
-                                   "--events", "all", "--status-interval", "0.5", *map(str, extra)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.p = subprocess.Popen(argv("--rtp", f"127.0.0.1:{port}", "--events", "all", "--status-interval", "0.5",
+                                       *map(str, extra)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -147,6 +147,22 @@ def test_ffmpeg_calls_equal_the_file_and_end_on_bye(ulaw_wav):
         assert got["score"] == pytest.approx(want[0]["score"], abs=1e-4)
     starts = [e for e in svc.events if e.get("state") == "stream-start"]
     assert len(starts) == 3 and all(e["codec"] == "pcmu" and e["rate"] == 8000 for e in starts)
+
+
+@pytest.mark.skipif(not mdwe.supported(), reason="this kernel has no PR_SET_MDWE")
+def test_a_call_is_found_with_write_execute_memory_denied(ulaw_wav):
+    """The RTP unit sets MemoryDenyWriteExecute=yes: nothing on its path may need such memory."""
+    want = file_detections(ulaw_wav)
+    port = free_udp_pair()
+    svc = Service(port, argv=mdwe.kws_argv)
+    try:
+        assert ffmpeg_send(port, *ULAW).wait(60) == 0
+        done = ends(svc, 1)
+    finally:
+        err = svc.stop()
+    assert len(done) == 1 and "Traceback" not in err
+    (got,) = detections(svc.events)
+    assert got["score"] == pytest.approx(want[0]["score"], abs=1e-4)
 
 
 @pytest.mark.skipif(shutil.which("gst-launch-1.0") is None, reason="GStreamer is not installed")
