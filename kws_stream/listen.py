@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from typing import Callable, TextIO
 
 import zmq
@@ -58,23 +59,30 @@ def listen(endpoint: str = DEFAULT_ENDPOINT, topics: list[str] | None = None, co
             m.close(linger=0)
         ctx.term()
         return 2
-    received, failed_handshakes = 0, 0
+    received, failed_handshakes, connected = 0, 0, False
     (monitor,) = monitors
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     poller.register(monitor, zmq.POLLIN)
+    waiting_since = time.monotonic()
     try:
         while not stopping and (count is None or received < count):
             ready = dict(poller.poll(200))
             if monitor in ready:
                 event = recv_monitor_message(monitor)["event"]
+                connected = connected or event == zmq.EVENT_HANDSHAKE_SUCCEEDED
                 # a dropped connection also ends a handshake without detail (a daemon restarting):
                 # only a run of them, with no success between, is a refusal
                 failed_handshakes = 0 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED else failed_handshakes + 1
                 if event in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL) \
                         or failed_handshakes >= HANDSHAKE_FAILURES:
-                    print(f"kws-stream listen: error: {endpoint}: {_refusal(event)}", file=sys.stderr)
+                    print(f"kws-stream listen: error: {endpoint}: {_refusal(event, configure is not None)}",
+                          file=sys.stderr)
                     return 1
+            if not connected and waiting_since is not None and time.monotonic() - waiting_since > WAIT_NOTICE_SECONDS:
+                print(f"kws-stream listen: waiting for a publisher at {endpoint} (none has answered yet)",
+                      file=sys.stderr)
+                waiting_since = None  # said once
             if sock not in ready:
                 continue
             topic, payload = sock.recv_multipart()
@@ -99,9 +107,19 @@ HANDSHAKE = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | z
 HANDSHAKE_FAILURES = 10  # in a row: a wrong server key fails every reconnect, about 10 a second
 
 
-def _refusal(event: int) -> str:
+WAIT_NOTICE_SECONDS = 5.0  # without a publisher this long, say so once on stderr (stdout stays events)
+
+
+def _refusal(event: int, curve: bool) -> str:
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return ("the daemon refused this subscriber's key (its public key must be in the daemon's "
                 "--curve-clients directory)")
-    return ("the handshake failed: this subscriber and the daemon disagree on CurveZMQ (give --curve-secret and "
-            "--curve-server, with the daemon's own public key, exactly when the daemon has --curve-secret)")
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return ("the handshake failed: this subscriber and the daemon disagree on CurveZMQ (give --curve-secret and "
+                "--curve-server, with the daemon's own public key, exactly when the daemon has --curve-secret)")
+    # the peer hung up on every handshake: a wrong server key does that, and so does anything but a publisher
+    if curve:
+        return ("every handshake was dropped: --curve-server is not that daemon's public key, or no kws-stream "
+                "publisher listens there")
+    return ("every handshake was dropped: no kws-stream publisher listens there (or one that wants CurveZMQ keys: "
+            "--curve-secret and --curve-server)")

@@ -144,7 +144,41 @@ def test_a_wrong_server_key_ends_listen_with_one_line(keys):
         ctx.term()
     assert r.returncode == 1 and r.stdout == "", r.stderr
     (line,) = r.stderr.strip().splitlines()
-    assert "disagree on CurveZMQ" in line
+    assert "--curve-server is not that daemon's public key" in line
+
+
+def test_listen_names_a_port_that_is_no_publisher_and_says_when_none_answers():
+    """A TCP server that hangs up on every handshake is no kws-stream publisher, not a CurveZMQ
+    quarrel; a port where nothing answers is waited on, said once on stderr."""
+    import socket
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    port = server.getsockname()[1]
+
+    def hang_up():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.close()
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "listen", "--connect", f"tcp://127.0.0.1:{port}"],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        server.close()
+    assert r.returncode == 1 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "no kws-stream publisher listens there" in r.stderr
+    idle = subprocess.Popen([sys.executable, "-m", "kws_stream.cli", "listen", "--connect",
+                             f"tcp://127.0.0.1:{free_port()}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(7.0)
+    idle.terminate()
+    out, err = idle.communicate(timeout=10)
+    assert out == "" and err.strip() == f"kws-stream listen: waiting for a publisher at {idle.args[-1]} (none has " \
+                                        "answered yet)"
 
 
 def test_listen_rides_out_a_daemon_restarting():
