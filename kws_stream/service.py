@@ -134,8 +134,11 @@ class Daemon:
         return True
 
     def _fail(self, message: str) -> None:
-        log.error("%s", message)
-        self.publisher.publish(error_event(self.stream, message))
+        if message == self.device_error:  # a reopen failing as the last did: said once (heartbeats carry it)
+            log.debug("%s (again)", message)
+        else:
+            log.error("%s", message)
+            self.publisher.publish(error_event(self.stream, message))
         self.source.close()
         self.device_state = "failed"
         self.device_error = message

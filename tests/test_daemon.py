@@ -157,6 +157,10 @@ def test_device_failure_is_survived(pulse, burst_model, burst_wav):
         sub.wait_for('"type": "error"', stream="out", timeout=15)
         beat = sub.wait_for('"device_state": "failed"[^\\n]*', stream="out", timeout=15)  # heartbeats go on
         assert '"error": ' in beat.group(0)
+        time.sleep(4.0)  # reopens at 0.5, 1 and 2 s more, each failing as the one before: said once
+        d.wait_for("$", timeout=1), sub.wait_for("$", stream="out", timeout=1)  # (read what has come)
+        said = [ln for ln in d.err.splitlines() if ln.startswith("kws-stream: error:")]
+        assert 1 <= len(said) <= 2 and len(said) == sub.out.count('"type": "error"'), said  # stalled; cannot open
         pulse.start()
         d.wait_for("capturing from pulse(.|\n)*capturing from pulse", timeout=30)
         pulse.play(burst_wav)
