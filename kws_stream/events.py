@@ -87,6 +87,8 @@ class Heartbeat:
     # refused_packets, ignored_packets
     windows: int | None = None  # the live input's windows so far (not for RTP: see each call's stream-end)
     gated: int | None = None  # of them, those the speech gate left unscored
+    model_sha256: str | None = None  # with state reloaded: the model now running,
+    gate_margin_db: float | None = None  # and the speech gate's margin in force
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,8 @@ def stream_end_event(s: StreamSummary, reason: str | None = None, rtp: RtpStats 
 
 
 def heartbeat_event(h: Heartbeat) -> dict:
-    fields = {k: v for k, v in asdict(h).items() if k not in ("error", "rtp", "windows", "gated") or v is not None}
+    fields = {k: v for k, v in asdict(h).items()
+              if k not in ("error", "rtp", "windows", "gated", "model_sha256", "gate_margin_db") or v is not None}
     fields["audio_seconds"] = round(h.audio_seconds, 3)
     return _event("status", **fields)
 

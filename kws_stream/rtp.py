@@ -29,7 +29,7 @@ from .audio import Resampler
 from .events import Heartbeat, RtpStats, StreamSummary, error_event, heartbeat_event, stream_end_event, \
     stream_start_event
 from .model import KwsModel
-from .service import reload_model
+from .service import reload_facts, reload_model
 from .spotter import Spotter, SpotterConfig, score_together
 
 log = logging.getLogger(__name__)
@@ -595,4 +595,4 @@ class RtpService:
             self.detections, 0, r.dropped, self.publisher.dropped, self.model.info.name, self.model.info.version,
             rtp={"streams": len(self.streams), "ended": self.ended, "packets": r.received, "malformed": self.malformed,
                  "refused": self.refused, "refused_packets": self.refused_packets,
-                 "ignored_packets": self.ignored_packets})))
+                 "ignored_packets": self.ignored_packets}, **reload_facts(self.model, self.config, state))))

@@ -68,8 +68,14 @@ def reload_model(current: KwsModel, path: str | None, sha256: str | None, spotte
         log.error("reload kept the running model: %s", e)
         publisher.publish(error_event(stream, f"reload kept the running model: {e}"))
         return None
-    log.info("reloaded model %s %s", model.info.name, model.info.version)
+    log.info("reloaded model %s %s (SHA-256 %s, speech gate %g dB)", model.info.name, model.info.version,
+             model.sha256, spotters[0].config.gate_for(model) if spotters else 0.0)
     return model
+
+
+def reload_facts(model: KwsModel, config: SpotterConfig, state: str) -> dict:
+    """What a `reloaded` heartbeat adds: the model now running and the speech gate in force."""
+    return {"model_sha256": model.sha256, "gate_margin_db": config.gate_for(model)} if state == "reloaded" else {}
 
 
 class Daemon:
@@ -178,4 +184,5 @@ class Daemon:
         self.publisher.publish(heartbeat_event(Heartbeat(
             state, self.stream, self.device_state, sp.audio_seconds, sp.detections, self.source.overflows,
             self.source.queue_drops, self.publisher.dropped, self.model.info.name, self.model.info.version,
-            self.device_error if self.device_state == "failed" else None, windows=sp.windows, gated=sp.gated)))
+            self.device_error if self.device_state == "failed" else None, windows=sp.windows, gated=sp.gated,
+            **reload_facts(self.model, self.config, state))))

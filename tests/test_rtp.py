@@ -1,6 +1,7 @@
 """Calls over RTP (issue 12), sent by real clients this project did not write: ffmpeg
 (μ-law, L16, Opus) and GStreamer (A-law). Loss and reordering come from a small UDP
 shaper between sender and receiver; malformed packets and wrap-around from crafted ones."""
+import hashlib
 import json
 import os
 import random
@@ -488,7 +489,8 @@ def test_sighup_reloads_the_model_under_every_open_call(tmp_path):
         svc.wait_for(lambda e: e["type"] == "error" and "reload kept the running model" in e["message"], 10)
         save_model(model, name="reloaded", version="2")
         svc.p.send_signal(signal.SIGHUP)
-        svc.wait_for(lambda e: e.get("state") == "reloaded" and e["model"] == "reloaded", 10)
+        (beat,) = svc.wait_for(lambda e: e.get("state") == "reloaded" and e["model"] == "reloaded", 10)
+        assert beat["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest() and beat["gate_margin_db"] == 0
         assert sender.wait(60) == 0
         (done,) = ends(svc, 1)
     finally:
