@@ -252,7 +252,8 @@ class RtpReceiver:
             except OSError as e:
                 for other in self.sockets + [s]:
                     other.close()
-                raise OSError(f"cannot listen for RTP on {host}:{p}: {e.strerror}") from None
+                what = "RTP" if p == port else f"RTCP (port {port} + 1)"
+                raise OSError(f"cannot listen for {what} on {host}:{p}: {e.strerror}") from None
             s.settimeout(0.2)
             self.sockets.append(s)
         self.port = self.sockets[0].getsockname()[1]

@@ -375,6 +375,18 @@ def test_rtp_is_loopback_only_unless_allowed():
     assert r.returncode == 2 and "--allow-remote" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("taken", [0, 1], ids=["rtp", "rtcp"])
+def test_a_taken_port_names_which_of_the_pair(taken):
+    port = free_udp_pair()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", port + taken))
+        r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--rtp", f"127.0.0.1:{port}"],
+                           capture_output=True, text=True, timeout=60)
+    what = f"RTCP (port {port} + 1)" if taken else "RTP"
+    assert r.returncode == 2 and r.stderr.strip() == (f"kws-stream: error: cannot listen for {what} on "
+                                                      f"127.0.0.1:{port + taken}: Address already in use"), r.stderr
+
+
 def test_two_instances_one_subscriber():
     ports, pubs = [free_udp_pair(), free_udp_pair()], [free_tcp(), free_tcp()]
     ctx = zmq.Context.instance()
