@@ -41,6 +41,7 @@ RTCP_BYE = 203
 QUEUE_PACKETS = 50000  # datagrams waiting for the service loop before the receiver drops
 JITTER_PACKETS = 4  # packets held back to reorder; a gap still open after that is concealed
 MAX_GAP_SECONDS = 2.0  # a jump in time larger than this is a new talk spurt, not loss to fill
+MAX_PACKET_SECONDS = 0.5  # more audio than this in one PCM packet is undecodable (senders send 10-120 ms)
 MAX_DROPOUT, MAX_MISORDER = 3000, 100  # RFC 3550 A.1: a sequence number this far off is out of range
 DRAIN_BUDGET = (2000, 0.05)  # packets and seconds handled before the loop scores, beats and checks for stop
 MAX_WARNED_SENDERS = 1000
@@ -532,6 +533,9 @@ class RtpService:
 
     def _decode(self, s: Stream, payload: bytes) -> np.ndarray:
         name = s.codec.name
+        width = {"pcmu": 1, "pcma": 1, "l16": 2}.get(name)
+        if width is not None and len(payload) // width > MAX_PACKET_SECONDS * s.codec.rate:
+            raise ValueError(f"{len(payload) // width} samples in one packet, more than {MAX_PACKET_SECONDS:g} s")
         if name == "pcmu":
             return ULAW[np.frombuffer(payload, dtype=np.uint8)]
         if name == "pcma":

@@ -352,6 +352,25 @@ def test_malformed_packets_wraparound_duplicates_and_unknown_payloads(tmp_path, 
     assert len([ln for ln in stderr.splitlines() if "malformed" in ln]) == 1  # one line per sender, then counted
 
 
+def test_a_packet_of_absurd_length_is_undecodable_not_seconds_of_audio(tmp_path):
+    """Audio time follows the samples played; a 65,000-byte μ-law packet (8 s) amid 20 ms ones is counted
+    as undecodable and its 20 ms concealed, not played as 8 s."""
+    port = free_udp_pair()
+    svc = Service(port, "--rtp-timeout", "1")
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for i in range(100):
+            payload = bytes(65000) if i == 50 else bytes([0xFF]) * 160
+            tx.sendto(rtp_packet(i, 160 * i, 0xAB5, payload), ("127.0.0.1", port))
+            time.sleep(0.004)
+        (done,) = ends(svc, 1)
+    finally:
+        tx.close()
+        stderr = svc.stop()
+    assert svc.p.returncode == 0 and "Traceback" not in stderr
+    assert done["rtp"]["undecodable"] == 1 and done["audio_seconds"] == pytest.approx(2.0, abs=0.03)
+
+
 @pytest.mark.parametrize("codec,option", [(("-ar", "16000", "-c:a", "pcm_s16be", "-payload_type", "96"),
                                            ("--rtp-l16", "96/16000")),
                                           (("-ar", "48000", "-c:a", "libopus", "-payload_type", "111"),
