@@ -57,12 +57,19 @@ def check_input(text: str | None) -> None:
     once and later vanishes is the daemon's to retry.)"""
     sd = _sounddevice()
     _check_callbacks()
+    if text is not None and not text.strip():
+        raise DeviceError("--device: an empty name; give a name or an index, or leave it out for the default")
+    device = parse_device(text)
     try:
-        sd.query_devices(parse_device(text), "input")
+        sd.query_devices(device, "input")
     except (ValueError, sd.PortAudioError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else "not found"
-        raise NoSuchDevice(f"{text or 'default'}: no such input device ({reason}); see kws-stream --list-devices"
-                           ) from None
+        lines = [ln.strip() for ln in str(e).strip().splitlines()]
+        if lines and lines[0].startswith("Multiple"):  # sounddevice lists the matches after its first line
+            raise NoSuchDevice(f"{text}: matches several input devices ({', '.join(lines[1:])}); give more of "
+                               "the name, or the index (kws-stream --list-devices)") from None
+        reason = f"no input device has index {device}" if isinstance(device, int) else \
+            f"no input device's name matches {device!r}" if device is not None else "no default input device"
+        raise NoSuchDevice(f"{text or 'default'}: {reason}; see kws-stream --list-devices") from None
 
 
 def _check_callbacks() -> None:
@@ -125,7 +132,8 @@ class MicSource:
                                           blocksize=int(self.rate * BLOCK_SECONDS), latency=BUFFER_SECONDS,
                                           callback=self._callback)
             self._stream.start()
-            alsa = sd.query_hostapis(sd.query_devices(self._stream.device)["hostapi"])["name"] == "ALSA"
+            opened = sd.query_devices(self._stream.device)
+            alsa = sd.query_hostapis(opened["hostapi"])["name"] == "ALSA"
         except (ValueError, sd.PortAudioError, MemoryError) as e:  # MemoryError: see _check_callbacks
             self.close()
             raise DeviceError(f"{self.name}: cannot open input ({e})") from e
@@ -133,7 +141,8 @@ class MicSource:
             _release_alsa_config()
         self._last_audio = time.monotonic()
         self._stall = FIRST_AUDIO_SECONDS
-        log.info("capturing from %s at %d Hz", self.name, self.rate)
+        log.info("capturing from %s at %d Hz%s", self.name, self.rate,
+                 "" if opened["name"] == self.name else f" (the device {opened['name']!r})")
 
     def _callback(self, indata, frames, time_info, status) -> None:
         self._last_audio = time.monotonic()  # when the device delivered, however far behind the worker is

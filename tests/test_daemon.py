@@ -298,13 +298,27 @@ def test_list_devices_shows_the_pulse_input(pulse):
     assert r.returncode == 0 and "pulse" in r.stdout, r.stderr
 
 
-def test_a_device_that_matches_nothing_is_a_usage_error(pulse, burst_model):
-    r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--device", "no-such-device", "--model", burst_model,
+@pytest.mark.parametrize("device, reason", [
+    ("no-such-device", "no-such-device: no input device's name matches 'no-such-device'"),
+    ("97", "97: no input device has index 97"),
+    (" ", "--device: an empty name"),
+    ("ALSA", "ALSA: matches several input devices ("),  # pulse and default, both ALSA PCMs
+])
+def test_a_device_that_matches_nothing_or_several_is_a_usage_error(pulse, burst_model, device, reason):
+    r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--device", device, "--model", burst_model,
                         "--pub", "none", "--events", "all"], env=pulse.env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     (line,) = r.stderr.strip().splitlines()
-    assert "no-such-device" in line and "no such input device" in line
+    assert line.startswith(f"kws-stream: error: {reason}"), line
     assert r.stdout == ""  # no `started` event for a daemon that never starts
+
+
+def test_part_of_a_name_opens_the_device_it_names_and_says_which(pulse, burst_model):
+    d = daemon(burst_model, pulse.env, "none", "--device", "puls")
+    try:
+        d.wait_for("capturing from puls at [0-9]+ Hz .the device 'pulse'.")
+    finally:
+        d.stop()
 
 
 def test_under_systemd_a_device_missing_at_start_is_waited_for(pulse, burst_model, tmp_path):
