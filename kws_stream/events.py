@@ -116,7 +116,7 @@ def _event(kind: str, **fields) -> dict:
 
 def detection_event(d: Detection) -> dict:
     return {"schema": EVENT_SCHEMA, "type": "detection", "stream": d.stream, "label": d.label,
-            "score": round(d.score, 6), "threshold": d.threshold, "start": round(d.start, 3),
+            "score": round(d.score, 6), "threshold": round(d.threshold, 6), "start": round(d.start, 3),
             "end": round(d.end, 3), "time": utc_now(), "seq": d.seq,
             "model": {"name": d.model, "version": d.model_version}}
 

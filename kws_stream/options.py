@@ -349,7 +349,8 @@ def check_together(args: argparse.Namespace, given: Iterable[str] = ()) -> None:
         raise OptionError("--realtime paces one stream at a time; it cannot be combined with --jobs above 1")
     pts = [s.partition("/")[0] for s in list(args.rtp_l16) + list(args.rtp_opus)]
     if "rtp" in here and len(set(pts)) < len(pts):
-        raise OptionError(f"--rtp-l16 and --rtp-opus name a payload type twice: {' '.join(pts)}")
+        twice = sorted({p for p in pts if pts.count(p) > 1}, key=int)
+        raise OptionError(f"--rtp-l16 and --rtp-opus name payload type {', '.join(twice)} more than once")
     if bool(args.curve_secret) != bool(args.curve_clients):
         raise OptionError("--curve-secret and --curve-clients go together")
     if args.list_devices and here & {"file", "rtp"}:

@@ -123,6 +123,7 @@ class Daemon:
             self.notifier.watchdog()
         self.notifier.send("STOPPING=1")
         self.source.close()
+        self.device_state = "closed"
         self.heartbeat(state="stopped")
         return 0
 

@@ -140,7 +140,8 @@ def test_sigterm_exits_cleanly_within_a_second(pulse, burst_model):
         began = time.monotonic()
         assert d.stop(signal.SIGTERM) == 0
         assert time.monotonic() - began < 1.0 + 0.5  # + the interpreter's exit on a loaded machine
-        sub.wait_for('"state": "stopped"', stream="out", timeout=5)  # the last status went out before close
+        last = sub.wait_for('"state": "stopped"[^\\n]*', stream="out", timeout=5)  # sent before close
+        assert '"device_state": "closed"' in last.group(0)
         assert "Traceback" not in d.err
     finally:
         d.stop()

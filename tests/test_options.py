@@ -130,6 +130,8 @@ NOT_HERE = [(["--jobs", "2"], "--jobs applies to --file only, not to live captur
             (["--file", "a.wav", "--status-interval", "3"],
              "--status-interval applies to live capture (--device) or --rtp only, not to --file"),
             (["--rtp", "127.0.0.1:40000", "--no-realtime"], "--realtime applies to --file only, not to --rtp"),
+            (["--rtp", "127.0.0.1:40000", "--rtp-l16", "96", "--rtp-opus", "111", "96"],
+             "--rtp-l16 and --rtp-opus name payload type 96 more than once"),
             (["--file", "a.wav", "--list-devices"],
              "--list-devices lists the input devices and exits; it takes no --file or --rtp"),
             (["--file", "a.wav", "--pub", "none", "--curve-secret", "k", "--curve-clients", "d"],

@@ -219,6 +219,7 @@ def test_the_plot_shows_scores_threshold_and_detection(tmp_path):
     r = kws("--file", POS, "--plot", tmp_path / "plots", "--scores", tmp_path / "s.jsonl")
     assert r.returncode == 0, r.stderr
     (det,) = detections(r.stdout)
+    assert det["threshold"] == round(KwsModel().info.threshold, 6) != KwsModel().info.threshold  # printed as scores
     windows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     (png,) = (tmp_path / "plots").glob("*.png")
     img = (matplotlib.image.imread(png)[:, :, :3] * 255).round().astype(int)
