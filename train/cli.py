@@ -48,10 +48,10 @@ def _training_options(p, epochs: int, hard_negatives: float, init: tuple[str, st
     """The options fit and folds share (kws_train.fit.FitConfig.from_args reads them), declared
     once; each command keeps its own defaults for epochs and hard negatives. `init` is the --init
     option's metavar and help."""
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training windows (default {epochs})")
+    p.add_argument("--batch", type=int, default=128, help="windows per step (default 128)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the cosine schedule (default 1e-3)")
+    p.add_argument("--seed", type=int, default=42, help="of the weights, the windows' order and offsets (default 42)")
     p.add_argument("--threads", type=int, default=2, help="torch threads and feature workers")
     p.add_argument("--cache", metavar="DIR", help="feature cache (default RUN/cache)")
     p.add_argument("--hard-negatives", type=float, default=hard_negatives, metavar="SHARE",
@@ -104,7 +104,7 @@ def _folds_parser(sub) -> None:
     p.add_argument("--train-extra", nargs="*", default=[], metavar="DIR",
                    help="more corpora (--split all) trained on but not validated on: measures what more data buys "
                         "against the same validation")
-    p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
+    p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3], help="which folds to train and validate")
     p.add_argument("--hops", nargs="+", type=float, default=[1.0], help="scoring hops to compare, in seconds")
     p.add_argument("--without", nargs="*", default=[],
                    choices=["sentence", "pseudo", "new-codecs", "streams", "low-snr-positives"],
@@ -126,11 +126,11 @@ def _folds_parser(sub) -> None:
 def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="measure a model through the daemon's streaming code")
     p.set_defaults(module="kws_train.evaluate")
-    p.add_argument("--model", required=True, metavar="M.onnx")
+    p.add_argument("--model", required=True, metavar="M.onnx", help="an exported model (kws-train export)")
     p.add_argument("--data", required=True, metavar="DIR", help="labelled corpus in the seed's layout")
     p.add_argument("--negatives", metavar="DIR", help="long target-free audio for false accepts per hour")
     p.add_argument("--out", metavar="DIR", help="write eval.json, det.png and scores.png here")
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=2, help="worker processes replaying files (default 2)")
 
 
 def _export_parser(sub) -> None:
@@ -149,8 +149,9 @@ def _export_parser(sub) -> None:
     p.add_argument("--negatives", metavar="DIR", help="target-free corpus for choosing the threshold")
     p.add_argument("--threshold-from", metavar="RUN/folds.json",
                    help="take the threshold kws-train folds found on held-out voices for --target-fa-per-hour")
-    p.add_argument("--target-fa-per-hour", type=float, default=0.5)
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--target-fa-per-hour", type=float, default=0.5,
+                   help="the false-accept rate the threshold holds (default 0.5 per hour)")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes scoring --negatives (default 2)")
     p.add_argument("--gate-margin", type=float, metavar="DB",
                    help="the speech gate the runtime applies by default: windows where no mel band rises DB above "
                         "its noise floor are not scored (0: none; default 0, or with --from-model the model's own)")
