@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = KwsModel(args.model, expect_sha256=args.model_sha256)
     except ModelError as e:
-        origin = args.origin.get("model", "")
-        log.error("model %s%s", e, f" (from {origin})" if ": " in origin else "")  # a config file's, named
+        origin = args.origin.get("model")
+        log.error("model %s%s", e, f" (from {origin}: model)" if origin else "")
         return EXIT_USAGE
     if args.gate_margin and not model.front_end_class.gates:
         log.warning("--gate-margin: %s reads front end %s, which has no speech gate; every window is scored",
@@ -377,10 +377,11 @@ def run_rtp(args, model: KwsModel, config: SpotterConfig, publisher, stop: Stop)
 def run_listen(args) -> int:
     try:
         check_endpoint_syntax(args.connect)
-        port = args.connect.rpartition(":")[2]
-        if args.connect == "none" or args.connect.startswith("tcp://") and not port.isdigit():
-            raise PublishError("")  # a daemon binds to none or to any port; listen connects to one
+        # a daemon may bind to none or to any port (*); listen connects to one
+        connectable = args.connect != "none" and args.connect.rpartition(":")[2] != "*"
     except PublishError:
+        connectable = False
+    if not connectable:
         print(f"kws-stream listen: error: --connect {args.connect}: give the daemon's tcp://HOST:PORT or ipc://PATH",
               file=sys.stderr)
         return EXIT_USAGE

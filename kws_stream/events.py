@@ -20,6 +20,7 @@ import socket
 import stat
 import time
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable
 
@@ -141,8 +142,8 @@ def stream_end_event(s: StreamSummary, reason: str | None = None, rtp: RtpStats 
 
 
 def heartbeat_event(h: Heartbeat) -> dict:
-    fields = {k: v for k, v in asdict(h).items()
-              if k not in ("error", "rtp", "windows", "gated", "model_sha256", "gate_margin_db") or v is not None}
+    optional = {f.name for f in dataclass_fields(h) if f.default is None}  # left out while they are None
+    fields = {k: v for k, v in asdict(h).items() if k not in optional or v is not None}
     fields["audio_seconds"] = round(h.audio_seconds, 3)
     return _event("status", **fields)
 

@@ -64,8 +64,8 @@ def check_input(text: str | None) -> None:
         sd.query_devices(device, "input")
     except (ValueError, sd.PortAudioError) as e:
         lines = [ln.strip() for ln in str(e).strip().splitlines()]
-        if lines and lines[0].startswith("Multiple"):  # sounddevice lists the matches after its first line
-            raise NoSuchDevice(f"{text}: matches several input devices ({', '.join(lines[1:])}); give more of "
+        if lines and lines[0].startswith("Multiple"):  # (listed after its first line); waiting cannot settle it
+            raise DeviceError(f"{text}: matches several input devices ({', '.join(lines[1:])}); give more of "
                                "the name, or the index (kws-stream --list-devices)") from None
         reason = f"no input device has index {device}" if isinstance(device, int) else \
             f"no input device's name matches {device!r}" if device is not None else "no default input device"

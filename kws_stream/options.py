@@ -321,7 +321,8 @@ def merge(cli: dict[str, Any], file_values: dict[str, Any], file_path: str | Pat
             o.validate(values[o.key])
         except ValueError as e:
             raise OptionError(f"{sources.get(o.key, o.flag)} {e}") from None
-    return argparse.Namespace(**values, origin=sources)  # origin: where each value not a default came from
+    from_file = {k: str(file_path) for k in values if k in file_values and k not in cli}
+    return argparse.Namespace(**values, origin=from_file)  # origin: the config file of each value it gave
 
 
 SOURCE_NAMES = {"file": "--file", "stdin": "--file -", "device": "live capture (--device)", "rtp": "--rtp"}
@@ -331,6 +332,14 @@ def active_sources(args: argparse.Namespace) -> set[str]:
     if args.file:
         return {"file", "stdin"} if "-" in args.file else {"file"}
     return {"rtp"} if args.rtp else {"device"}
+
+
+def named_twice(l16: Iterable[str], opus: Iterable[str]) -> str | None:
+    """What is wrong when --rtp-l16 and --rtp-opus (PT or PT/RATE each) name a payload type twice."""
+    pts = [s.partition("/")[0] for s in list(l16) + list(opus)]
+    if twice := sorted({p for p in pts if pts.count(p) > 1}, key=int):
+        return f"--rtp-l16 and --rtp-opus name payload type {', '.join(twice)} more than once"
+    return None
 
 
 def check_together(args: argparse.Namespace, given: Iterable[str] = ()) -> None:
@@ -347,10 +356,8 @@ def check_together(args: argparse.Namespace, given: Iterable[str] = ()) -> None:
             raise OptionError(f"{o.flag} applies to {where} only, not to {SOURCE_NAMES[min(here)]}")
     if "file" in here and args.realtime and args.jobs > 1:
         raise OptionError("--realtime paces one stream at a time; it cannot be combined with --jobs above 1")
-    pts = [s.partition("/")[0] for s in list(args.rtp_l16) + list(args.rtp_opus)]
-    if "rtp" in here and len(set(pts)) < len(pts):
-        twice = sorted({p for p in pts if pts.count(p) > 1}, key=int)
-        raise OptionError(f"--rtp-l16 and --rtp-opus name payload type {', '.join(twice)} more than once")
+    if "rtp" in here and (twice := named_twice(args.rtp_l16, args.rtp_opus)):
+        raise OptionError(twice)
     if bool(args.curve_secret) != bool(args.curve_clients):
         raise OptionError("--curve-secret and --curve-clients go together")
     if args.list_devices and here & {"file", "rtp"}:

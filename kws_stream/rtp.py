@@ -29,6 +29,7 @@ from .audio import Resampler
 from .events import Heartbeat, RtpStats, StreamSummary, error_event, heartbeat_event, stream_end_event, \
     stream_start_event
 from .model import KwsModel
+from .options import named_twice
 from .service import reload_facts, reload_model
 from .spotter import Spotter, SpotterConfig, score_together
 
@@ -133,9 +134,8 @@ def payload_types(l16: list[str], opus: list[str]) -> dict[int, Codec]:
     """PT -> codec: PCMU 0 and PCMA 8 (static, 8 kHz); dynamic ones as given, PT or PT/RATE.
     ValueError when one payload type is given twice."""
     types = {0: Codec("pcmu", 8000), 8: Codec("pcma", 8000)}
-    given = [s.partition("/")[0] for s in list(l16) + list(opus)]
-    if len(set(given)) < len(given):
-        raise ValueError(f"a payload type is given twice in --rtp-l16/--rtp-opus: {', '.join(given)}")
+    if twice := named_twice(l16, opus):
+        raise ValueError(twice)
     for name, specs, rate in (("l16", l16, 8000), ("opus", opus, 48000)):
         for spec in specs:
             pt, _, r = spec.partition("/")
@@ -352,7 +352,7 @@ class RtpService:
                     self._reload = False
                     model = reload_model(self.model, self.model_path, self.model_sha256,
                                          [s.spotter for s in self.streams.values()], self.publisher,
-                                         f"rtp:{self.receiver.port}")
+                                         f"rtp:{self.receiver.port}", self.config)
                     if model is not None:
                         self.model = model
                         self.heartbeat("reloaded")
@@ -523,10 +523,12 @@ class RtpService:
         s.skipped = {q for q in s.skipped if q > ext}
         try:
             audio = self._decode(s, p.payload)
-        except ValueError as e:
+        except ValueError as e:  # as if it never came: the next packet's gap conceals it, not counted as lost
             s.stats.undecodable += 1
             log.debug("%s: %s", s.name, e)
-            audio = np.zeros(0)
+            s.skipped.add(ext)
+            s.next_seq, s.next_ts = ext, p.timestamp
+            return
         self._queue_audio(s, audio)
         s.next_seq = ext + 1
         s.next_ts = (p.timestamp + audio.size) & 0xFFFFFFFF  # decoded samples are timestamp units for all four

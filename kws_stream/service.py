@@ -53,7 +53,7 @@ class Notifier:
 
 
 def reload_model(current: KwsModel, path: str | None, sha256: str | None, spotters: list[Spotter], publisher,
-                 stream: str) -> KwsModel | None:
+                 stream: str, config: SpotterConfig) -> KwsModel | None:
     """SIGHUP: the model file read again and put in every spotter, from its next window on;
     or, when it cannot be (a bad file, another front end, a gate turned on or off), None,
     with one error event, and every spotter keeps the running model. The refusals depend
@@ -69,7 +69,7 @@ def reload_model(current: KwsModel, path: str | None, sha256: str | None, spotte
         publisher.publish(error_event(stream, f"reload kept the running model: {e}"))
         return None
     log.info("reloaded model %s %s (SHA-256 %s, speech gate %g dB)", model.info.name, model.info.version,
-             model.sha256, spotters[0].config.gate_for(model) if spotters else 0.0)
+             model.sha256, config.gate_for(model))
     return model
 
 
@@ -105,18 +105,20 @@ class Daemon:
         backoff = BACKOFF_FIRST
         while not self.stop():
             self._heartbeat_when_due()
-            if self.device_state != "open":
-                if not self._open():
-                    self._sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-                    continue
-                backoff = BACKOFF_FIRST
+            if self.device_state != "open" and not self._open():
+                self._sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
             try:
                 block = self.source.read(timeout=0.2)
-            except DeviceError as e:
+            except DeviceError as e:  # a device that opens but delivers nothing is retried with backoff too
                 self._fail(str(e))
+                self._sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             if block is not None:
+                if self.device_error is not None:  # audio again: the next failure is news
+                    self.device_error, backoff = None, BACKOFF_FIRST
                 self._process(block)
             if self._reload:
                 self._reload_model()
@@ -134,8 +136,7 @@ class Daemon:
         except (DeviceError, AudioError) as e:
             self._fail(f"{self.source.name}: {e}" if isinstance(e, AudioError) else str(e))
             return False
-        self.device_state = "open"
-        self.device_error = None
+        self.device_state = "open"  # (the error is forgotten at the first block: a device may open and stay mute)
         self.heartbeat(state="capturing")
         self.notifier.send(f"STATUS=capturing from {self.source.name}")
         return True
@@ -175,7 +176,7 @@ class Daemon:
     def _reload_model(self) -> None:
         self._reload = False
         model = reload_model(self.model, self.model_path, self.model_sha256, [self.spotter], self.publisher,
-                             self.stream)
+                             self.stream, self.config)
         if model is not None:
             self.model = model
             self.heartbeat(state="reloaded")

@@ -22,4 +22,3 @@ def supported() -> bool:
 def kws_argv(*args) -> list[str]:
     """kws-stream ARGS under the denial."""
     return [sys.executable, "-c", LAUNCH, *map(str, args)]
-

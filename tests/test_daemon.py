@@ -166,6 +166,9 @@ def test_device_failure_is_survived(pulse, burst_model, burst_wav):
         d.wait_for("capturing from pulse(.|\n)*capturing from pulse", timeout=30)
         pulse.play(burst_wav)
         sub.wait_for('"type": "detection"', stream="out", timeout=20)
+        before = sub.out.count('"type": "error"')
+        pulse.stop()  # the same failure again after audio came back: news again
+        sub.wait_for('"type": "error"(.|\n)*' * (before + 1), stream="out", timeout=15)
         assert d.p.poll() is None and "Traceback" not in d.err
     finally:
         d.stop()

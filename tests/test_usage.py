@@ -40,9 +40,10 @@ def test_bad_endpoints_are_usage_errors(endpoint):
 
 
 def test_an_ipc_endpoint_in_a_missing_folder_is_one_plain_line():
-    r = kws("--file", DEMO, "--pub", "ipc:///nonexistent-kws/dir/x.sock")
-    assert r.returncode == 2 and r.stderr.strip() == ("kws-stream: error: cannot bind ipc:///nonexistent-kws/dir/x.sock: "
-                                                      "No such file or directory"), r.stderr
+    endpoint = "ipc:///nonexistent-kws/dir/x.sock"
+    r = kws("--file", DEMO, "--pub", endpoint)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == f"kws-stream: error: cannot bind {endpoint}: No such file or directory"
 
 
 @pytest.mark.parametrize("endpoint", ["bogus", "none", "tcp://127.0.0.1:*", "ipc://"])
