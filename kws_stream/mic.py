@@ -1,14 +1,17 @@
 """Live input through PortAudio (sounddevice).
 
-The audio callback only copies the block into a bounded queue and returns; the daemon's
-loop takes blocks from the queue. Input overflows and blocks dropped because the queue
-was full are counted. A device that cannot run at 16 kHz is opened at its own rate, and
-the daemon resamples.
+A reader thread takes each block from PortAudio's buffer once a whole one is there (it
+sleeps until then) and puts it in a bounded queue; the daemon's loop takes blocks from the
+queue. No PortAudio callback: its cffi trampoline would need memory written and then
+executed, which a hardened service denies (systemd's MemoryDenyWriteExecute=yes). Input
+overflows and blocks dropped because the queue was full are counted. A device that cannot
+run at 16 kHz is opened at its own rate, and the daemon resamples.
 """
 from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 
 import numpy as np
@@ -52,11 +55,10 @@ def list_devices() -> str:
 
 
 def check_input(text: str | None) -> None:
-    """At start-up: DeviceError if PortAudio is missing, if this process may not take its
-    callbacks, or if no input device matches `text` (NoSuchDevice). (A device that matched
-    once and later vanishes is the daemon's to retry.)"""
+    """At start-up: DeviceError if PortAudio is missing or the name is empty or ambiguous;
+    NoSuchDevice if no input device matches `text`. (A device that matched once and later
+    vanishes is the daemon's to retry.)"""
     sd = _sounddevice()
-    _check_callbacks()
     if text is not None and not text.strip():
         raise DeviceError("--device: an empty name; give a name or an index, or leave it out for the default")
     device = parse_device(text)
@@ -70,19 +72,6 @@ def check_input(text: str | None) -> None:
         reason = f"no input device has index {device}" if isinstance(device, int) else \
             f"no input device's name matches {device!r}" if device is not None else "no default input device"
         raise NoSuchDevice(f"{text or 'default'}: {reason}; see kws-stream --list-devices") from None
-
-
-def _check_callbacks() -> None:
-    """PortAudio hands blocks to Python through a cffi callback, whose trampoline is memory
-    written and then executed: a process denied that (systemd's MemoryDenyWriteExecute=yes,
-    prctl PR_SET_MDWE) cannot capture, and should say so once rather than retry."""
-    import cffi  # sounddevice's own binding
-
-    try:
-        cffi.FFI().callback("void(void)", lambda: None)
-    except MemoryError:
-        raise DeviceError("cannot capture: PortAudio's callback needs memory that is written and then executed, "
-                          "which this process is denied (systemd's MemoryDenyWriteExecute=yes?)") from None
 
 
 def parse_device(text: str | None):
@@ -115,6 +104,8 @@ class MicSource:
         self.queue_drops = 0
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_BLOCKS)
         self._stream = None
+        self._reader: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._last_audio = time.monotonic()
         self._stall = FIRST_AUDIO_SECONDS
 
@@ -129,29 +120,44 @@ class MicSource:
             except (ValueError, sd.PortAudioError):
                 self.rate = int(sd.query_devices(self.device, "input")["default_samplerate"])
             self._stream = sd.InputStream(device=self.device, channels=1, samplerate=self.rate, dtype="float32",
-                                          blocksize=int(self.rate * BLOCK_SECONDS), latency=BUFFER_SECONDS,
-                                          callback=self._callback)
+                                          blocksize=int(self.rate * BLOCK_SECONDS), latency=BUFFER_SECONDS)
             self._stream.start()
             opened = sd.query_devices(self._stream.device)
             alsa = sd.query_hostapis(opened["hostapi"])["name"] == "ALSA"
-        except (ValueError, sd.PortAudioError, MemoryError) as e:  # MemoryError: see _check_callbacks
+        except (ValueError, sd.PortAudioError) as e:
             self.close()
             raise DeviceError(f"{self.name}: cannot open input ({e})") from e
         if alsa:
             _release_alsa_config()
         self._last_audio = time.monotonic()
         self._stall = FIRST_AUDIO_SECONDS
+        self._stopping.clear()
+        self._reader = threading.Thread(target=self._pump, args=(self._stream, sd.PortAudioError),
+                                        name="kws-capture", daemon=True)
+        self._reader.start()
         log.info("capturing from %s at %d Hz%s", self.name, self.rate,
                  "" if opened["name"] == self.name else f" (the device {opened['name']!r})")
 
-    def _callback(self, indata, frames, time_info, status) -> None:
-        self._last_audio = time.monotonic()  # when the device delivered, however far behind the worker is
-        if status.input_overflow:
-            self.overflows += 1
-        try:
-            self._queue.put_nowait(indata[:, 0].copy())
-        except queue.Full:
-            self.queue_drops += 1
+    def _pump(self, stream, errors: type[Exception]) -> None:
+        """The reader thread: a block as soon as PortAudio holds a whole one. It ends when
+        the device fails (the daemon sees no audio and reopens) or on close()."""
+        block = stream.blocksize
+        while not self._stopping.is_set():
+            try:
+                waiting = stream.read_available
+                if waiting < block:
+                    self._stopping.wait((block - waiting) / self.rate)
+                    continue
+                data, overflowed = stream.read(block)
+            except errors as e:
+                log.debug("%s: capture ended: %s", self.name, e)
+                return
+            self._last_audio = time.monotonic()  # when the device delivered, however far behind the worker is
+            self.overflows += overflowed
+            try:
+                self._queue.put_nowait(data[:, 0].copy())
+            except queue.Full:
+                self.queue_drops += 1
 
     def read(self, timeout: float) -> np.ndarray | None:
         """The next block (float32 mono at self.rate), or None after `timeout` seconds."""
@@ -168,6 +174,10 @@ class MicSource:
         return self._stream is not None and self._stream.active
 
     def close(self) -> None:
+        if self._reader is not None:  # first the reader, which may be in a read of this stream
+            self._stopping.set()
+            self._reader.join()
+            self._reader = None
         if self._stream is not None:
             try:
                 self._stream.abort()
