@@ -337,7 +337,7 @@ def test_an_empty_list_is_a_usage_error_not_live_mode(tmp_path):
 def test_an_empty_path_is_a_usage_error_not_the_working_directory(tmp_path):
     (tmp_path / "a.wav").write_bytes(b"not audio")  # what a search of the working directory would find
     r = kws("--file", "", cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.count(b"\n") == 1 and b"empty path" in r.stderr and b"a.wav" not in r.stderr
+    assert r.returncode == 2 and r.stderr.count(b"\n") == 1 and b"an empty or blank path" in r.stderr and b"a.wav" not in r.stderr
 
 
 def test_key_names_stay_inside_the_key_directory(tmp_path):

@@ -106,7 +106,8 @@ def test_only_authorised_subscribers_receive_and_the_wire_is_unreadable(keys, ca
     assert got["mallory"][0] == "" and got["plain"][0] == ""
     # the refused ones said why, once, and ended by themselves (exit 1), not when terminated
     assert mallory.returncode == 1 and "refused this subscriber's key" in got["mallory"][1], got["mallory"][1]
-    assert plain.returncode == 1 and "disagree on CurveZMQ" in got["plain"][1], got["plain"][1]
+    # a NULL subscriber to a CURVE publisher: a protocol failure, or (as libzmq may report it) dropped handshakes
+    assert plain.returncode == 1 and "CurveZMQ" in got["plain"][1], got["plain"][1]
     assert alice.returncode != 1 and len(got["mallory"][1].strip().splitlines()) == 1
     assert len(wire) > 1000 and b"detection" not in wire and b"kws." not in wire
 
