@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 BLOCK_SECONDS = 0.2
 BUFFER_SECONDS = 3 * BLOCK_SECONDS
 QUEUE_BLOCKS = 50  # 10 s of audio may wait for the worker before blocks are dropped
+PA_INPUT_OVERFLOWED = -9981  # PortAudio's code for an input overflow, which ALSA may raise on a second xrun
 STALL_SECONDS = 2.0  # no audio for this long means the device has gone
 FIRST_AUDIO_SECONDS = 5.0  # but a device just opened may take longer (a PulseAudio monitor: about 1.9 s)
 
@@ -106,10 +107,12 @@ class MicSource:
         self._stream = None
         self._reader: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._failure: Exception | None = None  # why the reader thread ended, if the device failed
         self._last_audio = time.monotonic()
         self._stall = FIRST_AUDIO_SECONDS
 
     def open(self) -> None:
+        self.close()  # a stream and reader left open are ended first
         sd = _sounddevice()
         sd._terminate()  # re-scan devices: one that vanished may be back under a new index
         sd._initialize()
@@ -132,6 +135,7 @@ class MicSource:
         self._last_audio = time.monotonic()
         self._stall = FIRST_AUDIO_SECONDS
         self._stopping.clear()
+        self._failure = None
         self._reader = threading.Thread(target=self._pump, args=(self._stream, sd.PortAudioError),
                                         name="kws-capture", daemon=True)
         self._reader.start()
@@ -139,8 +143,8 @@ class MicSource:
                  "" if opened["name"] == self.name else f" (the device {opened['name']!r})")
 
     def _pump(self, stream, errors: type[Exception]) -> None:
-        """The reader thread: a block as soon as PortAudio holds a whole one. It ends when
-        the device fails (the daemon sees no audio and reopens) or on close()."""
+        """The reader thread: a block as soon as PortAudio holds a whole one. It ends on
+        close(), or when the device fails: read() then says why at once."""
         block = stream.blocksize
         while not self._stopping.is_set():
             try:
@@ -149,8 +153,11 @@ class MicSource:
                     self._stopping.wait((block - waiting) / self.rate)
                     continue
                 data, overflowed = stream.read(block)
-            except errors as e:
-                log.debug("%s: capture ended: %s", self.name, e)
+            except Exception as e:  # noqa: BLE001 - whatever ends capture, the daemon hears of it
+                if isinstance(e, errors) and PA_INPUT_OVERFLOWED in e.args[1:2]:  # ALSA's second xrun
+                    self.overflows += 1
+                    continue
+                self._failure = e
                 return
             self._last_audio = time.monotonic()  # when the device delivered, however far behind the worker is
             self.overflows += overflowed
@@ -164,6 +171,8 @@ class MicSource:
         try:
             block = self._queue.get(timeout=timeout)
         except queue.Empty:
+            if self._failure is not None:
+                raise DeviceError(f"{self.name}: capture ended ({self._failure})") from None
             if time.monotonic() - self._last_audio > self._stall or not self._stream_active():
                 raise DeviceError(f"{self.name}: no audio for {self._stall:g} s, the device stopped") from None
             return None

@@ -316,6 +316,47 @@ def test_a_just_opened_device_has_longer_for_its_first_block(monkeypatch):
     assert not reader.is_alive()
 
 
+def test_a_reader_that_fails_is_reported_at_once_and_an_overflow_is_counted(monkeypatch):
+    """Whatever ends the reader thread reaches the daemon's next read with its reason, not
+    after the stall limit; PortAudio's input-overflow error (ALSA, on a second xrun) is an
+    overflow, counted, and capture goes on."""
+    import threading
+
+    import numpy as np
+
+    from kws_stream import mic
+
+    class Failing:
+        active, blocksize, samplerate = True, 3200, 16000
+
+        def __init__(self, errors):
+            self.errors = list(errors)
+
+        @property
+        def read_available(self):
+            return self.blocksize
+
+        def read(self, frames):
+            if self.errors:
+                raise self.errors.pop(0)
+            return np.zeros((frames, 1), dtype=np.float32), False
+
+    class PortAudioError(Exception):  # as sounddevice's: (text, code), printed with its code
+        def __str__(self):
+            return f"{self.args[0]} [PaErrorCode {self.args[1]}]"
+
+    source = mic.MicSource("fake")
+    source._stream = stream = Failing([PortAudioError("Input overflowed", mic.PA_INPUT_OVERFLOWED),
+                                       PortAudioError("Unanticipated host error", -9999)])
+    reader = threading.Thread(target=source._pump, args=(stream, PortAudioError))
+    began = time.monotonic()
+    reader.start()
+    reader.join(5)
+    with pytest.raises(mic.DeviceError, match="fake: capture ended .Unanticipated host error"):
+        source.read(timeout=0.05)
+    assert time.monotonic() - began < 1.0 and source.overflows == 1 and not reader.is_alive()
+
+
 def test_list_devices_shows_the_pulse_input(pulse):
     r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--list-devices"], env=pulse.env,
                        capture_output=True, text=True, timeout=60)
