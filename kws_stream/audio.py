@@ -69,14 +69,14 @@ def _open(path: Path):
     """An open soundfile.SoundFile, or AudioError naming why not."""
     sf = soundfile()
     try:
-        path.stat()
+        info = path.stat()
     except OSError as e:
         raise AudioError("no such file" if e.errno == errno.ENOENT else f"cannot open ({e.strerror or e})") from None
-    if path.is_dir():
+    if stat.S_ISDIR(info.st_mode):
         raise AudioError("is a directory with no audio files in it")
     if not os.access(path, os.R_OK):
         raise AudioError("permission denied")
-    if path.stat().st_size == 0:
+    if info.st_size == 0:
         raise AudioError("empty file")
     try:
         return sf.SoundFile(str(path))
@@ -97,7 +97,6 @@ class _Output:
 
     def __init__(self, rate: int):
         self.resample = Resampler(rate)
-        self.rate = rate
         self.frames = 0  # input frames taken
         self.seconds = 0.0  # output yielded
 
@@ -112,7 +111,7 @@ class _Output:
             self.seconds += y.size / SAMPLE_RATE
             yield y
         if cut is not None:
-            raise AudioError(f"NaN or Inf sample at {self.frames / self.rate:.2f} s")
+            raise AudioError(f"NaN or Inf sample at {self.frames / self.resample.rate:.2f} s")
 
 
 def iter_file(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:

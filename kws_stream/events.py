@@ -141,9 +141,11 @@ def stream_end_event(s: StreamSummary, reason: str | None = None, rtp: RtpStats 
                   **extra)
 
 
+HEARTBEAT_OPTIONAL = {f.name for f in dataclass_fields(Heartbeat) if f.default is None}  # left out while None
+
+
 def heartbeat_event(h: Heartbeat) -> dict:
-    optional = {f.name for f in dataclass_fields(h) if f.default is None}  # left out while they are None
-    fields = {k: v for k, v in asdict(h).items() if k not in optional or v is not None}
+    fields = {k: v for k, v in asdict(h).items() if k not in HEARTBEAT_OPTIONAL or v is not None}
     fields["audio_seconds"] = round(h.audio_seconds, 3)
     return _event("status", **fields)
 
