@@ -57,6 +57,7 @@ class StreamSummary:
     detections: int
     max_score: float
     gated: int = 0  # of the windows, those the speech gate left unscored
+    bad_scores: int = 0  # of the windows, those the model gave no probability (counted as 0)
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Heartbeat:
     # refused_packets, ignored_packets
     windows: int | None = None  # the live input's windows so far (not for RTP: see each call's stream-end)
     gated: int | None = None  # of them, those the speech gate left unscored
+    bad_scores: int | None = None  # and those the model gave no probability (counted as 0)
     model_sha256: str | None = None  # with state reloaded: the model now running,
     gate_margin_db: float | None = None  # and the speech gate's margin in force
 
@@ -137,7 +139,7 @@ def stream_end_event(s: StreamSummary, reason: str | None = None, rtp: RtpStats 
     if rtp is not None:
         extra["rtp"] = asdict(rtp)
     return _event("status", state="stream-end", stream=s.stream, audio_seconds=round(s.audio_seconds, 3),
-                  windows=s.windows, gated=s.gated, detections=s.detections, max_score=round(s.max_score, 6),
+                  windows=s.windows, gated=s.gated, bad_scores=s.bad_scores, detections=s.detections, max_score=round(s.max_score, 6),
                   **extra)
 
 

@@ -43,6 +43,7 @@ class FileResult:
     audio_seconds: float = 0.0
     windows: int = 0
     gated: int = 0  # of the windows, those the speech gate left unscored
+    bad_scores: int = 0  # of the windows, those the model gave no probability (counted as 0)
     error: str | None = None  # why the file failed (it may still have detections from before)
     interrupted: bool = False  # a stop came before the end of the file
     window_starts: np.ndarray | None = None  # with keep_scores: every window's start and end, in samples,
@@ -57,7 +58,8 @@ class FileResult:
 
     def summary(self) -> StreamSummary:
         return StreamSummary(self.stream, self.audio_seconds, self.windows, len(self.detections),
-                             self.max_score if self.max_score is not None else 0.0, self.gated)
+                             self.max_score if self.max_score is not None else 0.0, self.gated,
+                             self.bad_scores)
 
 
 def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool = False,
@@ -110,6 +112,7 @@ def scan_file(path: str, model: KwsModel, config: SpotterConfig, realtime: bool 
     result.audio_seconds = spotter.audio_seconds
     result.windows = spotter.windows
     result.gated = spotter.gated
+    result.bad_scores = spotter.bad_scores
     if spotter.windows:
         result.max_score = spotter.max_score
     if keep_scores:

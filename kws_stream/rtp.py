@@ -589,7 +589,7 @@ class RtpService:
         self._score([s.spotter])
         sp = s.spotter
         summary = StreamSummary(s.name, sp.audio_seconds, sp.windows, sp.detections,
-                                sp.max_score if sp.windows else 0.0, sp.gated)
+                                sp.max_score if sp.windows else 0.0, sp.gated, sp.bad_scores)
         self.publisher.publish(stream_end_event(summary, reason=reason, rtp=s.stats))
         self.ended += 1
         self.audio_ended += sp.audio_seconds

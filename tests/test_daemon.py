@@ -141,6 +141,8 @@ def test_sigterm_exits_cleanly_within_a_second(pulse, burst_model):
         assert time.monotonic() - began < 1.0 + 0.5  # + the interpreter's exit on a loaded machine
         last = sub.wait_for('"state": "stopped"[^\\n]*', stream="out", timeout=5)  # sent before close
         assert '"device_state": "closed"' in last.group(0)
+        beat = next(e for e in sub.events() if e.get("state") == "stopped")  # the live input's counts so far
+        assert beat["windows"] >= beat["gated"] >= 0 and beat["bad_scores"] == 0
         assert "Traceback" not in d.err
     finally:
         d.stop()

@@ -1,4 +1,8 @@
 """Streaming scores equal the seed's batch procedure; detections are counted in audio time."""
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -109,6 +113,23 @@ def test_a_model_value_outside_0_1_is_counted_as_0(tmp_path, caplog, scale):
         assert 0 < sp.bad_scores < sp.windows and warned == 1
     else:
         assert sp.bad_scores == sp.windows and sp.max_score == 0.0 and found == [] and warned == 1
+
+
+def test_the_cli_counts_a_broken_models_windows_at_the_end_of_a_file(tmp_path):
+    """stream-end says how many windows the model gave no probability; a good model's, none."""
+    wav = tmp_path / "call.wav"
+    sf.write(wav, burst_signal(8.0, [2.05]), 16000, subtype="PCM_16")
+    ends = {}
+    for scale in (1.0, float("nan")):
+        model = save_model(tmp_path / f"m{scale}.onnx", out_scale=scale)
+        run = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--file", str(wav), "--model", model,
+                              "--events", "all", "--pub", "none"], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        events = [json.loads(line) for line in run.stdout.splitlines()]
+        ends[scale] = next(e for e in events if e.get("state") == "stream-end")
+    assert ends[1.0]["bad_scores"] == 0 < ends[1.0]["windows"]
+    nan = next(v for k, v in ends.items() if k != 1.0)
+    assert nan["bad_scores"] == nan["windows"] == ends[1.0]["windows"] and nan["detections"] == 0
 
 
 def test_a_model_value_above_1_by_rounding_is_clipped(tmp_path, caplog):
