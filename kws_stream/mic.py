@@ -32,6 +32,7 @@ QUEUE_BLOCKS = 50  # 10 s of audio may wait for the worker before blocks are dro
 PA_INPUT_OVERFLOWED = -9981  # PortAudio's code for an input overflow, which ALSA may raise on a second xrun
 STALL_SECONDS = 2.0  # no audio for this long means the device has gone
 FIRST_AUDIO_SECONDS = 5.0  # but a device just opened may take longer (a PulseAudio monitor: about 1.9 s)
+READER_STOP_SECONDS = 1.0  # how long close() waits for the reader thread (its reads are of audio already held)
 
 
 class DeviceError(Exception):
@@ -134,7 +135,8 @@ class MicSource:
             _release_alsa_config()
         self._last_audio = time.monotonic()
         self._stall = FIRST_AUDIO_SECONDS
-        self._stopping.clear()
+        self._stopping = threading.Event()  # the reader's own: one left behind by close() keeps its own
+        self._queue = queue.Queue(maxsize=QUEUE_BLOCKS)
         self._failure = None
         self._reader = threading.Thread(target=self._pump, args=(self._stream, sd.PortAudioError),
                                         name="kws-capture", daemon=True)
@@ -144,25 +146,29 @@ class MicSource:
 
     def _pump(self, stream, errors: type[Exception]) -> None:
         """The reader thread: a block as soon as PortAudio holds a whole one. It ends on
-        close(), or when the device fails: read() then says why at once."""
-        block = stream.blocksize
-        while not self._stopping.is_set():
+        close(), or when the device fails: read() then says why at once. A reader that close()
+        left behind (its read never returned) touches nothing of the next stream's."""
+        block, stopping, blocks = stream.blocksize, self._stopping, self._queue
+        while not stopping.is_set():
             try:
                 waiting = stream.read_available
                 if waiting < block:
-                    self._stopping.wait((block - waiting) / self.rate)
+                    stopping.wait((block - waiting) / self.rate)
                     continue
                 data, overflowed = stream.read(block)
             except Exception as e:  # noqa: BLE001 - whatever ends capture, the daemon hears of it
                 if isinstance(e, errors) and PA_INPUT_OVERFLOWED in e.args[1:2]:  # ALSA's second xrun
                     self.overflows += 1
                     continue
-                self._failure = e
+                if not stopping.is_set():
+                    self._failure = e
+                return
+            if stopping.is_set():
                 return
             self._last_audio = time.monotonic()  # when the device delivered, however far behind the worker is
             self.overflows += overflowed
             try:
-                self._queue.put_nowait(data[:, 0].copy())
+                blocks.put_nowait(data[:, 0].copy())
             except queue.Full:
                 self.queue_drops += 1
 
@@ -185,7 +191,11 @@ class MicSource:
     def close(self) -> None:
         if self._reader is not None:  # first the reader, which may be in a read of this stream
             self._stopping.set()
-            self._reader.join()
+            self._reader.join(READER_STOP_SECONDS)
+            if self._reader.is_alive():  # a read PortAudio never returns: leave it its stream, unclosed
+                log.warning("%s: the capture thread did not stop within %g s (a read that never returned); "
+                            "left behind with its stream", self.name, READER_STOP_SECONDS)
+                self._stream = None
             self._reader = None
         if self._stream is not None:
             try:

@@ -359,6 +359,49 @@ def test_a_reader_that_fails_is_reported_at_once_and_an_overflow_is_counted(monk
     assert time.monotonic() - began < 1.0 and source.overflows == 1 and not reader.is_alive()
 
 
+def test_close_leaves_a_reader_whose_read_never_returns_behind(monkeypatch, caplog):
+    """A PortAudio read that never returns cannot hang the daemon's stop or reopen: close()
+    waits READER_STOP_SECONDS, says so, and leaves that reader its stream (closing a stream
+    inside a read is not safe). When the read does return, the old reader ends without
+    touching the source's next queue or failure."""
+    import threading
+
+    import numpy as np
+
+    from kws_stream import mic
+    monkeypatch.setattr(mic, "READER_STOP_SECONDS", 0.3)
+
+    class Hung:
+        active, blocksize, read_available = True, 3200, 3200
+        closed = False
+
+        def __init__(self):
+            self.release, self.reading = threading.Event(), threading.Event()
+
+        def read(self, frames):
+            self.reading.set()
+            self.release.wait(10)
+            raise RuntimeError("device gone")
+
+        def abort(self):
+            self.closed = True
+
+        close = abort
+
+    source = mic.MicSource("fake")
+    source._stream = stream = Hung()
+    source._reader = reader = threading.Thread(target=source._pump, args=(stream, RuntimeError), daemon=True)
+    reader.start()
+    assert stream.reading.wait(5)
+    began = time.monotonic()
+    source.close()
+    assert time.monotonic() - began < 0.3 + 0.5 and reader.is_alive() and not stream.closed
+    assert source._stream is None and "did not stop within 0.3 s" in caplog.text
+    stream.release.set()  # the read ends at last, with an error
+    reader.join(5)
+    assert not reader.is_alive() and source._failure is None and source._queue.empty()
+
+
 def test_list_devices_shows_the_pulse_input(pulse):
     r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--list-devices"], env=pulse.env,
                        capture_output=True, text=True, timeout=60)
