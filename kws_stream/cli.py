@@ -148,6 +148,8 @@ class Stop:
 
     def _handle(self, signum, frame) -> None:
         if self.requested and self.second_ends:
+            name = signal.Signals(signum).name
+            os.write(2, f"kws-stream: a second {name}: ended at once, without the replay's totals\n".encode())
             raise SystemExit(128 + signum)
         self.requested = True
         self.signal = signum
