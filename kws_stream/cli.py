@@ -148,8 +148,11 @@ class Stop:
 
     def _handle(self, signum, frame) -> None:
         if self.requested and self.second_ends:
-            name = signal.Signals(signum).name
-            os.write(2, f"kws-stream: a second {name}: ended at once, without the replay's totals\n".encode())
+            try:  # never raised out of the read it interrupts (a stderr nobody reads, or closed)
+                os.write(sys.stderr.fileno(), f"kws-stream: a second {signal.Signals(signum).name}: ended at once, "
+                                              "without the replay's totals\n".encode())
+            except (OSError, AttributeError, ValueError):
+                pass
             raise SystemExit(128 + signum)
         self.requested = True
         self.signal = signum

@@ -139,8 +139,8 @@ def stream_end_event(s: StreamSummary, reason: str | None = None, rtp: RtpStats 
     if rtp is not None:
         extra["rtp"] = asdict(rtp)
     return _event("status", state="stream-end", stream=s.stream, audio_seconds=round(s.audio_seconds, 3),
-                  windows=s.windows, gated=s.gated, bad_scores=s.bad_scores, detections=s.detections, max_score=round(s.max_score, 6),
-                  **extra)
+                  windows=s.windows, gated=s.gated, bad_scores=s.bad_scores, detections=s.detections,
+                  max_score=round(s.max_score, 6), **extra)
 
 
 HEARTBEAT_OPTIONAL = {f.name for f in dataclass_fields(Heartbeat) if f.default is None}  # left out while None

@@ -9,8 +9,10 @@ run at 16 kHz is opened at its own rate, and the daemon resamples.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
+import sys
 import threading
 import time
 
@@ -97,6 +99,22 @@ def _release_alsa_config() -> None:
         log.debug("ALSA configuration not released: %s", e)
 
 
+def _close_stream(stream, name: str) -> None:
+    try:
+        stream.abort()
+        stream.close()
+    except Exception as e:  # noqa: BLE001 - PortAudio may fail to close a device that is gone
+        log.debug("closing %s: %s", name, e)
+
+
+def _keep_portaudio_at_exit() -> None:
+    """With a reader left in a read, terminating PortAudio at exit (sounddevice's atexit
+    hook) would close its stream under it: the process's exit releases the device instead."""
+    handler = getattr(sys.modules.get("sounddevice"), "_exit_handler", None)
+    if handler is not None:
+        atexit.unregister(handler)
+
+
 class MicSource:
     def __init__(self, device: str | None = None):
         self.device = parse_device(device)
@@ -109,14 +127,18 @@ class MicSource:
         self._reader: threading.Thread | None = None
         self._stopping = threading.Event()
         self._failure: Exception | None = None  # why the reader thread ended, if the device failed
+        self._lock = threading.Lock()
+        self._left_behind: list[tuple[threading.Thread, object]] = []  # readers close() gave up on, their streams
         self._last_audio = time.monotonic()
         self._stall = FIRST_AUDIO_SECONDS
 
     def open(self) -> None:
         self.close()  # a stream and reader left open are ended first
         sd = _sounddevice()
-        sd._terminate()  # re-scan devices: one that vanished may be back under a new index
-        sd._initialize()
+        self._left_behind = [(t, st) for t, st in self._left_behind if t.is_alive()]
+        if not self._left_behind:  # (re-scanning would close a left-behind reader's stream under its read)
+            sd._terminate()  # re-scan devices: one that vanished may be back under a new index
+            sd._initialize()
         try:
             try:
                 sd.check_input_settings(self.device, channels=1, samplerate=SAMPLE_RATE, dtype="float32")
@@ -135,42 +157,52 @@ class MicSource:
             _release_alsa_config()
         self._last_audio = time.monotonic()
         self._stall = FIRST_AUDIO_SECONDS
-        self._stopping = threading.Event()  # the reader's own: one left behind by close() keeps its own
-        self._queue = queue.Queue(maxsize=QUEUE_BLOCKS)
-        self._failure = None
-        self._reader = threading.Thread(target=self._pump, args=(self._stream, sd.PortAudioError),
-                                        name="kws-capture", daemon=True)
-        self._reader.start()
+        self._start_reader(self._stream, sd.PortAudioError)
         log.info("capturing from %s at %d Hz%s", self.name, self.rate,
                  "" if opened["name"] == self.name else f" (the device {opened['name']!r})")
 
-    def _pump(self, stream, errors: type[Exception]) -> None:
+    def _start_reader(self, stream, errors: type[Exception]) -> None:
+        """A reader thread for `stream`, with its own stop flag and queue: one that close()
+        leaves behind touches nothing of the next stream's."""
+        self._stopping, self._queue, self._failure = threading.Event(), queue.Queue(maxsize=QUEUE_BLOCKS), None
+        self._reader = threading.Thread(target=self._pump, args=(stream, errors, self._stopping, self._queue,
+                                                                 self.rate), name="kws-capture", daemon=True)
+        self._reader.start()
+
+    def _pump(self, stream, errors: type[Exception], stopping: threading.Event, blocks: queue.Queue,
+              rate: int) -> None:
         """The reader thread: a block as soon as PortAudio holds a whole one. It ends on
-        close(), or when the device fails: read() then says why at once. A reader that close()
-        left behind (its read never returned) touches nothing of the next stream's."""
-        block, stopping, blocks = stream.blocksize, self._stopping, self._queue
-        while not stopping.is_set():
-            try:
-                waiting = stream.read_available
-                if waiting < block:
-                    stopping.wait((block - waiting) / self.rate)
-                    continue
-                data, overflowed = stream.read(block)
-            except Exception as e:  # noqa: BLE001 - whatever ends capture, the daemon hears of it
-                if isinstance(e, errors) and PA_INPUT_OVERFLOWED in e.args[1:2]:  # ALSA's second xrun
-                    self.overflows += 1
-                    continue
-                if not stopping.is_set():
+        close(), or when the device fails: read() then says why at once."""
+        block = stream.blocksize
+        try:
+            while not stopping.is_set():
+                try:
+                    waiting = stream.read_available
+                    if waiting < block:
+                        stopping.wait((block - waiting) / rate)
+                        continue
+                    data, overflowed = stream.read(block)
+                except Exception as e:  # noqa: BLE001 - whatever ends capture, the daemon hears of it
+                    if stopping.is_set():
+                        return
+                    if isinstance(e, errors) and PA_INPUT_OVERFLOWED in e.args[1:2]:  # ALSA's second xrun
+                        self.overflows += 1
+                        continue
                     self._failure = e
-                return
-            if stopping.is_set():
-                return
-            self._last_audio = time.monotonic()  # when the device delivered, however far behind the worker is
-            self.overflows += overflowed
-            try:
-                blocks.put_nowait(data[:, 0].copy())
-            except queue.Full:
-                self.queue_drops += 1
+                    return
+                if stopping.is_set():
+                    return
+                self._last_audio = time.monotonic()  # when the device delivered, however far behind the worker is
+                self.overflows += overflowed
+                try:
+                    blocks.put_nowait(data[:, 0].copy())
+                except queue.Full:
+                    self.queue_drops += 1
+        finally:
+            with self._lock:  # left behind by close(): the stream is this thread's alone to close
+                mine = any(st is stream for _, st in self._left_behind)
+            if mine:
+                _close_stream(stream, self.name)
 
     def read(self, timeout: float) -> np.ndarray | None:
         """The next block (float32 mono at self.rate), or None after `timeout` seconds."""
@@ -192,17 +224,16 @@ class MicSource:
         if self._reader is not None:  # first the reader, which may be in a read of this stream
             self._stopping.set()
             self._reader.join(READER_STOP_SECONDS)
-            if self._reader.is_alive():  # a read PortAudio never returns: leave it its stream, unclosed
-                log.warning("%s: the capture thread did not stop within %g s (a read that never returned); "
-                            "left behind with its stream", self.name, READER_STOP_SECONDS)
-                self._stream = None
+            with self._lock:
+                if self._reader.is_alive():  # a read PortAudio never returns: the reader closes its stream
+                    log.warning("%s: the capture thread did not stop within %g s (a read that never returned); "
+                                "left behind with its stream", self.name, READER_STOP_SECONDS)
+                    self._left_behind.append((self._reader, self._stream))
+                    self._stream = None
+                    _keep_portaudio_at_exit()
             self._reader = None
         if self._stream is not None:
-            try:
-                self._stream.abort()
-                self._stream.close()
-            except Exception as e:  # PortAudio may fail to close a device that is gone
-                log.debug("closing %s: %s", self.name, e)
+            _close_stream(self._stream, self.name)
             self._stream = None
         while not self._queue.empty():
             self._queue.get_nowait()

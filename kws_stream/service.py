@@ -186,5 +186,6 @@ class Daemon:
         self.publisher.publish(heartbeat_event(Heartbeat(
             state, self.stream, self.device_state, sp.audio_seconds, sp.detections, self.source.overflows,
             self.source.queue_drops, self.publisher.dropped, self.model.info.name, self.model.info.version,
-            self.device_error if self.device_state == "failed" else None, windows=sp.windows, gated=sp.gated, bad_scores=sp.bad_scores,
+            self.device_error if self.device_state == "failed" else None, windows=sp.windows, gated=sp.gated,
+            bad_scores=sp.bad_scores,
             **reload_facts(self.model, self.config, state))))

@@ -108,6 +108,7 @@ class Spotter:
         self.gated = 0  # windows the speech gate left unscored (counted in windows, score 0)
         self.detections = 0
         self.bad_scores = 0  # model outputs outside [0, 1] or not finite, counted as 0
+        self._warned = False
         self.max_score = -math.inf
 
     def replace_model(self, model: KwsModel) -> None:
@@ -124,7 +125,7 @@ class Spotter:
         if gate is not None:
             gate.retune(margin)
         self.model = model
-        self.bad_scores = 0  # a new model warns anew
+        self._warned = False  # a new model warns anew
         self.detector.threshold = self.config.threshold_for(model)
 
     @property
@@ -215,7 +216,8 @@ class Spotter:
     def _apply(self, starts: list[int], probs: np.ndarray, found: list[Detection]) -> None:
         bad = ~((probs >= -SCORE_SLACK) & (probs <= 1.0 + SCORE_SLACK))  # NaN compares false
         if bad.any():  # a broken model's value never gets out
-            if not self.bad_scores:
+            if not self._warned:
+                self._warned = True
                 log.warning("%s: the model gave a score that is not a probability (%s); counted as 0",
                             self.model.path, float(probs[bad][0]))
             self.bad_scores += int(bad.sum())

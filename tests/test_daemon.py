@@ -305,8 +305,8 @@ def test_a_just_opened_device_has_longer_for_its_first_block(monkeypatch):
     source._stream = stream = OneBlock()
     time.sleep(0.5)
     assert source.read(timeout=0.05) is None  # 0.55 s without a block, within the first-block allowance
-    reader = threading.Thread(target=source._pump, args=(stream, RuntimeError))
-    reader.start()  # it takes the block at once
+    source._start_reader(stream, RuntimeError)  # it takes the block at once
+    reader = source._reader
     try:
         time.sleep(0.4)  # the device delivers nothing more; the worker reads the block late
         assert source.read(timeout=0.05).size == 3200 and stream.left == 0
@@ -350,9 +350,9 @@ def test_a_reader_that_fails_is_reported_at_once_and_an_overflow_is_counted(monk
     source = mic.MicSource("fake")
     source._stream = stream = Failing([PortAudioError("Input overflowed", mic.PA_INPUT_OVERFLOWED),
                                        PortAudioError("Unanticipated host error", -9999)])
-    reader = threading.Thread(target=source._pump, args=(stream, PortAudioError))
     began = time.monotonic()
-    reader.start()
+    source._start_reader(stream, PortAudioError)
+    reader = source._reader
     reader.join(5)
     with pytest.raises(mic.DeviceError, match="fake: capture ended .Unanticipated host error"):
         source.read(timeout=0.05)
@@ -362,8 +362,9 @@ def test_a_reader_that_fails_is_reported_at_once_and_an_overflow_is_counted(monk
 def test_close_leaves_a_reader_whose_read_never_returns_behind(monkeypatch, caplog):
     """A PortAudio read that never returns cannot hang the daemon's stop or reopen: close()
     waits READER_STOP_SECONDS, says so, and leaves that reader its stream (closing a stream
-    inside a read is not safe). When the read does return, the old reader ends without
-    touching the source's next queue or failure."""
+    inside a read is not safe). When the read does return, late, the old reader closes its
+    own stream and touches nothing of the next stream's: its block, its overflow, its
+    error and its clock go nowhere."""
     import threading
 
     import numpy as np
@@ -371,17 +372,23 @@ def test_close_leaves_a_reader_whose_read_never_returns_behind(monkeypatch, capl
     from kws_stream import mic
     monkeypatch.setattr(mic, "READER_STOP_SECONDS", 0.3)
 
-    class Hung:
-        active, blocksize, read_available = True, 3200, 3200
-        closed = False
+    class Stream:
+        active, blocksize = True, 3200
 
-        def __init__(self):
+        def __init__(self, hang: bool):
+            self.hang, self.closed, self.reads = hang, False, 0
             self.release, self.reading = threading.Event(), threading.Event()
 
+        @property
+        def read_available(self):
+            return self.blocksize if self.hang or self.reads == 0 else 0
+
         def read(self, frames):
+            self.reads += 1
             self.reading.set()
-            self.release.wait(10)
-            raise RuntimeError("device gone")
+            if self.hang:
+                self.release.wait(10)
+            return np.ones((frames, 1), dtype=np.float32), True  # a block, and an overflow
 
         def abort(self):
             self.closed = True
@@ -389,17 +396,25 @@ def test_close_leaves_a_reader_whose_read_never_returns_behind(monkeypatch, capl
         close = abort
 
     source = mic.MicSource("fake")
-    source._stream = stream = Hung()
-    source._reader = reader = threading.Thread(target=source._pump, args=(stream, RuntimeError), daemon=True)
-    reader.start()
-    assert stream.reading.wait(5)
+    source._stream = hung = Stream(hang=True)
+    source._start_reader(hung, RuntimeError)
+    old = source._reader
+    assert hung.reading.wait(5)
     began = time.monotonic()
     source.close()
-    assert time.monotonic() - began < 0.3 + 0.5 and reader.is_alive() and not stream.closed
+    assert time.monotonic() - began < 0.3 + 0.5 and old.is_alive() and not hung.closed
     assert source._stream is None and "did not stop within 0.3 s" in caplog.text
-    stream.release.set()  # the read ends at last, with an error
-    reader.join(5)
-    assert not reader.is_alive() and source._failure is None and source._queue.empty()
+    source._stream = fresh = Stream(hang=False)  # the daemon opens the device again
+    source._start_reader(fresh, RuntimeError)
+    assert source.read(timeout=5).size == 3200 and source.overflows == 1  # the new stream's block
+    heard = source._last_audio
+    hung.release.set()  # the old read returns at last
+    old.join(5)
+    assert not old.is_alive() and hung.closed and not fresh.closed
+    assert source.read(timeout=0.3) is None and source.overflows == 1 and source._last_audio == heard
+    assert source._failure is None
+    source.close()
+    assert fresh.closed and not source._reader
 
 
 def test_list_devices_shows_the_pulse_input(pulse):

@@ -115,6 +115,21 @@ def test_a_model_value_outside_0_1_is_counted_as_0(tmp_path, caplog, scale):
         assert sp.bad_scores == sp.windows and sp.max_score == 0.0 and found == [] and warned == 1
 
 
+def test_a_reload_keeps_the_count_of_bad_scores_and_warns_anew(tmp_path, caplog):
+    """bad_scores counts a stream's windows across a model reload (events publish it as the
+    stream's count so far); the new model's first bad value is warned about again."""
+    x = burst_signal(8.0, [2.05])
+    broken = KwsModel(save_model(tmp_path / "broken.onnx", out_scale=float("nan")))
+    sp = Spotter(broken, config=SpotterConfig(hop_seconds=0.5))
+    sp.feed(x[:4 * 16000])
+    before = sp.bad_scores
+    sp.replace_model(KwsModel(save_model(tmp_path / "broken2.onnx", out_scale=float("nan"))))
+    sp.feed(x[4 * 16000:])
+    sp.finish()
+    assert 0 < before < sp.bad_scores == sp.windows
+    assert sum("not a probability" in r.getMessage() for r in caplog.records) == 2
+
+
 def test_the_cli_counts_a_broken_models_windows_at_the_end_of_a_file(tmp_path):
     """stream-end says how many windows the model gave no probability; a good model's, none."""
     wav = tmp_path / "call.wav"
