@@ -1,6 +1,6 @@
 """What streaming the model's member tails would save, measured before building it.
 
-The shipped model (oww-embedding-rows-v1) runs three copies of the embedding network's last
+6.x's default model (oww-embedding-rows-v1; 6.2.0 is `git show 5cf41fa~1:models/kws-default.onnx`) runs three copies of the embedding network's last
 five convolutions over each window's 52 rows, although a window at hop 1 s shares 27 of
 them with the one before. This times, on one core with onnxruntime: the shipped model per
 window; three tails of the same shapes (random weights; time is what is measured) over a
@@ -8,7 +8,7 @@ window's 52 rows; and over the rows one 1 s hop adds (25, plus the convolutions'
 context; after the pool 13 plus 2). The difference is what a model format with the tails
 streamed per row, outside the per-window graph, would save.
 
-    python benchmarks/bench_tail_streaming.py [--model M.onnx] [--runs 400]
+    python benchmarks/bench_tail_streaming.py --model M.onnx [--runs 400]
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
-from kws_stream.model import default_model_path
+from kws_stream.model import KwsModel
 
 
 def session(data: bytes) -> ort.InferenceSession:
@@ -63,12 +63,14 @@ def exported(module: nn.Module, shape: tuple[int, ...]) -> bytes:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(default_model_path()))
+    ap.add_argument("--model", required=True, help="a model on oww-embedding-rows-v1 with three tails (6.x)")
     ap.add_argument("--runs", type=int, default=400)
     args = ap.parse_args()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     feed = lambda *shape: {"x": rng.random(shape, dtype=np.float32)}  # noqa: E731
+    if KwsModel(args.model).info.front_end != "oww-embedding-rows-v1":
+        ap.error(f"--model {args.model}: not a model on oww-embedding-rows-v1 (6.x's default; see the docstring)")
     model = session(open(args.model, "rb").read())
     convs = session(exported(Convolutions(), (1, 96, 52, 2)))
     last = session(exported(nn.Conv2d(288, 288, (3, 1), groups=3, bias=False), (1, 288, 24, 1)))
