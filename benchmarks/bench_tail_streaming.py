@@ -1,7 +1,8 @@
 """What streaming the model's member tails would save, measured before building it.
 
-6.x's default model (oww-embedding-rows-v1; 6.2.0 is `git show 5cf41fa~1:models/kws-default.onnx`) runs three copies of the embedding network's last
-five convolutions over each window's 52 rows, although a window at hop 1 s shares 27 of
+6.x's default model (oww-embedding-rows-v1; 6.2.0 is `git show
+5cf41fa~1:models/kws-default.onnx`) runs three copies of the embedding network's last five
+convolutions over each window's 52 rows, although a window at hop 1 s shares 27 of
 them with the one before. This times, on one core with onnxruntime: the shipped model per
 window; three tails of the same shapes (random weights; time is what is measured) over a
 window's 52 rows; and over the rows one 1 s hop adds (25, plus the convolutions' 4 rows of
@@ -20,8 +21,6 @@ import numpy as np
 import onnxruntime as ort
 import torch
 import torch.nn as nn
-
-
 
 ROWS_FEATURES = 52 * 192  # a window of oww-embedding-rows-v1
 

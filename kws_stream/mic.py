@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import logging
 import queue
-import sys
 import threading
 import time
 
@@ -110,7 +109,7 @@ def _close_stream(stream, name: str) -> None:
 def _keep_portaudio_at_exit() -> None:
     """With a reader left in a read, terminating PortAudio at exit (sounddevice's atexit
     hook) would close its stream under it: the process's exit releases the device instead."""
-    handler = getattr(sys.modules.get("sounddevice"), "_exit_handler", None)
+    handler = getattr(_sounddevice(), "_exit_handler", None)  # imported already: a stream was opened
     if handler is not None:
         atexit.unregister(handler)
 
