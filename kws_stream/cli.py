@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             curve.stop()
         return EXIT_USAGE
     config = SpotterConfig(hop_seconds=args.hop_seconds, threshold=args.threshold, refractory_seconds=args.refractory,
-                           gate_margin_db=args.gate_margin)
+                           gate_margin_db=args.gate_margin, cascade=args.cascade)
     try:
         prepare = run_files if args.file else run_rtp if args.rtp else run_device
         run = prepare(args, model, config, publisher, stop)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import stat
 from dataclasses import dataclass
 from importlib import resources
@@ -26,6 +27,9 @@ INPUT_NAME = "features"  # float32 [batch, feature_size]
 OUTPUT_NAME = "prob"  # float32 [batch], the keyword probability in [0, 1]
 DEFAULT_MODEL = "kws-default.onnx"
 MAX_GATE_DB = 60.0  # a speech gate's margin over the noise floor, at most
+CASCADE_KEY = "kws.cascade"  # metadata: the members of an ensemble exported as a cascade (kws-train export)
+CASCADE_INPUT = "stage1_floor"  # float32 scalar: the first member's probability that calls in the others
+CASCADE_SLACK = 1e-4  # the floor sits this far below the exact bound, for float32 rounding of the mean
 
 
 
@@ -77,7 +81,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 def metadata_for(*, name: str, version: str, threshold: float, label: str = "не слышу|не слышно",
                  front_end: str = frontends.SeedFrontEnd.name, training: dict | None = None,
-                 gate_margin_db: float = 0.0) -> dict[str, str]:
+                 gate_margin_db: float = 0.0, cascade: int = 0) -> dict[str, str]:
     """The metadata_props an exported model must carry (strings, as ONNX stores them)."""
     fe = frontends.get(front_end)
     meta = {
@@ -97,6 +101,10 @@ def metadata_for(*, name: str, version: str, threshold: float, label: str = "н�
         if not fe.gates:
             raise ValueError(f"front end {front_end} has no speech gate")
         meta["kws.gate_margin_db"] = repr(float(gate_margin_db))
+    if cascade:
+        if cascade < 2:
+            raise ValueError(f"a cascade needs at least two members, not {cascade}")
+        meta[CASCADE_KEY] = str(cascade)
     if training is not None:
         meta["kws.training"] = json.dumps(training, ensure_ascii=False, sort_keys=True)
     return meta
@@ -111,6 +119,7 @@ class ModelInfo:
     front_end: str
     path: str
     gate_margin_db: float = 0.0  # the speech gate the model was measured with (0: none)
+    cascade: int = 0  # an ensemble's members, its first run alone first (0: one graph run whole)
 
 
 def default_model_path() -> Path:
@@ -158,6 +167,8 @@ class KwsModel:
         except RuntimeError as e:
             raise ModelError(f"{path}: front end {self.info.front_end}: {e}") from e
         self.feature_size = self.front_end_class.feature_size
+        self._floor_for: float | None = None  # the threshold the cascade's floor was made for
+        self._floor = np.array(self.cascade_floor(None), dtype=np.float32)
 
     @staticmethod
     def _check(session, path: Path) -> ModelInfo:
@@ -194,7 +205,15 @@ class KwsModel:
         if not 0.0 <= gate_margin <= MAX_GATE_DB or (gate_margin and not fe.gates):
             raise ModelError(f"{path}: kws.gate_margin_db {gate} is not a margin in [0, {MAX_GATE_DB:g}] dB "
                              f"that front end {fe_name} can apply")
+        cascade = meta.get(CASCADE_KEY, "0")
+        if not cascade.isdigit() or int(cascade) == 1 or int(cascade) > 64:
+            raise ModelError(f"{path}: {CASCADE_KEY} {cascade!r} is not a count of members from 2 to 64")
         inputs, outputs = session.get_inputs(), session.get_outputs()
+        if int(cascade):
+            if len(inputs) != 2 or inputs[1].name != CASCADE_INPUT or inputs[1].type != "tensor(float)" \
+                    or inputs[1].shape:
+                raise ModelError(f"{path}: a cascade needs a second input, the float scalar {CASCADE_INPUT!r}")
+            inputs = inputs[:1]
         if len(inputs) != 1 or inputs[0].name != INPUT_NAME or inputs[0].type != "tensor(float)":
             raise ModelError(f"{path}: expected one float input {INPUT_NAME!r}")
         if len(inputs[0].shape) != 2 or inputs[0].shape[1] != fe.feature_size:
@@ -202,7 +221,8 @@ class KwsModel:
         if len(outputs) != 1 or outputs[0].name != OUTPUT_NAME:
             raise ModelError(f"{path}: expected one output {OUTPUT_NAME!r}")
         return ModelInfo(name=need("kws.name"), version=need("kws.version"), label=need("kws.label"),
-                         threshold=threshold, front_end=fe_name, path=str(path), gate_margin_db=gate_margin)
+                         threshold=threshold, front_end=fe_name, path=str(path), gate_margin_db=gate_margin,
+                         cascade=int(cascade))
 
     @staticmethod
     def _check_weights(session, path: Path, data: bytes) -> None:
@@ -217,10 +237,26 @@ class KwsModel:
         if actual != stored:
             raise ModelError(f"{path}: weights do not match the checksum in the metadata (damaged or altered file)")
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Probabilities for a (batch, feature_size) float32 array."""
-        (prob,) = self._session.run(None, {INPUT_NAME: features})
+    def score(self, features: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Probabilities for a (batch, feature_size) float32 array. A cascade given the
+        threshold in force scores in full only the windows that can reach it; the others
+        get its first member's probability, which is below the threshold too. Without a
+        threshold, every window gets the whole ensemble."""
+        feed = {INPUT_NAME: features}
+        if self.info.cascade:
+            if threshold != self._floor_for:
+                self._floor_for, self._floor = threshold, np.array(self.cascade_floor(threshold), dtype=np.float32)
+            feed[CASCADE_INPUT] = self._floor
+        (prob,) = self._session.run(None, feed)
         return prob.reshape(-1)
+
+    def cascade_floor(self, threshold: float | None) -> float:
+        """The first member's probability below which the mean of n cannot reach the
+        threshold t: n*t - (n - 1), less a margin for rounding (-inf: every window in full)."""
+        n = self.info.cascade
+        if threshold is None or not n:
+            return -math.inf
+        return n * threshold - (n - 1) - CASCADE_SLACK
 
     def front_end(self, hop_frames: int, gate_margin_db: float = 0.0):
         """A streaming front end; with a margin (and a front end that has one), a speech gate."""

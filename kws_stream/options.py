@@ -193,6 +193,9 @@ OPTIONS: tuple[Option, ...] = (
            "X", low=0.0, high=1.0),
     Option("gate_margin", float, None, "skip the windows that hear no speech: no mel band DB above its noise "
            "floor (default: the model's own; 0: score every window)", "detection", "DB", low=0.0, high=MAX_GATE_DB),
+    Option("cascade", bool, True, "a model exported as a cascade scores a window with its whole ensemble only "
+           "where its first member leaves the threshold within reach: the same detections for less CPU, other "
+           "scores below the threshold (--no-cascade: every window in full)", "detection"),
     Option("hop_seconds", float, _S.hop_seconds, "score a window every S seconds of audio", "detection", "S",
            low=0.01, high=2.5),
     Option("refractory", float, _S.refractory_seconds, "seconds of audio after a detection in which no new one "

@@ -30,6 +30,11 @@ class SpotterConfig:
     refractory_seconds: float = 2.5  # no new detection for windows ending this soon after one
     max_batch: int = 64  # windows scored in one model call when audio arrives in big chunks
     gate_margin_db: float | None = None  # speech gate (frontends/gate.py); None: the model's own, 0: none
+    cascade: bool = True  # a cascade model: the whole ensemble only where the threshold can be reached
+
+    def cascade_threshold(self, model: KwsModel, threshold: float) -> float | None:
+        """What KwsModel.score needs to cascade (None: score every window in full)."""
+        return threshold if self.cascade and model.info.cascade else None
 
     def threshold_for(self, model: KwsModel) -> float:
         """The threshold in force: the one given, else the model's own."""
@@ -202,7 +207,8 @@ class Spotter:
         return found
 
     def _score(self, n: int, found: list[Detection]) -> None:
-        self._apply(self._starts[:n].tolist(), self.model.score(self._batch[:n]), found)
+        probs = self.model.score(self._batch[:n], self.config.cascade_threshold(self.model, self.detector.threshold))
+        self._apply(self._starts[:n].tolist(), probs, found)
 
     def _gated(self, start_frame: int) -> None:
         """A window the speech gate left out: it counts, scores 0 and never detects."""
@@ -252,12 +258,16 @@ def _checked(audio: np.ndarray) -> np.ndarray:
 
 def score_together(spotters: Iterable[Spotter]) -> list[tuple[Spotter, list[Detection]]]:
     """Score every queued window of many streams that share one model in one model call;
-    each stream's detections, for the streams that had windows waiting."""
+    each stream's detections, for the streams that had windows waiting. A cascade model
+    cascades at the lowest of their thresholds, or not at all if one stream asks for every
+    window in full."""
     ready = [s for s in spotters if s._waiting]
     if not ready:
         return []
     scored = [w for s in ready for _, w in s._waiting if w is not None]
-    probs = ready[0].model.score(np.stack(scored)) if scored else np.empty(0)
+    model = ready[0].model
+    cut = [s.config.cascade_threshold(model, s.detector.threshold) for s in ready]
+    probs = model.score(np.stack(scored), None if None in cut else min(cut)) if scored else np.empty(0)
     out, a = [], 0
     for s in ready:
         k = sum(w is not None for _, w in s._waiting)

@@ -87,7 +87,7 @@ def test_every_option_has_a_rule_or_is_free_text():
 
 
 GOOD = {"device": "pulse", "realtime": False, "jobs": "3", "status_interval": "2.5", "model": "m.onnx",
-        "model_sha256": "ab" * 32, "threshold": "0.7", "gate_margin": "12", "hop_seconds": "0.5", "refractory": "1", "pub": "ipc:///tmp/x",
+        "model_sha256": "ab" * 32, "threshold": "0.7", "gate_margin": "12", "cascade": False, "hop_seconds": "0.5", "refractory": "1", "pub": "ipc:///tmp/x",
         "curve_secret": "s.key_secret", "curve_clients": "keys", "allow_remote": True, "drain_seconds": "2",
         "csv": "out.csv", "quiet": True, "log_level": "debug", "format": "f32le", "rate": "8000",
         "scores": "s.jsonl", "plot": "plots", "events": "all", "rtp": "127.0.0.1:40000", "rtp_timeout": "2",

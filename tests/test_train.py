@@ -193,6 +193,74 @@ def test_export_fails_loudly_when_runtimes_disagree(run, tmp_path, monkeypatch):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_a_cascade_scores_in_full_every_window_that_can_reach_the_threshold(run, corpus, tmp_path):
+    """An ensemble exported with --cascade gives the mean's scores without a threshold;
+    with one, the mean wherever the first member leaves it within reach and the first
+    member's probability elsewhere; and `kws-stream --file` detects exactly as the whole
+    ensemble does, --no-cascade giving the whole ensemble's scores."""
+    import torch
+    from kws_stream.spotter import Spotter, SpotterConfig, score_together
+    files = sorted((corpus / "audio").glob("*.opus"))
+    out = np.empty(SeedFrontEnd.feature_size, dtype=np.float32)
+    x = np.stack([out.copy() for f in files for _ in windows(SeedFrontEnd(hop_frames=25), read_file(f), out)])
+    logit = np.log(np.median(exported(run / "ckpt.pt", tmp_path / "trained.onnx").score(x)))
+    logit -= np.log1p(-np.exp(logit))
+    ckpt = torch.load(run / "ckpt.pt", weights_only=False)
+    state = ckpt["state_dict"]  # two epochs leave every probability near 0.45: spread them around 0.5
+    state["head.weight"], state["head.bias"] = 300 * state["head.weight"], 300 * (state["head.bias"] - logit)
+    torch.save(ckpt, tmp_path / "first.pt")
+    torch.manual_seed(1)
+    ckpt["state_dict"] = {k: v + 0.2 * v.std() * torch.randn_like(v) if v.is_floating_point() and v.numel() > 1
+                          else v for k, v in state.items()}  # a second member that disagrees
+    torch.save(ckpt, tmp_path / "other.pt")
+    members = [str(tmp_path / "first.pt"), str(tmp_path / "other.pt")]
+    kws_train("export", "--ckpt", *members, "--out", tmp_path / "mean.onnx", "--threshold", "0.5")
+    kws_train("export", "--ckpt", members[0], "--out", tmp_path / "first.onnx", "--threshold", "0.5")
+    kws_train("export", "--ckpt", *members, "--out", tmp_path / "c.onnx", "--threshold", "0.5", "--cascade")
+    mean, first, cascade = (KwsModel(tmp_path / f) for f in ("mean.onnx", "first.onnx", "c.onnx"))
+    assert (mean.info.cascade, cascade.info.cascade) == (0, 2)
+    want, p0 = mean.score(x), first.score(x)
+    assert np.abs(cascade.score(x) - want).max() <= 1e-5
+    t = float((np.quantile(p0, 0.5) + 1) / 2)  # half the windows' first probabilities rule them out
+    full = p0 >= 2 * t - 1 - 1e-4
+    assert 0 < full.sum() < len(x), "the threshold must split the windows for this test to mean anything"
+    got = cascade.score(x, t)
+    assert np.abs(got - np.where(full, want, p0)).max() <= 1e-5
+    assert np.array_equal(got >= t, want >= t) and (want >= t).any()
+    # many streams in one call cascade at the lowest of their thresholds
+    low, high = SpotterConfig(threshold=t), SpotterConfig(threshold=min(1.0, t + 0.2))
+    spotters = [Spotter(cascade, f"s{i}", c) for i, c in enumerate((high, low))]
+    audio = read_file(files[0])
+    for s in spotters:
+        s.queue(audio)
+        s.queue(None)
+    waiting = np.stack([w for s in spotters for _, w in s._waiting if w is not None])
+    scored = []
+    spotters[0].on_window = spotters[1].on_window = lambda a, b, p: scored.append(p)
+    score_together(spotters)
+    np.testing.assert_allclose(scored, cascade.score(waiting, t), atol=1e-7)
+
+    def replay_csv(*flags: str) -> list[list[str]]:
+        csv = tmp_path / "out.csv"
+        r = subprocess.run([sys.executable, "-m", "kws_stream.cli", "--file", *map(str, files), "--model",
+                            str(tmp_path / "c.onnx"), "--threshold", str(t), "--pub", "none", "--csv", str(csv),
+                            *flags], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return [row.split(",") for row in csv.read_text().splitlines()[1:]]
+
+    on, off = replay_csv(), replay_csv("--no-cascade")
+    assert [r[:2] for r in on] == [r[:2] for r in off] and any(r[1] == "1" for r in on)
+    for a, b in zip(on, off):  # a file at or above the threshold keeps its whole-ensemble score
+        assert float(a[2]) <= float(b[2]) + 1e-6 and (a[1] == "0" or abs(float(a[2]) - float(b[2])) <= 1e-6)
+    kws_train("export", "--from-model", tmp_path / "c.onnx", "--version", "2", "--out", tmp_path / "v2.onnx")
+    assert KwsModel(tmp_path / "v2.onnx").info.cascade == 2  # a new version keeps the cascade
+    r = subprocess.run([sys.executable, "-m", "kws_train.cli", "export", "--ckpt", members[0], "--out",
+                        str(tmp_path / "one.onnx"), "--threshold", "0.5", "--cascade"], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "kws-train export: --cascade needs two or more checkpoints that read one front end"]
+    assert not (tmp_path / "one.onnx").exists()
+
+
 def test_eval_reports_through_the_streaming_path(run, corpus, tmp_path):
     onnx_path = tmp_path / "m.onnx"
     kws_train("export", "--ckpt", run / "ckpt.pt", "--out", onnx_path, "--threshold", "0.5")

@@ -131,6 +131,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--negatives", metavar="DIR", help="long target-free audio for false accepts per hour")
     p.add_argument("--out", metavar="DIR", help="write eval.json, det.png and scores.png here")
     p.add_argument("--jobs", type=int, default=2, help="worker processes replaying files (default 2)")
+    p.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=True,
+                   help="a cascade model: as kws-stream runs it (the default), or every window in full (--no-cascade)")
 
 
 def _export_parser(sub) -> None:
@@ -155,6 +157,10 @@ def _export_parser(sub) -> None:
     p.add_argument("--gate-margin", type=float, metavar="DB",
                    help="the speech gate the runtime applies by default: windows where no mel band rises DB above "
                         "its noise floor are not scored (0: none; default 0, or with --from-model the model's own)")
+    p.add_argument("--cascade", action="store_true",
+                   help="several checkpoints: run the first alone on every window and the others only where its "
+                        "probability leaves the mean able to reach the threshold in force (the same detections, "
+                        "less CPU; not with --from-model, which keeps the model's graph)")
 
 
 def build_parser() -> argparse.ArgumentParser:

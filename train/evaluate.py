@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +38,13 @@ class Scored:
         return float(self.probs.max()) if self.probs.size else 0.0
 
 
-def score_files(model: str, items: list[tuple[str, int]], jobs: int = 2) -> list[Scored]:
-    """Every window score of every file, through the daemon's own replay (kws-stream --file)."""
+def score_files(model: str, items: list[tuple[str, int]], jobs: int = 2, cascade: bool = True) -> list[Scored]:
+    """Every window score of every file, through the daemon's own replay (kws-stream --file;
+    a cascade model as `--cascade on` or `off` runs it)."""
     labels = dict(items)
     out = []
-    for r in replay([p for p, _ in items], KwsModel(model), CONFIG, jobs=jobs, keep_scores=True):
+    config = replace(CONFIG, cascade=cascade)
+    for r in replay([p for p, _ in items], KwsModel(model), config, jobs=jobs, keep_scores=True):
         if r.error is not None:
             raise RuntimeError(f"{r.path}: {r.error}")
         out.append(Scored(Path(r.path).stem, labels[r.path], r.audio_seconds, r.window_ends, r.window_probs))
@@ -113,15 +115,18 @@ def threshold_for_windows(windows, hours: float, target_per_hour: float) -> floa
     return float(candidates[lo])
 
 
-def report(model: str, data: str, negatives: str | None = None, out: str | None = None, jobs: int = 2) -> dict:
+def report(model: str, data: str, negatives: str | None = None, out: str | None = None, jobs: int = 2,
+           cascade: bool = True) -> dict:
     files, bounds = corpus_files(data)
-    scored = score_files(model, [(str(f), int(f.stem in bounds)) for f in files], jobs)
+    scored = score_files(model, [(str(f), int(f.stem in bounds)) for f in files], jobs, cascade)
     labels = np.array([s.label for s in scored])
     scores = np.array([s.max_score for s in scored])
-    own = KwsModel(model).info.threshold
+    info = KwsModel(model).info
+    own = info.threshold
     curve = [file_metrics(labels, scores, t) for t in THRESHOLDS]
     grid = [m for m in curve if round(m["threshold"] * 20, 6) % 1 == 0 and 0.05 <= m["threshold"] <= 0.95]
     result = {"model": model, "data": data, "files": len(files), "positives": int(labels.sum()),
+              "cascade": cascade and bool(info.cascade),
               "auc": auc(labels, scores), "at_model_threshold": file_metrics(labels, scores, own),
               "best_on_seed_grid": max(grid, key=lambda m: m["score"])}
     neg = [s for s in scored if s.label == 0]
@@ -129,7 +134,7 @@ def report(model: str, data: str, negatives: str | None = None, out: str | None 
         neg_files, neg_bounds = corpus_files(negatives)
         if neg_bounds:
             raise ValueError(f"{negatives}: has positives; false accepts need target-free audio")
-        neg = score_files(model, [(str(f), 0) for f in neg_files], jobs)
+        neg = score_files(model, [(str(f), 0) for f in neg_files], jobs, cascade)
     hours = sum(s.seconds for s in neg) / 3600
     result["negative_hours"] = hours
     result["fa_per_hour_at_model_threshold"] = false_accepts(neg, own) / hours if hours else None
@@ -173,7 +178,7 @@ def _plots(out: Path, labels, scores, curve, neg, hours) -> None:
 
 
 def run(args) -> int:
-    result = report(args.model, args.data, args.negatives, args.out, args.jobs)
+    result = report(args.model, args.data, args.negatives, args.out, args.jobs, args.cascade)
     json.dump(result, sys.stdout, indent=1)
     print()
     return 0

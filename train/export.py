@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from kws_stream import frontends
-from kws_stream.model import INPUT_NAME, MAX_GATE_DB, OUTPUT_NAME, KwsModel, ModelError, metadata_for
+from kws_stream.model import CASCADE_INPUT, CASCADE_KEY, INPUT_NAME, MAX_GATE_DB, OUTPUT_NAME, KwsModel, ModelError, \
+    metadata_for
 
 from .nets import LIFTS, ModelConfig, build
 
@@ -99,14 +100,92 @@ def load_checkpoints(paths: list[str]) -> tuple[torch.nn.Module, dict]:
     return MeanProbability(direct, lifted, lift).eval(), info
 
 
+def _torch_graph(model: torch.nn.Module, size: int):
+    """The ONNX graph of a model with its sigmoid: features [batch, size] to prob [batch]."""
+    import onnx
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "net.onnx"
+        torch.onnx.export(WithSigmoid(model).eval(), (torch.zeros(2, size),), str(path), input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], opset_version=17, dynamo=False,
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        return onnx.load(str(path))
+
+
+def _renamed(graph, prefix: str, inputs: dict[str, str]):
+    """A graph's nodes and weights with every name under `prefix`, but those in `inputs`
+    (a name -> the outer name it reads)."""
+    def name(n: str) -> str:
+        return inputs.get(n, f"{prefix}{n}" if n else n)
+    nodes = []
+    for node in graph.node:
+        copy = type(node)()
+        copy.CopyFrom(node)
+        copy.name = f"{prefix}{node.name}"
+        copy.input[:] = [name(n) for n in node.input]
+        copy.output[:] = [name(n) for n in node.output]
+        nodes.append(copy)
+    weights = []
+    for w in graph.initializer:
+        copy = type(w)()
+        copy.CopyFrom(w)
+        copy.name = name(w.name)
+        weights.append(copy)
+    return nodes, weights, name(graph.output[0].name)
+
+
+def cascade_proto(members: list[torch.nn.Module], size: int):
+    """An ensemble as a cascade, one graph: the first member scores every window; the
+    others run only on the rows whose first probability is at least the input
+    CASCADE_INPUT, which then get the mean of all members' probabilities. The other rows
+    keep the first member's probability. The runtime feeds n*t - (n - 1) for threshold t
+    (kws_stream.model.KwsModel.score): a window below it cannot reach t on the mean, so
+    every window at or above the threshold gets the full ensemble's score."""
+    import onnx
+    from onnx import TensorProto, helper
+    graphs = [_torch_graph(m, size).graph for m in members]
+    first_nodes, weights, first = _renamed(graphs[0], "m0/", {INPUT_NAME: INPUT_NAME})
+    node = helper.make_node
+    outer = first_nodes + [
+        node("GreaterOrEqual", [first, CASCADE_INPUT], ["c/pass"]),
+        node("NonZero", ["c/pass"], ["c/nonzero"]),
+        node("Reshape", ["c/nonzero", "c/flat"], ["c/rows"]),
+        node("Size", ["c/rows"], ["c/count"]),
+        node("Greater", ["c/count", "c/none"], ["c/any"])]
+    weights += [helper.make_tensor("c/flat", TensorProto.INT64, [1], [-1]),
+                helper.make_tensor("c/none", TensorProto.INT64, [], [0])]
+    then = [node("Gather", [INPUT_NAME, "c/rows"], ["c/x"], axis=0),
+            node("Gather", [first, "c/rows"], ["c/p0"], axis=0)]
+    probs = ["c/p0"]
+    for i, g in enumerate(graphs[1:], 1):
+        nodes, w, out = _renamed(g, f"m{i}/", {INPUT_NAME: "c/x"})
+        then += nodes
+        weights += w
+        probs.append(out)
+    weights.append(helper.make_tensor("c/n", TensorProto.FLOAT, [], [float(len(members))]))
+    then += [node("Sum", probs, ["c/sum"]), node("Div", ["c/sum", "c/n"], ["c/mean"]),
+             node("ScatterElements", [first, "c/rows", "c/mean"], ["c/all"], axis=0)]
+    prob = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch"])  # noqa: E731
+    branch_then = helper.make_graph(then, "confirm", [], [prob("c/all")])
+    branch_else = helper.make_graph([node("Identity", [first], ["c/first"])], "first_only", [], [prob("c/first")])
+    outer.append(node("If", ["c/any"], [OUTPUT_NAME], then_branch=branch_then, else_branch=branch_else))
+    graph = helper.make_graph(
+        outer, "kws_cascade",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", size]),
+         helper.make_tensor_value_info(CASCADE_INPUT, TensorProto.FLOAT, [])],
+        [prob(OUTPUT_NAME)], weights)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="kws-train")
+    proto.ir_version = 8
+    onnx.checker.check_model(proto)
+    return proto
+
+
 def write_onnx(model: torch.nn.Module, path: Path, meta: dict[str, str]) -> None:
     import onnx
-    wrapped = WithSigmoid(model).eval()
     size = frontends.get(meta["kws.front_end"]).feature_size
-    torch.onnx.export(wrapped, (torch.zeros(2, size),), str(path), input_names=[INPUT_NAME],
-                      output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                      opset_version=17, dynamo=False)
-    proto = onnx.load(str(path))
+    if CASCADE_KEY in meta:
+        proto = cascade_proto(list(model.nets), size)
+    else:
+        proto = _torch_graph(model, size)
     set_metadata(proto, meta)
     onnx.save(proto, str(path))
 
@@ -123,10 +202,20 @@ def set_metadata(proto, meta: dict[str, str]) -> None:
 
 
 def check_parity(model: torch.nn.Module, path: Path, features: np.ndarray) -> float:
+    """The largest difference between onnxruntime's and torch's probabilities; for a
+    cascade, also that a threshold leaves every window that can reach it scored in full
+    and the others at the first member's probability."""
     with torch.no_grad():
-        want = torch.sigmoid(model(torch.from_numpy(features))).numpy()
-    got = KwsModel(path).score(features)
+        x = torch.from_numpy(features)
+        want = torch.sigmoid(model(x)).numpy()
+        first = torch.sigmoid(model.nets[0](x)).numpy() if isinstance(model, MeanProbability) else want
+    onnx_model = KwsModel(path)
+    got = onnx_model.score(features)
     diff = float(np.abs(got - want).max())
+    if onnx_model.info.cascade:
+        for t in np.quantile(want, [0.25, 0.5, 0.75, 0.9]).tolist():  # thresholds that split the probe
+            full = first >= onnx_model.cascade_floor(t)
+            diff = max(diff, float(np.abs(onnx_model.score(features, t) - np.where(full, want, first)).max()))
     if diff > TOLERANCE:
         raise ExportError(f"onnxruntime and torch disagree by {diff:.2e} (limit {TOLERANCE:g})")
     return diff
@@ -183,8 +272,13 @@ NOTICE = ("holds layers of Google's speech_embedding network (Apache-2.0, as ope
 
 def export(ckpt: str, out: str, name: str, version: str, threshold: float | None = None,
            negatives: str | None = None, target_fa_per_hour: float = 0.5, jobs: int = 2,
-           folds_report: str | None = None, gate_margin_db: float = 0.0) -> dict:
+           folds_report: str | None = None, gate_margin_db: float = 0.0, cascade: bool = False) -> dict:
     model, info = load_checkpoints([ckpt] if isinstance(ckpt, str) else list(ckpt))
+    members = 0
+    if cascade:
+        if not isinstance(model, MeanProbability) or len(model.lifted):
+            raise ExportError("--cascade needs two or more checkpoints that read one front end")
+        members = len(model.nets)
     training = {"arch": info["model_args"]["arch"], "data": info["config"]["data"],
                 "files": info.get("train_files"), "positives": info.get("train_positives"),
                 "epochs": info["config"]["epochs"], "recipe": info["config"]["recipe"]}
@@ -195,7 +289,7 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
     with tempfile.TemporaryDirectory() as tmp:
         draft = Path(tmp) / "draft.onnx"
         write_onnx(model, draft, metadata_for(name=name, version=version, threshold=threshold or 0.5,
-                                              front_end=front_end, training=training))
+                                              front_end=front_end, training=training, cascade=members))
         diff = check_parity(model, draft, probe_features(front_end))
         chosen = {"threshold": threshold, "how": "given"}
         if folds_report is not None:
@@ -207,7 +301,7 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
             files, positives = corpus_files(negatives)
             if positives:
                 raise ExportError(f"{negatives}: has positives; the threshold needs target-free audio")
-            neg = score_files(str(draft), [(str(f), 0) for f in files], jobs)
+            neg = score_files(str(draft), [(str(f), 0) for f in files], jobs, cascade=False)
             t = threshold_for_fa_rate(neg, target_fa_per_hour)
             hours = sum(s.seconds for s in neg) / 3600
             if t > 1.0:
@@ -216,7 +310,7 @@ def export(ckpt: str, out: str, name: str, version: str, threshold: float | None
             chosen = {"threshold": t, "how": f"{target_fa_per_hour} false accepts/h on {hours:.2f} h of {negatives}"}
         training["threshold"] = chosen
         meta = metadata_for(name=name, version=version, threshold=chosen["threshold"], front_end=front_end,
-                            training=training, gate_margin_db=gate_margin_db)
+                            training=training, gate_margin_db=gate_margin_db, cascade=members)
         if getattr(frontends.get(front_end), "stops_at_rows", False):
             meta["kws.notice"] = NOTICE
         write_onnx(model, out_path, meta)
@@ -240,7 +334,7 @@ def restamp(source: str, out: str, version: str | None, gate_margin_db: float | 
     gate_margin_db = info.gate_margin_db if gate_margin_db is None else gate_margin_db
     try:
         meta = metadata_for(name=info.name, version=version, threshold=info.threshold, label=info.label,
-                            front_end=info.front_end, gate_margin_db=gate_margin_db,
+                            front_end=info.front_end, gate_margin_db=gate_margin_db, cascade=info.cascade,
                             training=json.loads(old["kws.training"]) if "kws.training" in old else None)
     except ValueError as e:
         raise ExportError(f"{source}: {e}") from None
@@ -269,14 +363,14 @@ def run(args) -> int:
         if args.gate_margin is not None and not 0.0 <= args.gate_margin <= MAX_GATE_DB:
             raise ExportError(f"--gate-margin {args.gate_margin:g}: not a margin in [0, {MAX_GATE_DB:g}] dB")
         if args.from_model:
-            if args.threshold is not None or args.negatives or args.threshold_from or args.name:
-                raise ExportError("--from-model keeps the model's name and threshold; leave out --name, --threshold, "
-                                  "--negatives and --threshold-from")
+            if args.threshold is not None or args.negatives or args.threshold_from or args.name or args.cascade:
+                raise ExportError("--from-model keeps the model's name, threshold and graph; leave out --name, "
+                                  "--threshold, --negatives, --threshold-from and --cascade")
             result = restamp(args.from_model, args.out, args.version, args.gate_margin)
         else:
             result = export(args.ckpt, args.out, args.name or "kws-ne-slyshu", args.version or "1.0.0", args.threshold,
                             args.negatives, args.target_fa_per_hour, args.jobs, args.threshold_from,
-                            args.gate_margin or 0.0)
+                            args.gate_margin or 0.0, args.cascade)
     except ExportError as e:
         print(f"kws-train export: {e}", file=sys.stderr)
         return 1
