@@ -30,6 +30,7 @@ MAX_GATE_DB = 60.0  # a speech gate's margin over the noise floor, at most
 CASCADE_KEY = "kws.cascade"  # metadata: the members of an ensemble exported as a cascade (kws-train export)
 CASCADE_INPUT = "stage1_floor"  # float32 scalar: the first member's probability that calls in the others
 CASCADE_SLACK = 1e-4  # the floor sits this far below the exact bound, for float32 rounding of the mean
+MAX_CASCADE = 8  # members; the mean's float32 rounding, at most about n * n * 6e-8 on the bound, stays in the slack
 
 
 
@@ -102,8 +103,8 @@ def metadata_for(*, name: str, version: str, threshold: float, label: str = "Ð½Ð
             raise ValueError(f"front end {front_end} has no speech gate")
         meta["kws.gate_margin_db"] = repr(float(gate_margin_db))
     if cascade:
-        if cascade < 2:
-            raise ValueError(f"a cascade needs at least two members, not {cascade}")
+        if not 2 <= cascade <= MAX_CASCADE:
+            raise ValueError(f"a cascade needs 2 to {MAX_CASCADE} members, not {cascade}")
         meta[CASCADE_KEY] = str(cascade)
     if training is not None:
         meta["kws.training"] = json.dumps(training, ensure_ascii=False, sort_keys=True)
@@ -206,8 +207,8 @@ class KwsModel:
             raise ModelError(f"{path}: kws.gate_margin_db {gate} is not a margin in [0, {MAX_GATE_DB:g}] dB "
                              f"that front end {fe_name} can apply")
         cascade = meta.get(CASCADE_KEY, "0")
-        if not cascade.isdigit() or int(cascade) == 1 or int(cascade) > 64:
-            raise ModelError(f"{path}: {CASCADE_KEY} {cascade!r} is not a count of members from 2 to 64")
+        if not (cascade.isascii() and cascade.isdigit()) or int(cascade) == 1 or int(cascade) > MAX_CASCADE:
+            raise ModelError(f"{path}: {CASCADE_KEY} {cascade!r} is not a count of members from 2 to {MAX_CASCADE}")
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if int(cascade):
             if len(inputs) != 2 or inputs[1].name != CASCADE_INPUT or inputs[1].type != "tensor(float)" \

@@ -176,7 +176,8 @@ def test_feed_rejects_multichannel(burst_model):
     ({"kws.threshold": "1.5"}, "outside"),
     ({"kws.schema": "7"}, "schema"),
     ({"kws.label": " "}, "no 'kws.label' .or an empty one."),
-    ({"kws.cascade": "1"}, "kws.cascade '1' is not a count of members from 2 to 64"),
+    ({"kws.cascade": "1"}, "kws.cascade '1' is not a count of members from 2 to 8"),
+    ({"kws.cascade": "²"}, "kws.cascade '²' is not a count"),
     ({"kws.cascade": "two"}, "kws.cascade 'two' is not a count"),
     ({"kws.cascade": "2"}, "a cascade needs a second input, the float scalar 'stage1_floor'"),
 ])

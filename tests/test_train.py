@@ -213,6 +213,10 @@ def test_a_cascade_scores_in_full_every_window_that_can_reach_the_threshold(run,
     ckpt["state_dict"] = {k: v + 0.2 * v.std() * torch.randn_like(v) if v.is_floating_point() and v.numel() > 1
                           else v for k, v in state.items()}  # a second member that disagrees
     torch.save(ckpt, tmp_path / "other.pt")
+    torch.manual_seed(2)
+    ckpt["state_dict"] = {k: v + 0.2 * v.std() * torch.randn_like(v) if v.is_floating_point() and v.numel() > 1
+                          else v for k, v in state.items()}
+    torch.save(ckpt, tmp_path / "third.pt")
     members = [str(tmp_path / "first.pt"), str(tmp_path / "other.pt")]
     kws_train("export", "--ckpt", *members, "--out", tmp_path / "mean.onnx", "--threshold", "0.5")
     kws_train("export", "--ckpt", members[0], "--out", tmp_path / "first.onnx", "--threshold", "0.5")
@@ -222,23 +226,46 @@ def test_a_cascade_scores_in_full_every_window_that_can_reach_the_threshold(run,
     want, p0 = mean.score(x), first.score(x)
     assert np.abs(cascade.score(x) - want).max() <= 1e-5
     t = float((np.quantile(p0, 0.5) + 1) / 2)  # half the windows' first probabilities rule them out
-    full = p0 >= 2 * t - 1 - 1e-4
+    floor = cascade.cascade_floor(t)
+    assert floor == 2 * t - 1 - 1e-4
+    full, clear = p0 >= floor, np.abs(p0 - floor) > 1e-5  # (a row at the floor may round either way)
     assert 0 < full.sum() < len(x), "the threshold must split the windows for this test to mean anything"
     got = cascade.score(x, t)
-    assert np.abs(got - np.where(full, want, p0)).max() <= 1e-5
+    assert np.abs(got - np.where(full, want, p0))[clear].max() <= 1e-5
     assert np.array_equal(got >= t, want >= t) and (want >= t).any()
-    # many streams in one call cascade at the lowest of their thresholds
-    low, high = SpotterConfig(threshold=t), SpotterConfig(threshold=min(1.0, t + 0.2))
-    spotters = [Spotter(cascade, f"s{i}", c) for i, c in enumerate((high, low))]
-    audio = read_file(files[0])
-    for s in spotters:
-        s.queue(audio)
-        s.queue(None)
-    waiting = np.stack([w for s in spotters for _, w in s._waiting if w is not None])
-    scored = []
-    spotters[0].on_window = spotters[1].on_window = lambda a, b, p: scored.append(p)
-    score_together(spotters)
-    np.testing.assert_allclose(scored, cascade.score(waiting, t), atol=1e-7)
+    for edge in (0.0, 1.0):  # everything in full; nothing can reach 1 but what the mean gives 1
+        assert np.array_equal(cascade.score(x, edge) >= edge, want >= edge)
+    assert np.abs(cascade.score(x, 0.0) - want).max() <= 1e-5
+    # many streams in one call cascade at the lowest of their thresholds, or not at all
+    high = min(1.0, t + 0.2)
+    between = (p0 >= floor) & (p0 < cascade.cascade_floor(high))
+    waiting, scored = [], []
+    for configs in ((SpotterConfig(threshold=high), SpotterConfig(threshold=t)),
+                    (SpotterConfig(threshold=t), SpotterConfig(threshold=t, cascade=False))):
+        spotters = [Spotter(cascade, f"s{i}", c, on_window=lambda a, b, p: scored.append(p))
+                    for i, c in enumerate(configs)]
+        for s in spotters:
+            s.queue(read_file(files[0]))
+            s.queue(None)
+        waiting.append(np.stack([w for s in spotters for _, w in s._waiting if w is not None]))
+        score_together(spotters)
+    n = len(waiting[0])
+    assert between[:n // 2].any(), "some window must pass at the lower threshold only"
+    np.testing.assert_allclose(scored[:n], cascade.score(waiting[0], t), atol=1e-7)
+    np.testing.assert_allclose(scored[n:], cascade.score(waiting[1]), atol=1e-7)
+    # three members: the first alone must leave 3t - 2 within reach
+    kws_train("export", "--ckpt", *members, tmp_path / "third.pt", "--out", tmp_path / "c3.onnx", "--threshold",
+              "0.5", "--cascade")
+    kws_train("export", "--ckpt", *members, tmp_path / "third.pt", "--out", tmp_path / "m3.onnx", "--threshold",
+              "0.5")
+    three, want3 = KwsModel(tmp_path / "c3.onnx"), KwsModel(tmp_path / "m3.onnx").score(x)
+    t3 = float((np.quantile(p0, 0.5) + 2) / 3)
+    assert three.info.cascade == 3 and three.cascade_floor(t3) == 3 * t3 - 2 - 1e-4
+    got3 = three.score(x, t3)
+    full3, clear3 = p0 >= three.cascade_floor(t3), np.abs(p0 - three.cascade_floor(t3)) > 1e-5
+    assert 0 < full3.sum() < len(x)
+    assert np.abs(got3 - np.where(full3, want3, p0))[clear3].max() <= 1e-5
+    assert np.array_equal(got3 >= t3, want3 >= t3)
 
     def replay_csv(*flags: str) -> list[list[str]]:
         csv = tmp_path / "out.csv"
@@ -251,13 +278,13 @@ def test_a_cascade_scores_in_full_every_window_that_can_reach_the_threshold(run,
     on, off = replay_csv(), replay_csv("--no-cascade")
     assert [r[:2] for r in on] == [r[:2] for r in off] and any(r[1] == "1" for r in on)
     for a, b in zip(on, off):  # a file at or above the threshold keeps its whole-ensemble score
-        assert float(a[2]) <= float(b[2]) + 1e-6 and (a[1] == "0" or abs(float(a[2]) - float(b[2])) <= 1e-6)
+        assert float(a[2]) < t if a[1] == "0" else abs(float(a[2]) - float(b[2])) <= 1e-6
     kws_train("export", "--from-model", tmp_path / "c.onnx", "--version", "2", "--out", tmp_path / "v2.onnx")
     assert KwsModel(tmp_path / "v2.onnx").info.cascade == 2  # a new version keeps the cascade
     r = subprocess.run([sys.executable, "-m", "kws_train.cli", "export", "--ckpt", members[0], "--out",
                         str(tmp_path / "one.onnx"), "--threshold", "0.5", "--cascade"], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
-        "kws-train export: --cascade needs two or more checkpoints that read one front end"]
+        "kws-train export: --cascade needs 2 to 8 checkpoints that read one front end"]
     assert not (tmp_path / "one.onnx").exists()
 
 

@@ -131,8 +131,10 @@ def _eval_parser(sub) -> None:
     p.add_argument("--negatives", metavar="DIR", help="long target-free audio for false accepts per hour")
     p.add_argument("--out", metavar="DIR", help="write eval.json, det.png and scores.png here")
     p.add_argument("--jobs", type=int, default=2, help="worker processes replaying files (default 2)")
-    p.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=True,
-                   help="a cascade model: as kws-stream runs it (the default), or every window in full (--no-cascade)")
+    p.add_argument("--cascade", action="store_true",
+                   help="a cascade model as kws-stream runs it at the model's threshold (default: every window in "
+                        "full, so that the curves, AUC and rates at other thresholds are the model's; the cascade "
+                        "changes no detection at the threshold it runs at)")
 
 
 def _export_parser(sub) -> None:

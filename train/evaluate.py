@@ -38,9 +38,9 @@ class Scored:
         return float(self.probs.max()) if self.probs.size else 0.0
 
 
-def score_files(model: str, items: list[tuple[str, int]], jobs: int = 2, cascade: bool = True) -> list[Scored]:
+def score_files(model: str, items: list[tuple[str, int]], jobs: int = 2, cascade: bool = False) -> list[Scored]:
     """Every window score of every file, through the daemon's own replay (kws-stream --file;
-    a cascade model as `--cascade on` or `off` runs it)."""
+    a cascade model in full, or with `cascade` as the daemon runs it at the model's threshold)."""
     labels = dict(items)
     out = []
     config = replace(CONFIG, cascade=cascade)
@@ -116,7 +116,7 @@ def threshold_for_windows(windows, hours: float, target_per_hour: float) -> floa
 
 
 def report(model: str, data: str, negatives: str | None = None, out: str | None = None, jobs: int = 2,
-           cascade: bool = True) -> dict:
+           cascade: bool = False) -> dict:
     files, bounds = corpus_files(data)
     scored = score_files(model, [(str(f), int(f.stem in bounds)) for f in files], jobs, cascade)
     labels = np.array([s.label for s in scored])
