@@ -195,4 +195,4 @@ def test_main_job_with_the_packaged_model_and_demo_calls():
     assert r.returncode == 0, r.stderr
     found = events(r.stdout)
     assert len(found) == 1 and found[0]["stream"].endswith("demo_positive.opus")
-    assert found[0]["model"] == {"name": "kws-ne-slyshu", "version": "7.1.0"}
+    assert found[0]["model"] == {"name": "kws-ne-slyshu", "version": "7.1.1"}
