@@ -535,7 +535,7 @@ def test_a_distilled_mel_student_gives_the_teachers_embeddings_and_fits_exports_
 
     kws_train("fit", "--data", corpus, "--arch", "mel-student", "--init", tmp_path / "d" / "all" / "ckpt.pt",
               "--out", tmp_path / "run", "--epochs", "2", "--threads", "1", "--hard-negatives", "0.25",
-              "--cache", cache)
+              "--cache", cache, "--band-warp", "0.15")
     onnx_path = tmp_path / "mel.onnx"
     model = exported(tmp_path / "run" / "ckpt.pt", onnx_path)
     assert model.front_end_class is MelFrontEnd and model.feature_size == 244 * 32
@@ -545,6 +545,35 @@ def test_a_distilled_mel_student_gives_the_teachers_embeddings_and_fits_exports_
     for f in files:
         i = mels.files.index(f)
         assert abs(streamed[f.stem] - batch[i][1].max()) <= 1e-4, f
+
+
+def test_band_warp_moves_every_frames_spectrum_by_its_factor():
+    """A band lit alone lands, in every frame, where its centre frequency times the factor
+    falls; front ends without spectral bands, and the seed's whole-file recipe, refuse it."""
+    from kws_train.data import BandWarp
+    from kws_train.fit import FitConfig
+    hz = MelFrontEnd.band_hz()
+    assert hz.shape == (32,) and np.all(np.diff(hz) > 0) and 100 < hz[0] < hz[-1] < 4000
+    x = np.zeros(MelFrontEnd.feature_size, dtype=np.float32)
+    x.reshape(MelFrontEnd.feature_shape)[:, 12] = 1.0
+    warp = BandWarp(MelFrontEnd, 0.2)
+    moved = []
+    for seed in range(30):
+        factor = float(np.exp(np.random.default_rng(seed).uniform(-np.log1p(0.2), np.log1p(0.2))))
+        y = x.copy()
+        warp(y, np.random.default_rng(seed))
+        bands = y.reshape(MelFrontEnd.feature_shape)
+        assert np.array_equal(bands, np.broadcast_to(bands[0], bands.shape))  # along frequency only
+        centre = float((bands[0] * hz).sum() / bands[0].sum())
+        assert abs(centre / hz[12] - factor) < 0.03, (factor, centre)
+        moved.append(factor)
+    assert min(moved) < 0.9 and max(moved) > 1.1
+    with pytest.raises(ValueError, match="no frequency axis"):
+        BandWarp(EmbeddingFrontEnd, 0.2)
+    with pytest.raises(ValueError, match="--band-warp 1"):
+        BandWarp(MelFrontEnd, 1.0)
+    with pytest.raises(ValueError, match="--band-warp"):
+        FitConfig(data=(), out="-", recipe="seed", band_warp=0.1)
 
 
 @pytest.mark.parametrize("args, says", [(["--folds", "9"], "--folds 9: a fold number"),

@@ -65,6 +65,9 @@ def _training_options(p, epochs: int, hard_negatives: float, init: tuple[str, st
     p.add_argument("--skip-easy", type=float, default=0.0, metavar="P",
                    help="leave out of the loss the windows whose probability lies within P of their label "
                         "(openWakeWord: 0.001), so --negative-weight acts on the target-free windows that still score")
+    p.add_argument("--band-warp", type=float, default=0.0, metavar="W",
+                   help="warp half the training windows along frequency by a factor within 1/(1+W) .. 1+W "
+                        "(vocal-tract length perturbation; front ends with spectral bands only)")
     p.add_argument("--init", metavar=init[0], help=init[1])
     p.add_argument("--candidate-low", type=float, metavar="P", help=candidate_help)
 

@@ -115,6 +115,33 @@ class Recipe:
     windows_per_file: int = 4
     spec_augment: bool = True
     min_cover: float = 0.9  # a window is positive when it holds this share of the phrase
+    band_warp: float = 0.0  # > 0: half the windows warped along frequency by a factor within 1/(1 + w) .. 1 + w
+
+
+class BandWarp:
+    """Vocal-tract length perturbation on a front end's features: every band takes the
+    value its centre frequency divided by a factor had, interpolated between bands (the
+    edge bands repeat), so formants and harmonics move by the factor, as a shorter (> 1)
+    or longer (< 1) vocal tract would move them. Only front ends whose features are bands
+    of a spectrum (`band_hz`) can be warped."""
+
+    def __init__(self, fe: type[FrontEnd], most: float):
+        if not hasattr(fe, "band_hz"):
+            raise ValueError(f"--band-warp: the front end {fe.name} has no frequency axis to warp")
+        if not 0.0 < most < 1.0:
+            raise ValueError(f"--band-warp {most:g}: a relative warp between 0 and 1, exclusive")
+        self.hz, self.shape, self.most = fe.band_hz(), fe.feature_shape, most
+
+    def __call__(self, features: np.ndarray, rng: np.random.Generator) -> None:
+        """Warp one window's flat, time-major features in place by a factor drawn
+        log-uniformly from 1/(1 + most) to 1 + most."""
+        factor = float(np.exp(rng.uniform(-np.log1p(self.most), np.log1p(self.most))))
+        source = np.interp(self.hz / factor, self.hz, np.arange(self.hz.size, dtype=np.float64))
+        lo = np.floor(source).astype(np.int64)
+        hi = np.minimum(lo + 1, self.hz.size - 1)
+        w = (source - lo).astype(np.float32)
+        bands = features.reshape(self.shape)
+        bands[:] = bands[:, lo] * (1 - w) + bands[:, hi] * w
 
 
 def phrase_frames(corpus: Corpus, i: int) -> tuple[int, int] | None:
@@ -209,10 +236,13 @@ def epoch_windows(corpus: Corpus, recipe: Recipe, rng: np.random.Generator, indi
         return x, corpus.labels[indices].astype(np.float32)
     x = np.empty((len(indices) * k, fe.feature_size), dtype=np.float32)  # at most k per file; the rest is never touched
     ys = []
+    warp = BandWarp(fe, recipe.band_warp) if recipe.band_warp else None
     for i in indices:
         n = corpus.mels[i].shape[1]
         for s, y in improved_windows(rng, n, phrase_frames(corpus, i), k, recipe.min_cover, fe):
             augment = recipe.spec_augment and rng.random() < 0.5
             fe.features(corpus.mels[i], s, x[len(ys)], rng if augment else None)
+            if warp is not None and rng.random() < 0.5:
+                warp(x[len(ys)], rng)
             ys.append(y)
     return x[:len(ys)], np.array(ys, dtype=np.float32)

@@ -552,6 +552,14 @@ class MelFrontEnd(EmbeddingFrontEnd):
     def load() -> None:
         shared_nets()
 
+    @staticmethod
+    def band_hz() -> np.ndarray:
+        """Each band's centre frequency in Hz (its filter's weighted mean): the frequency
+        axis of the features, along which training may warp them (kws_train.data)."""
+        filters = _checked_array(MEL_WEIGHTS[1]).astype(np.float64)  # (257, 32)
+        hz = np.arange(filters.shape[0]) * (SAMPLE_RATE / 2) / (filters.shape[0] - 1)
+        return hz @ filters / filters.sum(axis=0)
+
     def _new_stream(self):
         return _MelStream()
 
