@@ -535,7 +535,7 @@ def test_a_distilled_mel_student_gives_the_teachers_embeddings_and_fits_exports_
 
     kws_train("fit", "--data", corpus, "--arch", "mel-student", "--init", tmp_path / "d" / "all" / "ckpt.pt",
               "--out", tmp_path / "run", "--epochs", "2", "--threads", "1", "--hard-negatives", "0.25",
-              "--cache", cache, "--band-warp", "0.15")
+              "--cache", cache, "--band-warp", "0.15", "--time-warp", "0.3")
     onnx_path = tmp_path / "mel.onnx"
     model = exported(tmp_path / "run" / "ckpt.pt", onnx_path)
     assert model.front_end_class is MelFrontEnd and model.feature_size == 244 * 32
@@ -568,12 +568,35 @@ def test_band_warp_moves_every_frames_spectrum_by_its_factor():
         assert abs(centre / hz[12] - factor) < 0.03, (factor, centre)
         moved.append(factor)
     assert min(moved) < 0.9 and max(moved) > 1.1
-    with pytest.raises(ValueError, match="no frequency axis"):
+    with pytest.raises(ValueError, match="--band-warp: the front end oww-embedding-v1 has no spectral bands"):
         BandWarp(EmbeddingFrontEnd, 0.2)
     with pytest.raises(ValueError, match="--band-warp 1"):
         BandWarp(MelFrontEnd, 1.0)
-    with pytest.raises(ValueError, match="--band-warp"):
+    with pytest.raises(ValueError, match="--band-warp or --time-warp"):
         FitConfig(data=(), out="-", recipe="seed", band_warp=0.1)
+
+
+def test_time_warp_moves_durations_unevenly_and_keeps_the_windows_ends():
+    """Every band is read at the same warped times: the first and last frames stay, time
+    runs forward, and the local rate varies within (1 + W)^2 either way."""
+    from kws_train.data import TimeWarp
+    t = np.arange(MelFrontEnd.feature_shape[0], dtype=np.float32)
+    x = np.ascontiguousarray(np.broadcast_to(t[:, None], MelFrontEnd.feature_shape)).reshape(-1)
+    warp = TimeWarp(MelFrontEnd, 0.3)
+    slopes = []
+    for seed in range(10):
+        y = x.copy()
+        warp(y, np.random.default_rng(seed))
+        frames = y.reshape(MelFrontEnd.feature_shape)
+        assert np.array_equal(frames, np.broadcast_to(frames[:, :1], frames.shape))  # along time only
+        read = frames[:, 0]
+        assert read[0] == 0 and read[-1] == t[-1]
+        slopes.append(np.diff(read))
+    slopes = np.concatenate(slopes)
+    assert slopes.min() >= 1 / 1.3 ** 2 - 1e-4 and slopes.max() <= 1.3 ** 2 + 1e-4
+    assert slopes.min() < 0.9 and slopes.max() > 1.1
+    with pytest.raises(ValueError, match="--time-warp: the front end seed-logmel-v1"):
+        TimeWarp(SeedFrontEnd, 0.3)
 
 
 @pytest.mark.parametrize("args, says", [(["--folds", "9"], "--folds 9: a fold number"),

@@ -116,32 +116,69 @@ class Recipe:
     spec_augment: bool = True
     min_cover: float = 0.9  # a window is positive when it holds this share of the phrase
     band_warp: float = 0.0  # > 0: half the windows warped along frequency by a factor within 1/(1 + w) .. 1 + w
+    time_warp: float = 0.0  # > 0: half the windows' durations moved unevenly, rates within 1/(1 + w) .. 1 + w
 
 
-class BandWarp:
-    """Vocal-tract length perturbation on a front end's features: every band takes the
-    value its centre frequency divided by a factor had, interpolated between bands (the
-    edge bands repeat), so formants and harmonics move by the factor, as a shorter (> 1)
-    or longer (< 1) vocal tract would move them. Only front ends whose features are bands
-    of a spectrum (`band_hz`) can be warped."""
+class Warp:
+    """A training augmentation that moves a spectral front end's features along one axis by
+    factors drawn log-uniformly from 1/(1 + most) to 1 + most. Only front ends whose
+    features are frames of spectral bands (`band_hz`) can be warped."""
+
+    option = ""
 
     def __init__(self, fe: type[FrontEnd], most: float):
         if not hasattr(fe, "band_hz"):
-            raise ValueError(f"--band-warp: the front end {fe.name} has no frequency axis to warp")
+            raise ValueError(f"{self.option}: the front end {fe.name} has no spectral bands to warp")
         if not 0.0 < most < 1.0:
-            raise ValueError(f"--band-warp {most:g}: a relative warp between 0 and 1, exclusive")
+            raise ValueError(f"{self.option} {most:g}: a relative warp between 0 and 1, exclusive")
         self.hz, self.shape, self.most = fe.band_hz(), fe.feature_shape, most
 
-    def __call__(self, features: np.ndarray, rng: np.random.Generator) -> None:
-        """Warp one window's flat, time-major features in place by a factor drawn
-        log-uniformly from 1/(1 + most) to 1 + most."""
-        factor = float(np.exp(rng.uniform(-np.log1p(self.most), np.log1p(self.most))))
-        source = np.interp(self.hz / factor, self.hz, np.arange(self.hz.size, dtype=np.float64))
+    def factors(self, rng: np.random.Generator, n: int | None = None):
+        return np.exp(rng.uniform(-np.log1p(self.most), np.log1p(self.most), n))
+
+    @staticmethod
+    def resample(x: np.ndarray, source: np.ndarray, axis: int) -> np.ndarray:
+        """x read at fractional positions `source` along axis, linearly between neighbours."""
         lo = np.floor(source).astype(np.int64)
-        hi = np.minimum(lo + 1, self.hz.size - 1)
+        hi = np.minimum(lo + 1, x.shape[axis] - 1)
         w = (source - lo).astype(np.float32)
+        w = w if axis == 1 else w[:, None]
+        return np.take(x, lo, axis=axis) * (1 - w) + np.take(x, hi, axis=axis) * w
+
+
+class BandWarp(Warp):
+    """Vocal-tract length perturbation: every band takes the value its centre frequency
+    divided by the factor had (the edge bands repeat), so formants and harmonics move by
+    the factor, as a shorter (> 1) or longer (< 1) vocal tract would move them."""
+
+    option = "--band-warp"
+
+    def __call__(self, features: np.ndarray, rng: np.random.Generator) -> None:
+        """Warp one window's flat, time-major features in place."""
+        source = np.interp(self.hz / self.factors(rng), self.hz, np.arange(self.hz.size, dtype=np.float64))
         bands = features.reshape(self.shape)
-        bands[:] = bands[:, lo] * (1 - w) + bands[:, hi] * w
+        bands[:] = self.resample(bands, source, axis=1)
+
+
+class TimeWarp(Warp):
+    """Durations moved unevenly: the window is cut into SEGMENTS equal stretches (about
+    0.12 s each on the mel front end, a phone's length), each played at its own rate, and
+    the whole squeezed back into the window, so its first and last frames stay and no
+    content leaves it (a positive window still holds its phrase). Vowels and consonants
+    then last in other proportions than the synthesiser gave them."""
+
+    option = "--time-warp"
+    SEGMENTS = 20
+
+    def __call__(self, features: np.ndarray, rng: np.random.Generator) -> None:
+        """Warp one window's flat, time-major features in place."""
+        frames = features.reshape(self.shape)
+        last = self.shape[0] - 1
+        lengths = self.factors(rng, self.SEGMENTS)  # each stretch's length in the output
+        out_knots = np.concatenate([[0.0], np.cumsum(lengths)]) * (last / lengths.sum())
+        source = np.interp(np.arange(self.shape[0], dtype=np.float64), out_knots,
+                           np.linspace(0.0, last, self.SEGMENTS + 1))
+        frames[:] = self.resample(frames, source, axis=0)
 
 
 def phrase_frames(corpus: Corpus, i: int) -> tuple[int, int] | None:
@@ -236,13 +273,14 @@ def epoch_windows(corpus: Corpus, recipe: Recipe, rng: np.random.Generator, indi
         return x, corpus.labels[indices].astype(np.float32)
     x = np.empty((len(indices) * k, fe.feature_size), dtype=np.float32)  # at most k per file; the rest is never touched
     ys = []
-    warp = BandWarp(fe, recipe.band_warp) if recipe.band_warp else None
+    warps = [w(fe, most) for w, most in ((BandWarp, recipe.band_warp), (TimeWarp, recipe.time_warp)) if most]
     for i in indices:
         n = corpus.mels[i].shape[1]
         for s, y in improved_windows(rng, n, phrase_frames(corpus, i), k, recipe.min_cover, fe):
             augment = recipe.spec_augment and rng.random() < 0.5
             fe.features(corpus.mels[i], s, x[len(ys)], rng if augment else None)
-            if warp is not None and rng.random() < 0.5:
-                warp(x[len(ys)], rng)
+            for warp in warps:
+                if rng.random() < 0.5:
+                    warp(x[len(ys)], rng)
             ys.append(y)
     return x[:len(ys)], np.array(ys, dtype=np.float32)

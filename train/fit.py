@@ -21,7 +21,7 @@ import torch.nn as nn
 from kws_stream.frontends import FRAMES_PER_SECOND, HOP_LENGTH
 from kws_stream.model import KwsModel
 
-from .data import BandWarp, Corpus, Recipe, epoch_windows, load_corpora, load_corpus, negative_pool, window_of
+from .data import BandWarp, Corpus, Recipe, TimeWarp, epoch_windows, load_corpora, load_corpus, negative_pool, window_of
 from .evaluate import file_metrics
 from .nets import ModelConfig, TunedEmbeddingHead, build, parameter_count
 
@@ -48,6 +48,7 @@ class FitConfig:
     min_cover: float = 0.9  # a training window is positive when it holds this share of the phrase
     skip_easy: float = 0.0  # windows whose probability lies within this of their label are left out of the loss
     band_warp: float = 0.0  # > 0: vocal-tract length perturbation of half the training windows (data.BandWarp)
+    time_warp: float = 0.0  # > 0: uneven durations in half the training windows (data.TimeWarp)
     init: str | None = None  # start from this checkpoint (emb-tune: an emb-deep head's, its tail the packaged network)
     # A verifier: every epoch also holds the target-free windows the init model (its first
     # stage) scores at or above candidate_low, at most candidate_share of an epoch's windows.
@@ -69,9 +70,10 @@ class FitConfig:
                 raise ValueError("--candidate-low trains a verifier of the --init model, and no --init was given")
             if not 0.0 < self.candidate_low < 1.0:
                 raise ValueError(f"--candidate-low {self.candidate_low:g}: a probability between 0 and 1, exclusive")
-        if self.recipe == "seed" and (self.candidate_low is not None or self.hard_negatives > 0 or self.band_warp):
-            raise ValueError("the seed recipe trains on whole files: no --hard-negatives, --candidate-low "
-                             "or --band-warp")
+        if self.recipe == "seed" and (self.candidate_low is not None or self.hard_negatives > 0 or self.band_warp
+                                      or self.time_warp):
+            raise ValueError("the seed recipe trains on whole files: no --hard-negatives, --candidate-low, "
+                             "--band-warp or --time-warp")
 
 
 def window_scores(model: nn.Module | KwsModel, corpus: Corpus, hop_seconds: float = 1.0,
@@ -169,9 +171,10 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
     model = build(ModelConfig(arch=cfg.arch))
     if cfg.init:
         warm_start(model, cfg.init)
-    recipe = Recipe(name=cfg.recipe, min_cover=cfg.min_cover, band_warp=cfg.band_warp)
-    if cfg.band_warp:
-        BandWarp(train.front_end, cfg.band_warp)  # refuse a front end without bands before training
+    recipe = Recipe(name=cfg.recipe, min_cover=cfg.min_cover, band_warp=cfg.band_warp, time_warp=cfg.time_warp)
+    for warp, most in ((BandWarp, cfg.band_warp), (TimeWarp, cfg.time_warp)):
+        if most:
+            warp(train.front_end, most)  # refuse a front end without bands before training
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.recipe != "seed" else None
     labels = train.labels
