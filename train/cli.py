@@ -67,10 +67,10 @@ def _training_options(p, epochs: int, hard_negatives: float, init: tuple[str, st
                         "(openWakeWord: 0.001), so --negative-weight acts on the target-free windows that still score")
     p.add_argument("--band-warp", type=float, default=0.0, metavar="W",
                    help="warp half the training windows along frequency by a factor within 1/(1+W) .. 1+W "
-                        "(vocal-tract length perturbation; front ends with spectral bands only)")
+                        "(vocal-tract length perturbation; mel-student only)")
     p.add_argument("--time-warp", type=float, default=0.0, metavar="W",
-                   help="in half the training windows, play each of 20 stretches at its own rate within "
-                        "1/(1+W) .. 1+W, the window's ends kept (uneven durations; front ends with spectral bands only)")
+                   help="in half the training windows, stretch each of 20 pieces by 1/(1+W) .. 1+W and fit "
+                        "them back into the window, its ends kept (uneven durations; mel-student only)")
     p.add_argument("--init", metavar=init[0], help=init[1])
     p.add_argument("--candidate-low", type=float, metavar="P", help=candidate_help)
 

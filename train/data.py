@@ -115,23 +115,33 @@ class Recipe:
     windows_per_file: int = 4
     spec_augment: bool = True
     min_cover: float = 0.9  # a window is positive when it holds this share of the phrase
-    band_warp: float = 0.0  # > 0: half the windows warped along frequency by a factor within 1/(1 + w) .. 1 + w
-    time_warp: float = 0.0  # > 0: half the windows' durations moved unevenly, rates within 1/(1 + w) .. 1 + w
+    band_warp: float = 0.0  # > 0: half the windows warped along frequency (BandWarp)
+    time_warp: float = 0.0  # > 0: half the windows' durations moved unevenly (TimeWarp)
+
+    def warps(self, fe: type[FrontEnd]) -> list["Warp"]:
+        """The warps this recipe applies to windows of `fe`; ValueError names one it cannot."""
+        return [w(fe, most) for w, most in ((BandWarp, self.band_warp), (TimeWarp, self.time_warp)) if most]
 
 
 class Warp:
-    """A training augmentation that moves a spectral front end's features along one axis by
-    factors drawn log-uniformly from 1/(1 + most) to 1 + most. Only front ends whose
-    features are frames of spectral bands (`band_hz`) can be warped."""
+    """A training augmentation that moves a window's features along one axis by factors
+    drawn log-uniformly from 1/(1 + most) to 1 + most. Only front ends whose features are
+    frames of spectral bands (`FrontEnd.band_hz`) can be warped."""
 
     option = ""
 
     def __init__(self, fe: type[FrontEnd], most: float):
-        if not hasattr(fe, "band_hz"):
-            raise ValueError(f"{self.option}: the front end {fe.name} has no spectral bands to warp")
-        if not 0.0 < most < 1.0:
-            raise ValueError(f"{self.option} {most:g}: a relative warp between 0 and 1, exclusive")
+        self.check(fe, most)
         self.hz, self.shape, self.most = fe.band_hz(), fe.feature_shape, most
+
+    @classmethod
+    def check(cls, fe: type[FrontEnd], most: float) -> None:
+        """ValueError, in one line naming the option, unless `fe` can be warped by `most`."""
+        if not 0.0 < most < 1.0:
+            raise ValueError(f"{cls.option} {most:g}: a relative warp between 0 and 1, exclusive")
+        if fe.band_hz() is None:
+            raise ValueError(f"{cls.option}: the front end {fe.name} has no frames of spectral bands to warp "
+                             "(the mel student's has)")
 
     def factors(self, rng: np.random.Generator, n: int | None = None):
         return np.exp(rng.uniform(-np.log1p(self.most), np.log1p(self.most), n))
@@ -154,18 +164,22 @@ class BandWarp(Warp):
     option = "--band-warp"
 
     def __call__(self, features: np.ndarray, rng: np.random.Generator) -> None:
-        """Warp one window's flat, time-major features in place."""
-        source = np.interp(self.hz / self.factors(rng), self.hz, np.arange(self.hz.size, dtype=np.float64))
+        """Warp one window's flat, time-major features in place by a random factor."""
+        self.apply(features, float(self.factors(rng)))
+
+    def apply(self, features: np.ndarray, factor: float) -> None:
+        source = np.interp(self.hz / factor, self.hz, np.arange(self.hz.size, dtype=np.float64))
         bands = features.reshape(self.shape)
         bands[:] = self.resample(bands, source, axis=1)
 
 
 class TimeWarp(Warp):
     """Durations moved unevenly: the window is cut into SEGMENTS equal stretches (about
-    0.12 s each on the mel front end, a phone's length), each played at its own rate, and
-    the whole squeezed back into the window, so its first and last frames stay and no
-    content leaves it (a positive window still holds its phrase). Vowels and consonants
-    then last in other proportions than the synthesiser gave them."""
+    0.12 s each on the mel front end, a phone's length), each given a length of 1/(1 + most)
+    to 1 + most times its own, and the whole squeezed back into the window, so its first
+    and last frames stay and no content leaves it (a positive window still holds its
+    phrase). Local rates then lie within (1 + most)^2 either way, and vowels and consonants
+    last in other proportions than the synthesiser gave them."""
 
     option = "--time-warp"
     SEGMENTS = 20
@@ -259,7 +273,8 @@ def epoch_windows(corpus: Corpus, recipe: Recipe, rng: np.random.Generator, indi
     """Features and labels for one epoch.
 
     seed recipe: X (n_files, k, FEATURE_SIZE) and file labels (MIL, max over windows).
-    improved: X (n_windows, FEATURE_SIZE) and window labels.
+    improved: X (n_windows, FEATURE_SIZE) and window labels; half the windows masked
+    (spec_augment), and half warped by each of the recipe's warps, each drawn on its own.
     """
     indices = np.arange(len(corpus.files)) if indices is None else indices
     fe = corpus.front_end
@@ -273,7 +288,7 @@ def epoch_windows(corpus: Corpus, recipe: Recipe, rng: np.random.Generator, indi
         return x, corpus.labels[indices].astype(np.float32)
     x = np.empty((len(indices) * k, fe.feature_size), dtype=np.float32)  # at most k per file; the rest is never touched
     ys = []
-    warps = [w(fe, most) for w, most in ((BandWarp, recipe.band_warp), (TimeWarp, recipe.time_warp)) if most]
+    warps = recipe.warps(fe)
     for i in indices:
         n = corpus.mels[i].shape[1]
         for s, y in improved_windows(rng, n, phrase_frames(corpus, i), k, recipe.min_cover, fe):

@@ -21,7 +21,7 @@ import torch.nn as nn
 from kws_stream.frontends import FRAMES_PER_SECOND, HOP_LENGTH
 from kws_stream.model import KwsModel
 
-from .data import BandWarp, Corpus, Recipe, TimeWarp, epoch_windows, load_corpora, load_corpus, negative_pool, window_of
+from .data import Corpus, Recipe, epoch_windows, load_corpora, load_corpus, negative_pool, window_of
 from .evaluate import file_metrics
 from .nets import ModelConfig, TunedEmbeddingHead, build, parameter_count
 
@@ -74,6 +74,8 @@ class FitConfig:
                                       or self.time_warp):
             raise ValueError("the seed recipe trains on whole files: no --hard-negatives, --candidate-low, "
                              "--band-warp or --time-warp")
+        if self.band_warp or self.time_warp:  # a bad warp is refused before anything loads
+            Recipe(band_warp=self.band_warp, time_warp=self.time_warp).warps(ModelConfig(arch=self.arch).front_end)
 
 
 def window_scores(model: nn.Module | KwsModel, corpus: Corpus, hop_seconds: float = 1.0,
@@ -172,9 +174,6 @@ def train_model(cfg: FitConfig, train, val=None) -> tuple[nn.Module, list[dict]]
     if cfg.init:
         warm_start(model, cfg.init)
     recipe = Recipe(name=cfg.recipe, min_cover=cfg.min_cover, band_warp=cfg.band_warp, time_warp=cfg.time_warp)
-    for warp, most in ((BandWarp, cfg.band_warp), (TimeWarp, cfg.time_warp)):
-        if most:
-            warp(train.front_end, most)  # refuse a front end without bands before training
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.recipe != "seed" else None
     labels = train.labels

@@ -75,6 +75,11 @@ class FrontEnd(Protocol):
     def features(cls, frames: np.ndarray, start: int, out: np.ndarray,
                  rng: np.random.Generator | None = None) -> np.ndarray: ...
 
+    @staticmethod
+    def band_hz() -> np.ndarray | None:
+        """Each feature band's centre frequency in Hz when a window's features are frames
+        of spectral bands (feature_shape (frames, bands)) that training may warp; else None."""
+
     @classmethod
     def start_limit(cls, n_frames: int) -> int:
         """Windows of a stream whose file_frames has n_frames start before this frame."""

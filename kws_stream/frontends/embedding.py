@@ -298,6 +298,10 @@ class EmbeddingFrontEnd:
         out[:] = np.ascontiguousarray(w.T).reshape(-1)
         return out
 
+    @staticmethod
+    def band_hz() -> np.ndarray | None:
+        return None  # embeddings are not bands of a spectrum
+
     @classmethod
     def gated_windows(cls, signal: np.ndarray, gate: SpeechGate, hop_frames: int) -> list[tuple[int, bool]]:
         """The speech gate's batch view: (start in mel frames, skipped) of every window a
@@ -554,8 +558,8 @@ class MelFrontEnd(EmbeddingFrontEnd):
 
     @staticmethod
     def band_hz() -> np.ndarray:
-        """Each band's centre frequency in Hz (its filter's weighted mean): the frequency
-        axis of the features, along which training may warp them (kws_train.data)."""
+        """Each band's centre frequency in Hz (its filter's weighted mean): the features'
+        frequency axis, along which training may warp them (kws_train.data.BandWarp)."""
         filters = _checked_array(MEL_WEIGHTS[1]).astype(np.float64)  # (257, 32)
         hz = np.arange(filters.shape[0]) * (SAMPLE_RATE / 2) / (filters.shape[0] - 1)
         return hz @ filters / filters.sum(axis=0)

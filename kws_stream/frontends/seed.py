@@ -246,6 +246,10 @@ class SeedFrontEnd:
             w = _mask(rng, w)
         return _shared_features()(w, out)
 
+    @staticmethod
+    def band_hz() -> None:
+        return None  # pooled channels of mel bands, not frames of them
+
     @classmethod
     def start_limit(cls, n_frames: int) -> int:
         return n_frames  # every window starting inside the stream, padded past its end
