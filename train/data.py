@@ -131,17 +131,14 @@ class Warp:
     option = ""
 
     def __init__(self, fe: type[FrontEnd], most: float):
-        self.check(fe, most)
-        self.hz, self.shape, self.most = fe.band_hz(), fe.feature_shape, most
-
-    @classmethod
-    def check(cls, fe: type[FrontEnd], most: float) -> None:
         """ValueError, in one line naming the option, unless `fe` can be warped by `most`."""
         if not 0.0 < most < 1.0:
-            raise ValueError(f"{cls.option} {most:g}: a relative warp between 0 and 1, exclusive")
-        if fe.band_hz() is None:
-            raise ValueError(f"{cls.option}: the front end {fe.name} has no frames of spectral bands to warp "
+            raise ValueError(f"{self.option} {most:g}: a relative warp between 0 and 1, exclusive")
+        self.hz = fe.band_hz()  # read once: the mel front end's comes from its packaged filterbank
+        if self.hz is None:
+            raise ValueError(f"{self.option}: the front end {fe.name} has no frames of spectral bands to warp "
                              "(the mel student's has)")
+        self.shape, self.most = fe.feature_shape, most
 
     def factors(self, rng: np.random.Generator, n: int | None = None):
         return np.exp(rng.uniform(-np.log1p(self.most), np.log1p(self.most), n))
